@@ -1,0 +1,1 @@
+//! ringcast: a thread-per-core io_uring WebSocket gateway.
