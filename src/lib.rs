@@ -1,1 +1,36 @@
-//! ringcast: a thread-per-core io_uring WebSocket gateway.
+//! ringcast: a thread-per-core io_uring WebSocket gateway with embedded fan-out.
+//!
+//! # Layout
+//! Dependencies point inward: `protocol`, `channel`, `permission` and `limits` are pure
+//! (no sockets, no threads); `fanout` is the only code that crosses threads; a `shard`
+//! owns its connections; the `bridge` owns the outside engines and never a socket.
+//!
+//! | module | its one job |
+//! |---|---|
+//! | [`limits`] | every bound, its unit and why |
+//! | [`config`] | CLI/env/file → one validated struct |
+//! | [`auth`] | HS256 JWT and API-key checks |
+//! | [`protocol`] | WebSocket frames, HTTP/1.1 requests, protocol v1 JSON ops |
+//! | [`channel`] | channel names, wildcard matching, the subscription index |
+//! | [`permission`] | who may subscribe to or publish on what |
+//! | [`fanout`] | bounded mailboxes between threads and the envelopes in them |
+//! | [`metrics`] | per-shard counters and the Prometheus rendering |
+//! | [`node`] | what one node's threads share |
+//! | [`shard`] | one core: connections, outbound queues, heartbeat wheel |
+//! | [`transport`] | HTTP routes and the WebSocket session on top of a shard |
+//! | [`bridge`] | the engine thread: interest, broker, encode-once |
+//! | [`gateway`] | start-up wiring: listeners, threads, signals, shutdown |
+
+pub mod auth;
+pub mod bridge;
+pub mod channel;
+pub mod config;
+pub mod fanout;
+pub mod gateway;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod permission;
+pub mod protocol;
+pub mod shard;
+pub mod transport;

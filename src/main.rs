@@ -1,1 +1,21 @@
-fn main() {}
+//! Wiring only: config → gateway (or doctor) → exit code.
+
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() {
+    let command = match ringcast::config::load() {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    };
+    let code = match command {
+        ringcast::config::Command::Gateway(config) => ringcast::gateway::run(config),
+        ringcast::config::Command::Doctor => ringcast::gateway::doctor(),
+    };
+    std::process::exit(code);
+}

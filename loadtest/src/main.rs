@@ -1,1 +1,88 @@
-fn main() { eprintln!("ringcast-loadtest: scenarios are built in the load-test issue"); std::process::exit(2); }
+//! ringcast-loadtest: the load-test harness for the ringcast WebSocket gateway.
+//!
+//! Layout (one job each):
+//! - `cli`          flags, parsed once
+//! - `limits`       every bound, with its unit and why
+//! - `frame`        WebSocket frames, the upgrade, the payload timestamp (pure bytes)
+//! - `stats`        histograms, percentiles, loss, CPU-µs per delivery from /proc
+//! - `host`         fd limit, pinning, io_uring probe, host facts
+//! - `client`       the worker process: one epoll loop holding ≤ 19,000 WebSockets
+//! - `fleet`        the parent's side of the workers (spawn, pipes, merge, stop)
+//! - `publish`      paced publishing: HTTP `/api/publish`, or the `limit` server
+//! - `limit_server` the machine's ceiling: a minimal one-thread fan-out server
+//! - `scenario`     fanout, limit, idle, burst: phases and figures
+//! - `report`       table, JSON and SVG output
+
+mod cli;
+mod client;
+mod fleet;
+mod frame;
+mod host;
+mod limit_server;
+mod limits;
+mod publish;
+mod report;
+mod scenario;
+mod stats;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cli::{ClientArgs, Scenario};
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("ringcast-loadtest: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn prepare(client: &ClientArgs) -> Result<()> {
+    if let Some(cpus) = &client.cpus {
+        host::pin_to(&host::parse_cpu_list(cpus)?)?;
+    }
+    host::raise_fd_limit();
+    Ok(())
+}
+
+fn output(report: report::Report, client: &ClientArgs) -> Result<()> {
+    if let Some(path) = &client.svg {
+        let title = format!("ringcast-loadtest {} — {} connections", report.scenario, client.conns);
+        std::fs::write(path, report::svg(&title, &report.series)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if client.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+fn run(cli: cli::Cli) -> Result<()> {
+    match cli.command {
+        Scenario::Worker => client::run_worker(),
+        Scenario::LimitServer(a) => {
+            if let Some(cpu) = &a.cpu {
+                host::pin_to(&host::parse_cpu_list(cpu)?)?;
+            }
+            let listen = a.listen.parse().with_context(|| format!("--listen {:?} is not ip:port", a.listen))?;
+            limit_server::run(listen, &a.channel, a.payload, a.lifetime)
+        }
+        Scenario::Fanout(a) => {
+            prepare(&a.client)?;
+            output(scenario::fanout(&a)?, &a.client)
+        }
+        Scenario::Limit(a) => {
+            prepare(&a.client)?;
+            output(scenario::limit(&a)?, &a.client)
+        }
+        Scenario::Idle(a) => {
+            prepare(&a.client)?;
+            output(scenario::idle(&a)?, &a.client)
+        }
+        Scenario::Burst(a) => {
+            prepare(&a.client)?;
+            output(scenario::burst(&a)?, &a.client)
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! WebSocket framing and the HTTP upgrade, as pure byte functions (no sockets).
+//!
+//! Owns: frame header parsing/encoding (RFC 6455), the client handshake request, the
+//! server's accept key, and finding the send timestamp inside a `msg` payload.
+//! Must not touch: sockets, clocks, or counters. Used by both the client workers and
+//! the `limit` ceiling server.
+
+pub const OPCODE_CONTINUATION: u8 = 0x0;
+pub const OPCODE_TEXT: u8 = 0x1;
+pub const OPCODE_BINARY: u8 = 0x2;
+pub const OPCODE_CLOSE: u8 = 0x8;
+pub const OPCODE_PING: u8 = 0x9;
+pub const OPCODE_PONG: u8 = 0xA;
+
+/// The JSON key carrying the publisher's send time, ns since the Unix epoch
+/// (CLOCK_REALTIME: shared by every process on the host, so no base instant is passed).
+pub const TIMESTAMP_KEY: &[u8] = b"\"lt_ns\":";
+/// Timestamps are written with a fixed width so a pre-encoded frame can be patched in place.
+pub const TIMESTAMP_DIGITS: usize = 19;
+
+/// A parsed frame header. `header_len + payload_len` bytes make the whole frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub opcode: u8,
+    pub mask: Option<[u8; 4]>,
+    pub header_len: usize,
+    pub payload_len: u64,
+}
+
+impl Header {
+    pub fn frame_len(&self) -> u64 {
+        self.header_len as u64 + self.payload_len
+    }
+}
+
+/// Parses a frame header; `None` when more bytes are needed (a partial header is not an error).
+pub fn parse_header(buf: &[u8]) -> Option<Header> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let fin = buf[0] & 0x80 != 0;
+    let opcode = buf[0] & 0x0F;
+    let masked = buf[1] & 0x80 != 0;
+    let (payload_len, mut header_len) = match buf[1] & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return None;
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return None;
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(b), 10)
+        }
+        n => (n as u64, 2),
+    };
+    let mask = if masked {
+        if buf.len() < header_len + 4 {
+            return None;
+        }
+        let m = [buf[header_len], buf[header_len + 1], buf[header_len + 2], buf[header_len + 3]];
+        header_len += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Some(Header { fin, opcode, mask, header_len, payload_len })
+}
+
+fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize, masked: bool) {
+    out.push(0x80 | opcode);
+    let mask_bit = if masked { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// Appends a masked (client → server) frame.
+pub fn encode_client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    push_header(out, opcode, payload.len(), true);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+/// Appends an unmasked (server → client) frame.
+pub fn encode_server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    push_header(out, opcode, payload.len(), false);
+    out.extend_from_slice(payload);
+}
+
+/// Unmasks a client frame's payload in place.
+pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// The client's upgrade request; offers the `ringcast.v1` subprotocol.
+pub fn handshake_request(host: &str, path: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\n\r\n"
+    )
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &str) -> String {
+    use base64::Engine;
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.trim().as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+/// Position just past the blank line ending an HTTP head, if it has arrived.
+pub fn http_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Status code of an HTTP response head (`HTTP/1.1 101 ...`).
+pub fn http_status(head: &[u8]) -> Option<u16> {
+    let line_end = head.iter().position(|&b| b == b'\r')?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// Value of a header (case-insensitive name) in an HTTP head.
+pub fn http_header<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The send timestamp in a payload, if present.
+pub fn find_timestamp(payload: &[u8]) -> Option<u64> {
+    let at = find(payload, TIMESTAMP_KEY)? + TIMESTAMP_KEY.len();
+    let digits = payload[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut value: u64 = 0;
+    let mut count = 0;
+    for d in digits {
+        value = value.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+        count += 1;
+    }
+    (count > 0).then_some(value)
+}
+
+/// Writes `ns` as exactly TIMESTAMP_DIGITS zero-padded digits.
+pub fn write_timestamp(dst: &mut [u8], ns: u64) {
+    debug_assert_eq!(dst.len(), TIMESTAMP_DIGITS);
+    let mut v = ns;
+    for slot in dst.iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// The `data` JSON for a `payload`-byte message: `{"lt_ns":<19 digits>,"pad":"xx.."}`.
+/// Returns the text and the offset of the timestamp digits inside it.
+pub fn payload_json(payload_bytes: usize) -> (String, usize) {
+    let fixed = TIMESTAMP_KEY.len() + TIMESTAMP_DIGITS + r#"{,"pad":""}"#.len();
+    let pad = payload_bytes.saturating_sub(fixed);
+    let text = format!("{{\"lt_ns\":{},\"pad\":\"{}\"}}", "0".repeat(TIMESTAMP_DIGITS), "x".repeat(pad));
+    (text, 1 + TIMESTAMP_KEY.len())
+}
+
+/// Finds a small unsigned integer field (`"id":17`) in a JSON text.
+pub fn find_u64_field(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(text, key)? + key.len();
+    let rest = &text[at..];
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let digits: Vec<u8> = rest[start..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lengths_round_trip() {
+        for len in [0usize, 1, 125, 126, 200, 65535, 65536, 100_000] {
+            let payload = vec![b'a'; len];
+            let mut out = Vec::new();
+            encode_server_frame(&mut out, OPCODE_TEXT, &payload);
+            let h = parse_header(&out).unwrap();
+            assert_eq!((h.fin, h.opcode, h.mask, h.payload_len), (true, OPCODE_TEXT, None, len as u64));
+            assert_eq!(h.frame_len() as usize, out.len());
+            // Every strict prefix of the header is "need more", never a wrong header.
+            for cut in 0..h.header_len {
+                assert_eq!(parse_header(&out[..cut]), None, "len {len} cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn masked_client_frame_unmasks() {
+        let mut out = Vec::new();
+        encode_client_frame(&mut out, OPCODE_TEXT, br#"{"op":"sub","ch":"bench","id":1}"#, [1, 2, 3, 4]);
+        let h = parse_header(&out).unwrap();
+        assert_eq!(h.mask, Some([1, 2, 3, 4]));
+        assert_eq!(h.header_len, 6);
+        let mut body = out[h.header_len..].to_vec();
+        unmask(&mut body, h.mask.unwrap());
+        assert_eq!(body, br#"{"op":"sub","ch":"bench","id":1}"#);
+        assert_eq!(find_u64_field(&body, b"\"id\":"), Some(1));
+    }
+
+    #[test]
+    fn rfc_accept_key() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn http_head_parsing() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: abc\r\n\r\nrest";
+        let end = http_head_end(head).unwrap();
+        assert_eq!(&head[end..], b"rest");
+        assert_eq!(http_status(head), Some(101));
+        assert_eq!(http_header(&head[..end], "sec-websocket-accept"), Some("abc"));
+        assert_eq!(http_head_end(b"HTTP/1.1 101 OK\r\n"), None);
+    }
+
+    #[test]
+    fn timestamp_patch_and_find() {
+        let (text, at) = payload_json(200);
+        assert_eq!(text.len(), 200);
+        let mut bytes = text.into_bytes();
+        write_timestamp(&mut bytes[at..at + TIMESTAMP_DIGITS], 1_700_000_000_123_456_789);
+        let frame = format!(r#"{{"op":"msg","ch":"bench","data":{}}}"#, String::from_utf8(bytes).unwrap());
+        assert_eq!(find_timestamp(frame.as_bytes()), Some(1_700_000_000_123_456_789));
+        assert_eq!(find_timestamp(b"{\"op\":\"ok\"}"), None);
+        // Small payloads still carry the timestamp.
+        assert!(payload_json(10).0.contains("lt_ns"));
+    }
+}

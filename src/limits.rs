@@ -1,0 +1,70 @@
+//! Every bound in one place, with its unit last in the name and why it has that value.
+//! The config module turns each into a flag/env/file key; the metrics module shows how
+//! close each one is. Relations between them are checked at compile time below.
+
+/// WebSocket connections per node. 100k is a safe default for a small host; a tuned
+/// host goes to 1M (see tuning/README.md), each costing one descriptor.
+pub const CONNECTIONS_MAX: usize = 100_000;
+/// Shards per node: shard ids travel as u16 and the bridge's shard set is 256 bits.
+pub const SHARD_COUNT_MAX: usize = 256;
+/// One WebSocket frame. 64 KiB covers any sane JSON op while bounding what one read can
+/// make us buffer for a partial frame.
+pub const FRAME_BYTES_MAX: usize = 64 * 1024;
+/// One reassembled (fragmented) message. Also the largest `data` a publish may carry.
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Outbound backlog per connection. 256 KiB holds ~1,000 typical 200-byte messages of
+/// burst for a reader that is briefly slow; past it the reader is closed with 4008.
+pub const OUTBOUND_BYTES_MAX: usize = 256 * 1024;
+/// Quiet time before the server pings. 25 s stays under the 30 s idle timeouts common in
+/// proxies and load balancers.
+pub const HEARTBEAT_MS: u64 = 25_000;
+/// Silence after which a peer is dead: two missed heartbeats plus slack.
+pub const HEARTBEAT_TIMEOUT_MS: u64 = 60_000;
+/// Time for a request head (or an upgrade) to arrive: slowloris protection.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Time for clients to answer the 1001 close at shutdown before sockets are dropped.
+pub const SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Bridge → shard queue, in messages. 64k absorbs a ~100 ms stall of the shard at 600k
+/// publishes/s before drops start (counted per shard).
+pub const SHARD_INBOX_MESSAGES_MAX: usize = 65_536;
+/// Shard → bridge queue (publishes and interest changes), in messages.
+pub const BRIDGE_INBOX_MESSAGES_MAX: usize = 65_536;
+/// Smallest queue a user may configure: below this, ordinary bursts drop.
+pub const INBOX_MESSAGES_MIN: usize = 64;
+/// The shard's one receive buffer, shared by every connection it owns.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Buffers per vectored send. The kernel's IOV_MAX is 1024; 64 frames per call already
+/// amortises the syscall, and keeps the iovec array on the stack.
+pub const WRITE_IOVECS_MAX: usize = 64;
+/// Subscriptions one connection may hold.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
+/// Client ops per second per connection (token bucket, burst twice this).
+pub const CLIENT_MESSAGES_PER_SECOND_MAX: u32 = 1000;
+/// io_uring submission queue entries per shard.
+pub const URING_ENTRIES: u32 = 4096;
+/// HTTP request line, header count, whole head and body: room for long JWTs in the query
+/// string while keeping a hostile client's cost small.
+pub const REQUEST_LINE_BYTES_MAX: usize = 8 * 1024;
+pub const HEADER_COUNT_MAX: usize = 64;
+pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// WebSocket frame header, largest form (2 + 8 length bytes; server frames are unmasked).
+pub const FRAME_HEADER_BYTES_MAX: usize = 14;
+
+const _: () = assert!(FRAME_BYTES_MAX <= MESSAGE_BYTES_MAX);
+const _: () = assert!(HEARTBEAT_MS < HEARTBEAT_TIMEOUT_MS);
+const _: () = assert!(OUTBOUND_BYTES_MAX >= FRAME_BYTES_MAX + FRAME_HEADER_BYTES_MAX);
+const _: () = assert!(WRITE_IOVECS_MAX <= 1024);
+const _: () = assert!(REQUEST_LINE_BYTES_MAX <= REQUEST_HEAD_BYTES_MAX);
+const _: () = assert!(SHARD_COUNT_MAX <= u16::MAX as usize + 1);
+
+/// Cores the kernel reports online.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 {
+        1
+    } else {
+        n as usize
+    }
+}

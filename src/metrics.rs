@@ -1,0 +1,268 @@
+//! Counters: one block per shard, written only by that shard (relaxed atomics on
+//! their own cache lines, so no contention), summed and rendered on scrape.
+//!
+//! Owns: [`ShardMetrics`], [`BridgeMetrics`], [`CloseReason`] and the Prometheus text
+//! rendering. Must not touch: sockets. Runs on: written by its owner thread, read by
+//! whichever shard serves `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a connection ended. Every close has exactly one, and each is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The client sent a close frame or closed its socket.
+    ClientClosed = 0,
+    /// The server closed it during shutdown (1001).
+    Shutdown,
+    /// WebSocket protocol violation by the client (1002).
+    ProtocolError,
+    /// Text that is not UTF-8 (1007).
+    InvalidUtf8,
+    /// Frame or message over its bound (1009).
+    TooBig,
+    /// Outbound backlog over its byte bound (4008).
+    SlowConsumer,
+    /// No traffic, not even a pong, within the heartbeat timeout.
+    HeartbeatTimeout,
+    /// Socket error (reset, broken pipe).
+    IoError,
+    /// The close handshake did not finish within its timeout.
+    CloseTimeout,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::ClientClosed,
+        CloseReason::Shutdown,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidUtf8,
+        CloseReason::TooBig,
+        CloseReason::SlowConsumer,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::IoError,
+        CloseReason::CloseTimeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::TooBig => "too_big",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::IoError => "io_error",
+            CloseReason::CloseTimeout => "close_timeout",
+        }
+    }
+
+    /// The reason a WebSocket close code stands for, when the server sends it.
+    pub fn from_close_code(code: u16) -> CloseReason {
+        match code {
+            1001 => CloseReason::Shutdown,
+            1007 => CloseReason::InvalidUtf8,
+            1009 => CloseReason::TooBig,
+            4008 => CloseReason::SlowConsumer,
+            _ => CloseReason::ProtocolError,
+        }
+    }
+}
+
+/// Handshake and HTTP outcomes that are not connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Refusal {
+    /// Malformed HTTP or a bad upgrade request.
+    BadRequest = 0,
+    /// Missing, bad or expired token (401).
+    Unauthorized,
+    /// Node at `max_connections` (503).
+    Full,
+    /// Shutting down (503).
+    Draining,
+    /// Request head not complete within the handshake timeout.
+    HandshakeTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::BadRequest,
+        Refusal::Unauthorized,
+        Refusal::Full,
+        Refusal::Draining,
+        Refusal::HandshakeTimeout,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "bad_request",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Full => "full",
+            Refusal::Draining => "draining",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a load + store is cheaper than a locked add and loses nothing.
+        self.0.store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One shard's counters. Aligned so two shards never share a cache line.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct ShardMetrics {
+    pub connections: Counter,
+    pub accepted: Counter,
+    pub http_requests: Counter,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub deliveries: Counter,
+    pub writes: Counter,
+    pub subscriptions: Counter,
+    pub client_errors: Counter,
+    pub rate_limited: Counter,
+    pub bridge_full: Counter,
+    pub closes: [Counter; 9],
+    pub refusals: [Counter; 5],
+}
+
+impl ShardMetrics {
+    pub fn closed(&self, reason: CloseReason) {
+        self.closes[reason as usize].inc();
+    }
+    pub fn refused(&self, refusal: Refusal) {
+        self.refusals[refusal as usize].inc();
+    }
+}
+
+/// The bridge thread's counters.
+#[derive(Default)]
+pub struct BridgeMetrics {
+    pub published: Counter,
+    pub patterns: Counter,
+    pub deliveries_queued: Counter,
+    pub deliveries_dropped: Counter,
+}
+
+/// What a scrape needs to see of one shard besides its counters.
+pub struct ShardView<'a> {
+    pub metrics: &'a ShardMetrics,
+    pub inbox_depth: usize,
+    pub inbox_capacity: usize,
+    pub inbox_dropped: u64,
+}
+
+pub struct NodeView<'a> {
+    pub node: &'a str,
+    pub io_mode: &'a str,
+    pub connections_max: usize,
+    pub shards: Vec<ShardView<'a>>,
+    pub bridge: &'a BridgeMetrics,
+    pub bridge_inbox_depth: usize,
+    pub bridge_inbox_capacity: usize,
+    pub bridge_inbox_dropped: u64,
+    pub uptime_seconds: u64,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn per_shard(out: &mut String, view: &NodeView, name: &str, kind: &str, help: &str, get: impl Fn(&ShardView) -> u64) {
+    family(out, name, kind, help);
+    for (shard, s) in view.shards.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(s));
+    }
+}
+
+/// Prometheus text exposition format 0.0.4.
+pub fn render(view: &NodeView) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let total: u64 = view.shards.iter().map(|s| s.metrics.connections.get()).sum();
+    family(&mut out, "ringcast_connections", "gauge", "Open WebSocket connections on this node.");
+    let _ = writeln!(out, "ringcast_connections {total}");
+    family(&mut out, "ringcast_connections_max", "gauge", "Configured max_connections for this node.");
+    let _ = writeln!(out, "ringcast_connections_max {}", view.connections_max);
+    family(&mut out, "ringcast_capacity_ratio", "gauge", "connections / connections_max (autoscale at 0.7).");
+    let ratio = total as f64 / view.connections_max.max(1) as f64;
+    let _ = writeln!(out, "ringcast_capacity_ratio {ratio:.4}");
+    family(&mut out, "ringcast_info", "gauge", "Node facts as labels.");
+    let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
+    family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
+    let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 13] = [
+        ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
+        ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
+        ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
+        ("ringcast_frames_in_total", "WebSocket frames received.", |m| m.frames_in.get()),
+        ("ringcast_frames_out_total", "WebSocket frames queued for sending.", |m| m.frames_out.get()),
+        ("ringcast_bytes_in_total", "Bytes read from sockets.", |m| m.bytes_in.get()),
+        ("ringcast_bytes_out_total", "Bytes written to sockets.", |m| m.bytes_out.get()),
+        ("ringcast_deliveries_total", "Published messages queued to a subscriber.", |m| m.deliveries.get()),
+        ("ringcast_writes_total", "Vectored send calls (deliveries / writes = coalescing).", |m| m.writes.get()),
+        ("ringcast_subscriptions", "Active (connection, pattern) subscriptions.", |m| m.subscriptions.get()),
+        ("ringcast_client_errors_total", "err frames sent to clients.", |m| m.client_errors.get()),
+        ("ringcast_rate_limited_total", "Client ops refused with 429.", |m| m.rate_limited.get()),
+        ("ringcast_bridge_full_total", "Publishes or interest changes refused because the bridge inbox was full.", |m| m.bridge_full.get()),
+    ];
+    for (name, help, get) in counters {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        per_shard(&mut out, view, name, kind, help, |s| get(s.metrics));
+    }
+    family(&mut out, "ringcast_closes_total", "counter", "Closed connections by reason.");
+    for (shard, s) in view.shards.iter().enumerate() {
+        for reason in CloseReason::ALL {
+            let _ = writeln!(out, "ringcast_closes_total{{shard=\"{shard}\",reason=\"{}\"}} {}", reason.label(), s.metrics.closes[reason as usize].get());
+        }
+    }
+    family(&mut out, "ringcast_slow_consumer_closes_total", "counter", "Connections closed with 4008 (outbound backlog over outbound_limit).");
+    let slow: u64 = view.shards.iter().map(|s| s.metrics.closes[CloseReason::SlowConsumer as usize].get()).sum();
+    let _ = writeln!(out, "ringcast_slow_consumer_closes_total {slow}");
+    family(&mut out, "ringcast_refusals_total", "counter", "Connections or upgrades refused before becoming WebSockets, by reason.");
+    for (shard, s) in view.shards.iter().enumerate() {
+        for refusal in Refusal::ALL {
+            let _ = writeln!(out, "ringcast_refusals_total{{shard=\"{shard}\",reason=\"{}\"}} {}", refusal.label(), s.metrics.refusals[refusal as usize].get());
+        }
+    }
+    per_shard(&mut out, view, "ringcast_fanout_queue_depth", "gauge", "Messages waiting in the bridge → shard queue.", |s| s.inbox_depth as u64);
+    per_shard(&mut out, view, "ringcast_fanout_queue_capacity", "gauge", "Bound of the bridge → shard queue (shard_inbox).", |s| s.inbox_capacity as u64);
+    per_shard(&mut out, view, "ringcast_fanout_queue_drops_total", "counter", "Messages dropped because a shard queue was full.", |s| s.inbox_dropped);
+    let bridge: [(&str, &str, &str, u64); 7] = [
+        ("ringcast_bridge_queue_depth", "gauge", "Messages waiting in the shard → bridge queue.", view.bridge_inbox_depth as u64),
+        ("ringcast_bridge_queue_capacity", "gauge", "Bound of the shard → bridge queue (bridge_inbox).", view.bridge_inbox_capacity as u64),
+        ("ringcast_bridge_queue_drops_total", "counter", "Messages refused because the bridge queue was full.", view.bridge_inbox_dropped),
+        ("ringcast_published_total", "counter", "Messages published through this node.", view.bridge.published.get()),
+        ("ringcast_broker_patterns", "gauge", "Distinct subscription patterns with local interest.", view.bridge.patterns.get()),
+        ("ringcast_fanout_queued_total", "counter", "Message copies queued to shards.", view.bridge.deliveries_queued.get()),
+        ("ringcast_fanout_dropped_total", "counter", "Message copies dropped because a shard queue was full.", view.bridge.deliveries_dropped.get()),
+    ];
+    for (name, kind, help, value) in bridge {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}

@@ -1,0 +1,93 @@
+//! What every thread of one gateway node shares, read-mostly: the validated config, the
+//! mailboxes, the metric blocks, the token verifier and the admission counters.
+//!
+//! Owns: node-wide state. Must not touch: sockets. Runs on: created by main, shared by
+//! every shard and the bridge through an `Arc`.
+
+use crate::auth::JwtVerifier;
+use crate::config::GatewayConfig;
+use crate::fanout::{Mailbox, ToBridge, ToShard};
+use crate::metrics::{BridgeMetrics, NodeView, ShardMetrics, ShardView};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+pub struct Node {
+    pub config: GatewayConfig,
+    pub shard_inboxes: Vec<Arc<Mailbox<ToShard>>>,
+    pub bridge_inbox: Arc<Mailbox<ToBridge>>,
+    pub shard_metrics: Vec<Arc<ShardMetrics>>,
+    pub bridge_metrics: Arc<BridgeMetrics>,
+    pub jwt: Option<JwtVerifier>,
+    /// WebSocket connections on the node, for `max_connections`. Touched on connect and
+    /// disconnect only, never per message.
+    pub connections: AtomicUsize,
+    pub shutting_down: AtomicBool,
+    /// "io_uring" or "epoll", set by the first shard that starts its runtime.
+    pub io_mode: OnceLock<&'static str>,
+    pub started: Instant,
+}
+
+impl Node {
+    pub fn new(config: GatewayConfig) -> Arc<Node> {
+        let shards = config.shards;
+        let jwt = config.jwt_secret.as_ref().map(|secret| JwtVerifier::new(secret.as_bytes()));
+        Arc::new(Node {
+            shard_inboxes: (0..shards).map(|_| Arc::new(Mailbox::new(config.shard_inbox_messages))).collect(),
+            bridge_inbox: Arc::new(Mailbox::new(config.bridge_inbox_messages)),
+            shard_metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
+            bridge_metrics: Arc::new(BridgeMetrics::default()),
+            jwt,
+            connections: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            io_mode: OnceLock::new(),
+            started: Instant::now(),
+            config,
+        })
+    }
+
+    /// Reserves a connection slot; false when the node is full.
+    pub fn admit(&self) -> bool {
+        let max = self.config.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn release(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.is_shutting_down() && self.connections.load(Ordering::Acquire) < self.config.max_connections
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let shards = self
+            .shard_metrics
+            .iter()
+            .zip(&self.shard_inboxes)
+            .map(|(metrics, inbox)| ShardView {
+                metrics,
+                inbox_depth: inbox.len(),
+                inbox_capacity: inbox.capacity(),
+                inbox_dropped: inbox.dropped(),
+            })
+            .collect();
+        crate::metrics::render(&NodeView {
+            node: &self.config.node,
+            io_mode: self.io_mode.get().copied().unwrap_or("starting"),
+            connections_max: self.config.max_connections,
+            shards,
+            bridge: &self.bridge_metrics,
+            bridge_inbox_depth: self.bridge_inbox.len(),
+            bridge_inbox_capacity: self.bridge_inbox.capacity(),
+            bridge_inbox_dropped: self.bridge_inbox.dropped(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        })
+    }
+}

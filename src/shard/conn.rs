@@ -1,0 +1,169 @@
+//! One WebSocket connection's record: its outbound queue, reader state and
+//! subscriptions. Kept small (no buffers while idle) because a node holds a million.
+//!
+//! Owns: the outbound backlog and its byte bound (slow consumer → 4008), the close
+//! state machine. Must not touch: other connections, other threads. Runs on: its shard.
+
+use super::sys;
+use crate::metrics::{CloseReason, ShardMetrics};
+use crate::protocol::ws::{self, WsReader};
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use serde_json::value::RawValue;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Who is on the other end, from the JWT (absent: anonymous).
+#[derive(Debug)]
+pub struct Identity {
+    pub user: Option<String>,
+    pub chans: Option<Vec<String>>,
+    pub pubs: Option<Vec<String>>,
+    pub info: Option<Box<RawValue>>,
+    /// Token expiry, seconds since the Unix epoch (0: none).
+    pub expires_unix: u64,
+}
+
+pub struct Conn {
+    pub slot: u32,
+    pub id: u64,
+    pub stream: TcpStream,
+    pub fd: RawFd,
+    /// Boxed: most deployments are token-authenticated, but the record stays small.
+    pub identity: Option<Box<Identity>>,
+    pub state: RefCell<ConnState>,
+}
+
+#[derive(Default)]
+pub struct ConnState {
+    pub outbox: VecDeque<Bytes>,
+    pub outbox_bytes: usize,
+    /// Bytes of `outbox[0]` already written.
+    pub head_offset: usize,
+    pub reader: WsReader,
+    /// The unconsumed tail of the last read: a frame that has not fully arrived.
+    pub carry: Option<Vec<u8>>,
+    pub subscriptions: Vec<Box<str>>,
+    /// Set once a close frame is queued: why, and when to give up on the handshake.
+    pub closing: Option<(CloseReason, u64)>,
+    /// The connection is finished; the task exits at its next wake.
+    pub finished: Option<CloseReason>,
+    pub last_seen_ms: u64,
+    pub ping_outstanding: bool,
+    pub dirty: bool,
+    pub writer_active: bool,
+    /// Shard delivery sequence last queued here, so overlapping patterns deliver once.
+    pub last_delivery: u32,
+    /// Token bucket for client ops (rate limit).
+    pub tokens: u32,
+    pub tokens_at_ms: u64,
+}
+
+/// What a write attempt left behind.
+pub enum Flushed {
+    /// Everything queued is on the wire.
+    Empty,
+    /// The socket is full; wait for writability.
+    Blocked,
+    /// The socket failed; the connection is finished.
+    Failed,
+}
+
+impl Conn {
+    pub fn new(slot: u32, id: u64, stream: TcpStream, identity: Option<Box<Identity>>, now_ms: u64) -> Conn {
+        let fd = stream.as_raw_fd();
+        let state = ConnState { last_seen_ms: now_ms, tokens_at_ms: now_ms, ..ConnState::default() };
+        Conn { slot, id, stream, fd, identity, state: RefCell::new(state) }
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.identity.as_ref().and_then(|i| i.user.as_deref())
+    }
+
+    /// Queues a frame, enforcing the backlog bound. Returns true when the connection just
+    /// became dirty (the caller adds it to the shard's flush list).
+    pub fn enqueue(&self, frame: Bytes, limit_bytes: usize, now_ms: u64, close_timeout_ms: u64, metrics: &ShardMetrics) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.closing.is_some() || st.finished.is_some() {
+            return false;
+        }
+        if st.outbox_bytes + frame.len() > limit_bytes {
+            drop(st);
+            return self.close(ws::close_code::SLOW_CONSUMER, "outbound backlog over its bound", CloseReason::SlowConsumer, now_ms, close_timeout_ms, metrics);
+        }
+        st.outbox_bytes += frame.len();
+        st.outbox.push_back(frame);
+        metrics.frames_out.inc();
+        let newly = !st.dirty;
+        st.dirty = true;
+        newly
+    }
+
+    /// Starts the close handshake: drops what is queued (except a half-written frame,
+    /// which must finish to keep the stream framed), queues the close frame, and sets the
+    /// deadline after which the socket is shut regardless. Returns true if newly dirty.
+    pub fn close(&self, code: u16, reason: &str, why: CloseReason, now_ms: u64, close_timeout_ms: u64, metrics: &ShardMetrics) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.closing.is_some() || st.finished.is_some() {
+            return false;
+        }
+        let keep = if st.head_offset > 0 { 1 } else { 0 };
+        st.outbox.truncate(keep);
+        st.outbox_bytes = st.outbox.iter().map(|b| b.len()).sum();
+        let frame = ws::encode_close(code, reason);
+        st.outbox_bytes += frame.len();
+        st.outbox.push_back(frame);
+        metrics.frames_out.inc();
+        st.closing = Some((why, now_ms + close_timeout_ms));
+        let newly = !st.dirty;
+        st.dirty = true;
+        newly
+    }
+
+    /// Ends the connection now: the reading task wakes with EOF and cleans up.
+    pub fn finish(&self, why: CloseReason) {
+        let mut st = self.state.borrow_mut();
+        if st.finished.is_none() {
+            st.finished = Some(why);
+            sys::shutdown(self.fd);
+        }
+    }
+
+    /// Writes as much of the backlog as the socket accepts, in vectored sends.
+    pub fn flush(&self, iovecs_max: usize, metrics: &ShardMetrics) -> Flushed {
+        let mut st = self.state.borrow_mut();
+        st.dirty = false;
+        while !st.outbox.is_empty() {
+            match sys::send_queue(self.fd, &st.outbox, st.head_offset, iovecs_max) {
+                Ok(0) => return Flushed::Blocked,
+                Ok(written) => {
+                    metrics.writes.inc();
+                    metrics.bytes_out.add(written as u64);
+                    advance(&mut st, written);
+                }
+                Err(_) => {
+                    drop(st);
+                    self.finish(CloseReason::IoError);
+                    return Flushed::Failed;
+                }
+            }
+        }
+        Flushed::Empty
+    }
+}
+
+fn advance(st: &mut ConnState, mut written: usize) {
+    st.outbox_bytes -= written;
+    while written > 0 {
+        let head_left = st.outbox[0].len() - st.head_offset;
+        if written >= head_left {
+            written -= head_left;
+            st.outbox.pop_front();
+            st.head_offset = 0;
+        } else {
+            st.head_offset += written;
+            written = 0;
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! One core's world: a pinned thread running one monoio ring, its own SO_REUSEPORT
+//! listener, and every connection it accepted, with their subscriptions, timers and
+//! outbound queues. Nothing here is shared or locked; per-shard state is `Rc`/`Cell`.
+//!
+//! Owns: the connection table, the shard's subscription index, the flush list, the
+//! heartbeat wheel. Must not touch: other shards' state (only mailboxes cross threads),
+//! outside engines. Runs on: its shard thread.
+
+pub mod conn;
+mod event;
+pub mod sys;
+
+pub use conn::{Conn, Flushed, Identity};
+pub use event::LocalEvent;
+
+use crate::channel::{Insert, Remove, SubIndex};
+use crate::fanout::{Delivery, Mailbox, ToBridge, ToShard};
+use crate::metrics::{CloseReason, ShardMetrics};
+use crate::node::Node;
+use crate::permission;
+use crate::protocol::ws::{self, WsLimits};
+use bytes::Bytes;
+use monoio::net::TcpListener;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Messages the shard takes from its inbox per loop turn before flushing; bounds the
+/// latency one burst can add to the writes it queued.
+const INBOX_BATCH_MESSAGES_MAX: usize = 256;
+/// Heartbeat wheel slots: each tick visits 1/WHEEL_SLOTS of the connections, so every
+/// connection is checked once per heartbeat without a timer of its own.
+const WHEEL_SLOTS: u64 = 16;
+/// Shortest wheel tick, so a tiny heartbeat setting cannot spin the shard.
+const WHEEL_TICK_MS_MIN: u64 = 10;
+/// How long a close handshake may take before the socket is shut regardless.
+pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
+
+pub struct Shard {
+    pub id: u16,
+    pub node: Arc<Node>,
+    pub metrics: Arc<ShardMetrics>,
+    inbox: Arc<Mailbox<ToShard>>,
+    conns: RefCell<Vec<Option<Rc<Conn>>>>,
+    free_slots: RefCell<Vec<u32>>,
+    live: Cell<usize>,
+    subs: RefCell<SubIndex<u32>>,
+    dirty: RefCell<Vec<u32>>,
+    /// One receive buffer for every connection on the shard: reads are handled to the
+    /// end before the next one starts, so idle connections hold none.
+    pub read_buf: RefCell<Box<[u8]>>,
+    delivery_seq: Cell<u32>,
+    next_conn: Cell<u64>,
+    closing: RefCell<Vec<u32>>,
+    pub stop: LocalEvent,
+    /// Interest changes the full bridge inbox refused; retried each tick. At most one
+    /// entry per pattern in `subs`, so bounded by it.
+    interest_retry: RefCell<Vec<(Box<str>, bool)>>,
+    ping_frame: Bytes,
+    pub ws_limits: WsLimits,
+}
+
+impl Shard {
+    pub fn new(id: u16, node: Arc<Node>) -> Rc<Shard> {
+        let config = &node.config;
+        Rc::new(Shard {
+            id,
+            metrics: node.shard_metrics[id as usize].clone(),
+            inbox: node.shard_inboxes[id as usize].clone(),
+            conns: RefCell::new(Vec::new()),
+            free_slots: RefCell::new(Vec::new()),
+            live: Cell::new(0),
+            subs: RefCell::new(SubIndex::new()),
+            dirty: RefCell::new(Vec::new()),
+            read_buf: RefCell::new(vec![0u8; config.read_buffer_bytes].into_boxed_slice()),
+            delivery_seq: Cell::new(0),
+            next_conn: Cell::new(1),
+            closing: RefCell::new(Vec::new()),
+            stop: LocalEvent::default(),
+            interest_retry: RefCell::new(Vec::new()),
+            ping_frame: ws::encode_ping(b""),
+            ws_limits: WsLimits { max_frame_bytes: config.max_frame_bytes, max_message_bytes: config.max_message_bytes },
+            node,
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.node.started.elapsed().as_millis() as u64
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.live.get()
+    }
+
+    /// Adds an upgraded connection to the table.
+    pub fn register(&self, stream: monoio::net::TcpStream, identity: Option<Box<Identity>>) -> Rc<Conn> {
+        let slot = match self.free_slots.borrow_mut().pop() {
+            Some(slot) => slot,
+            None => {
+                let mut conns = self.conns.borrow_mut();
+                conns.push(None);
+                (conns.len() - 1) as u32
+            }
+        };
+        let sequence = self.next_conn.get();
+        self.next_conn.set(sequence + 1);
+        // The shard id in the top bits makes connection ids unique per node and tells
+        // an operator (and the tests) which shard holds a connection.
+        let id = ((self.id as u64) << 48) | sequence;
+        let conn = Rc::new(Conn::new(slot, id, stream, identity, self.now_ms()));
+        conn.state.borrow_mut().tokens = self.node.config.client_messages_per_second.saturating_mul(2);
+        self.conns.borrow_mut()[slot as usize] = Some(conn.clone());
+        self.live.set(self.live.get() + 1);
+        self.metrics.connections.inc();
+        conn
+    }
+
+    /// Removes a finished connection: its subscriptions, its slot, its counters.
+    pub fn unregister(&self, conn: &Conn) {
+        let subscriptions = std::mem::take(&mut conn.state.borrow_mut().subscriptions);
+        for pattern in subscriptions {
+            self.remove_subscription(conn.slot, pattern);
+        }
+        self.conns.borrow_mut()[conn.slot as usize] = None;
+        self.free_slots.borrow_mut().push(conn.slot);
+        self.live.set(self.live.get() - 1);
+        self.metrics.connections.sub(1);
+        let why = conn.state.borrow().finished.unwrap_or(CloseReason::ClientClosed);
+        self.metrics.closed(why);
+        self.node.release();
+    }
+
+    /// Adds `pattern` for the connection in `slot`. Err(()) when the bridge could not
+    /// take the new interest (the subscription is undone).
+    pub fn add_subscription(&self, slot: u32, pattern: &str) -> Result<(), ()> {
+        let inserted = self.subs.borrow_mut().insert(pattern, slot);
+        if inserted == Insert::NewPattern {
+            let message = ToBridge::Interest { shard: self.id, pattern: pattern.into(), add: true };
+            if self.node.bridge_inbox.push(message).is_err() {
+                self.subs.borrow_mut().remove(pattern, slot);
+                self.metrics.bridge_full.inc();
+                return Err(());
+            }
+        }
+        self.metrics.subscriptions.inc();
+        Ok(())
+    }
+
+    pub fn remove_subscription(&self, slot: u32, pattern: Box<str>) {
+        let removed = self.subs.borrow_mut().remove(&pattern, slot);
+        if removed == Remove::NotPresent {
+            return;
+        }
+        self.metrics.subscriptions.sub(1);
+        if removed == Remove::LastKey {
+            let message = ToBridge::Interest { shard: self.id, pattern, add: false };
+            if let Err(refused) = self.node.bridge_inbox.push(message) {
+                self.metrics.bridge_full.inc();
+                if let ToBridge::Interest { pattern, .. } = refused.0 {
+                    self.interest_retry.borrow_mut().push((pattern, false));
+                }
+            }
+        }
+    }
+
+    /// Queues `frame` on the connection and remembers to flush it this turn.
+    pub fn send(&self, conn: &Conn, frame: Bytes) {
+        let limit = self.node.config.outbound_bytes_max;
+        if conn.enqueue(frame, limit, self.now_ms(), CLOSE_TIMEOUT_MS, &self.metrics) {
+            self.dirty.borrow_mut().push(conn.slot);
+        }
+    }
+
+    /// Starts a server-initiated close with `code`.
+    pub fn close(&self, conn: &Conn, code: u16, reason: &str, why: CloseReason) {
+        if conn.state.borrow().closing.is_some() {
+            return;
+        }
+        if conn.close(code, reason, why, self.now_ms(), CLOSE_TIMEOUT_MS, &self.metrics) {
+            self.dirty.borrow_mut().push(conn.slot);
+        }
+        self.closing.borrow_mut().push(conn.slot);
+    }
+
+    /// Fans one published message out to every local subscriber, sharing its frame.
+    fn deliver(&self, delivery: &Delivery) {
+        let seq = self.delivery_seq.get().wrapping_add(1);
+        self.delivery_seq.set(seq);
+        let conns = self.conns.borrow();
+        let limit = self.node.config.outbound_bytes_max;
+        let now = self.now_ms();
+        let private = crate::channel::private_owner(&delivery.channel).is_some();
+        let mut dirty = self.dirty.borrow_mut();
+        let mut closing = self.closing.borrow_mut();
+        self.subs.borrow().for_each_match(&delivery.channel, |slot| {
+            let Some(conn) = conns[slot as usize].as_ref() else { return };
+            {
+                let mut st = conn.state.borrow_mut();
+                if st.last_delivery == seq {
+                    return;
+                }
+                st.last_delivery = seq;
+            }
+            if private && !permission::may_receive(conn.user(), &delivery.channel) {
+                return;
+            }
+            let was_closing = conn.state.borrow().closing.is_some();
+            if conn.enqueue(delivery.frame.clone(), limit, now, CLOSE_TIMEOUT_MS, &self.metrics) {
+                dirty.push(slot);
+            }
+            if !was_closing && conn.state.borrow().closing.is_some() {
+                closing.push(slot);
+            }
+            self.metrics.deliveries.inc();
+        });
+    }
+
+    /// Writes every connection that had frames queued this turn: one vectored send each.
+    pub fn flush_dirty(self: &Rc<Self>) {
+        let slots = std::mem::take(&mut *self.dirty.borrow_mut());
+        for slot in slots {
+            let conn = self.conns.borrow()[slot as usize].clone();
+            if let Some(conn) = conn {
+                self.flush(&conn);
+            }
+        }
+    }
+
+    /// Flushes one connection now; a full socket gets a writer task that waits for room.
+    pub fn flush(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.state.borrow().writer_active {
+            return;
+        }
+        let iovecs = crate::limits::WRITE_IOVECS_MAX;
+        if let Flushed::Blocked = conn.flush(iovecs, &self.metrics) {
+            conn.state.borrow_mut().writer_active = true;
+            let shard = self.clone();
+            let conn = conn.clone();
+            monoio::spawn(async move {
+                loop {
+                    if conn.stream.writable(false).await.is_err() {
+                        conn.finish(CloseReason::IoError);
+                        break;
+                    }
+                    match conn.flush(iovecs, &shard.metrics) {
+                        Flushed::Blocked => continue,
+                        Flushed::Empty | Flushed::Failed => break,
+                    }
+                }
+                conn.state.borrow_mut().writer_active = false;
+            });
+        }
+    }
+
+    fn handle_inbox(self: &Rc<Self>, batch: &mut Vec<ToShard>) {
+        for message in batch.drain(..) {
+            match message {
+                ToShard::Deliver(delivery) => self.deliver(&delivery),
+                ToShard::Shutdown => self.begin_shutdown(),
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn begin_shutdown(self: &Rc<Self>) {
+        if self.stop.is_set() {
+            return;
+        }
+        self.stop.set();
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().flatten().cloned().collect();
+        for conn in conns {
+            self.close(&conn, ws::close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown);
+        }
+    }
+
+    /// One heartbeat-wheel tick: expire close handshakes, ping the quiet, drop the dead.
+    fn tick(self: &Rc<Self>, tick: u64) {
+        let now = self.now_ms();
+        self.expire_closing(now);
+        let heartbeat = self.node.config.heartbeat.as_millis() as u64;
+        let timeout = self.node.config.heartbeat_timeout.as_millis() as u64;
+        let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let conns: Vec<Rc<Conn>> = {
+            let table = self.conns.borrow();
+            let start = (tick % WHEEL_SLOTS) as usize;
+            (start..table.len()).step_by(WHEEL_SLOTS as usize).filter_map(|s| table[s].clone()).collect()
+        };
+        for conn in conns {
+            let (idle, pinged, closing) = {
+                let st = conn.state.borrow();
+                (now.saturating_sub(st.last_seen_ms), st.ping_outstanding, st.closing.is_some())
+            };
+            if closing {
+                continue;
+            }
+            {
+                // Give back an idle connection's queue memory; an active one regrows it
+                // at most once per heartbeat.
+                let mut st = conn.state.borrow_mut();
+                if st.outbox.is_empty() && st.outbox.capacity() > 0 && !st.writer_active {
+                    st.outbox = std::collections::VecDeque::new();
+                }
+            }
+            let expired = conn.identity.as_ref().is_some_and(|i| i.expires_unix != 0 && i.expires_unix < now_unix);
+            if expired {
+                self.close(&conn, ws::close_code::POLICY, "token expired; reconnect with a fresh token", CloseReason::ProtocolError);
+            } else if idle >= timeout {
+                conn.finish(CloseReason::HeartbeatTimeout);
+            } else if idle >= heartbeat && !pinged {
+                conn.state.borrow_mut().ping_outstanding = true;
+                self.send(&conn, self.ping_frame.clone());
+            }
+        }
+        self.retry_interest();
+        self.flush_dirty();
+    }
+
+    fn expire_closing(&self, now: u64) {
+        let conns = self.conns.borrow();
+        self.closing.borrow_mut().retain(|slot| {
+            let Some(conn) = conns[*slot as usize].as_ref() else { return false };
+            let st = conn.state.borrow();
+            match st.closing {
+                Some((_, deadline)) if st.finished.is_none() => {
+                    if now >= deadline {
+                        drop(st);
+                        conn.finish(CloseReason::CloseTimeout);
+                        return false;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        });
+    }
+
+    fn retry_interest(&self) {
+        let pending = std::mem::take(&mut *self.interest_retry.borrow_mut());
+        for (pattern, add) in pending {
+            let message = ToBridge::Interest { shard: self.id, pattern, add };
+            if let Err(refused) = self.node.bridge_inbox.push(message) {
+                if let ToBridge::Interest { pattern, add, .. } = refused.0 {
+                    self.interest_retry.borrow_mut().push((pattern, add));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the shard until shutdown: accept loop, inbox drain, heartbeat wheel.
+pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
+    monoio::spawn(inbox_loop(shard.clone()));
+    monoio::spawn(wheel_loop(shard.clone()));
+    accept_loop(&shard, &listener).await;
+    drop(listener);
+    let deadline = shard.now_ms() + shard.node.config.shutdown_timeout.as_millis() as u64;
+    while shard.live_connections() > 0 && shard.now_ms() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if shard.live_connections() > 0 {
+        tracing::warn!(shard = shard.id, left = shard.live_connections(), "shutdown timeout: dropping connections");
+    }
+}
+
+async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    loop {
+        monoio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    shard.metrics.accepted.inc();
+                    monoio::spawn(crate::transport::serve(shard.clone(), stream));
+                }
+                Err(error) => {
+                    // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.
+                    tracing::warn!(shard = shard.id, %error, "accept failed; is the fd limit too low? see `ringcast doctor`");
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shard.stop.wait() => return,
+        }
+    }
+}
+
+async fn inbox_loop(shard: Rc<Shard>) {
+    let inbox = shard.inbox.clone();
+    let mut batch = Vec::with_capacity(INBOX_BATCH_MESSAGES_MAX);
+    loop {
+        inbox.recv_batch(&mut batch, INBOX_BATCH_MESSAGES_MAX).await;
+        shard.handle_inbox(&mut batch);
+    }
+}
+
+async fn wheel_loop(shard: Rc<Shard>) {
+    let heartbeat_ms = shard.node.config.heartbeat.as_millis() as u64;
+    let tick_ms = (heartbeat_ms / WHEEL_SLOTS).max(WHEEL_TICK_MS_MIN);
+    let mut tick = 0u64;
+    loop {
+        monoio::time::sleep(Duration::from_millis(tick_ms)).await;
+        shard.tick(tick);
+        tick += 1;
+    }
+}

@@ -1,0 +1,258 @@
+//! The HTTP/1.1 phase of a connection: read a request head within the handshake
+//! timeout, route it, answer, and either keep the connection alive for the next request
+//! or hand it over to the WebSocket session.
+
+use super::websocket;
+use crate::auth::AuthError;
+use crate::channel;
+use crate::fanout::ToBridge;
+use crate::metrics::Refusal;
+use crate::protocol::http::{self as h, HttpLimits, Method, Parsed, Request};
+use crate::shard::{sys, Identity, Shard};
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+/// What a refused upgrade tells the client to wait before retrying, in seconds.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+thread_local! {
+    static SESSION_FUTURE_SIZE_LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+enum Routed {
+    Respond { bytes: Vec<u8>, keep_alive: bool },
+    Upgrade { response: Vec<u8>, identity: Option<Box<Identity>> },
+}
+
+/// Serves one accepted socket until it closes or becomes a WebSocket.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let limits = http_limits(&shard);
+    let timeout = shard.node.config.handshake_timeout;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let read = monoio::time::timeout(timeout, read_request(&shard, &stream, &mut buf, &limits)).await;
+        let (request, consumed) = match read {
+            Err(_elapsed) => {
+                if !buf.is_empty() {
+                    shard.metrics.refused(Refusal::HandshakeTimeout);
+                    let body = h::json_error(408, "request head not complete within the handshake timeout", &[], false);
+                    let _ = write_all(&stream, &body).await;
+                }
+                return;
+            }
+            Ok(Err(ReadError::Closed)) => return,
+            Ok(Err(ReadError::Http(error))) => {
+                shard.metrics.refused(Refusal::BadRequest);
+                let _ = write_all(&stream, &h::json_error(error.status, error.msg, &[], false)).await;
+                return;
+            }
+            Ok(Ok(parsed)) => parsed,
+        };
+        buf.drain(..consumed);
+        match route(&shard, &request) {
+            Routed::Respond { bytes, keep_alive } => {
+                shard.metrics.http_requests.inc();
+                if write_all(&stream, &bytes).await.is_err() || !keep_alive || !request.keep_alive {
+                    return;
+                }
+            }
+            Routed::Upgrade { response, identity } => {
+                if write_all(&stream, &response).await.is_err() {
+                    shard.node.release();
+                    return;
+                }
+                let leftover = if buf.is_empty() { None } else { Some(std::mem::take(&mut buf)) };
+                // A task of its own: the session lives for hours, and its future should
+                // not carry the HTTP phase's state (this one is several times larger).
+                let conn = websocket::start(&shard, stream, identity, leftover);
+                let session = websocket::session(shard, conn);
+                if SESSION_FUTURE_SIZE_LOGGED.with(|logged| !logged.replace(true)) {
+                    tracing::debug!(bytes = std::mem::size_of_val(&session), "WebSocket session task size");
+                }
+                monoio::spawn(session);
+                return;
+            }
+        }
+    }
+}
+
+fn http_limits(shard: &Shard) -> HttpLimits {
+    HttpLimits {
+        body_bytes_max: shard.node.config.max_message_bytes.max(HttpLimits::default().body_bytes_max),
+        ..HttpLimits::default()
+    }
+}
+
+enum ReadError {
+    Closed,
+    Http(h::HttpError),
+}
+
+/// Reads into the shard's shared buffer and appends to `buf`: no read buffer lives in a
+/// connection's future across an await (a stack array would, making every idle
+/// connection's task that much bigger).
+fn recv_into(fd: std::os::fd::RawFd, buf: &mut Vec<u8>, shard: &Shard) -> std::io::Result<sys::ReadOutcome> {
+    let mut shared = shard.read_buf.borrow_mut();
+    let outcome = sys::recv(fd, &mut shared)?;
+    if let sys::ReadOutcome::Data(n) = outcome {
+        buf.extend_from_slice(&shared[..n]);
+    }
+    Ok(outcome)
+}
+
+async fn read_request(shard: &Shard, stream: &TcpStream, buf: &mut Vec<u8>, limits: &HttpLimits) -> Result<(Request, usize), ReadError> {
+    let fd = stream.as_raw_fd();
+    loop {
+        if !buf.is_empty() {
+            match h::parse_request(buf, limits) {
+                Ok(Parsed::Complete { request, consumed }) => return Ok((request, consumed)),
+                Ok(Parsed::Incomplete) => {}
+                Err(error) => return Err(ReadError::Http(error)),
+            }
+        }
+        match recv_into(fd, buf, shard) {
+            Ok(sys::ReadOutcome::Data(_)) => {}
+            Ok(sys::ReadOutcome::WouldBlock) => {
+                if stream.readable(false).await.is_err() {
+                    return Err(ReadError::Closed);
+                }
+            }
+            Ok(sys::ReadOutcome::Eof) | Err(_) => return Err(ReadError::Closed),
+        }
+    }
+}
+
+pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    let fd = stream.as_raw_fd();
+    while !bytes.is_empty() {
+        let n = sys::send(fd, bytes)?;
+        if n == 0 {
+            stream.writable(false).await?;
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+fn respond(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Routed {
+    Routed::Respond { bytes: h::response(status, content_type, body, &[], keep_alive), keep_alive }
+}
+
+fn error(status: u16, msg: &str, extra: &[(&str, &str)]) -> Routed {
+    Routed::Respond { bytes: h::json_error(status, msg, extra, true), keep_alive: true }
+}
+
+fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
+    let get = matches!(request.method, Method::Get | Method::Head);
+    let post = matches!(request.method, Method::Post);
+    match request.path.as_str() {
+        "/ws" if get => upgrade(shard, request),
+        "/api/publish" if post => publish(shard, request),
+        "/healthz" if get => respond(200, "application/json", b"{\"status\":\"ok\"}", true),
+        "/readyz" if get => {
+            if shard.node.ready() {
+                respond(200, "application/json", b"{\"status\":\"ready\"}", true)
+            } else if shard.node.is_shutting_down() {
+                error(503, "shutting down", &[("Retry-After", RETRY_AFTER_SECONDS)])
+            } else {
+                error(503, "node is at max_connections", &[("Retry-After", RETRY_AFTER_SECONDS)])
+            }
+        }
+        "/metrics" if get => respond(200, "text/plain; version=0.0.4", shard.node.render_metrics().as_bytes(), true),
+        "/ws" | "/healthz" | "/readyz" | "/metrics" => error(405, "method not allowed; use GET", &[("Allow", "GET")]),
+        "/api/publish" => error(405, "method not allowed; use POST", &[("Allow", "POST")]),
+        _ => error(404, "no such route; see the README for /ws, /api/publish, /healthz, /readyz, /metrics", &[]),
+    }
+}
+
+fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
+    let upgrade = match h::websocket_upgrade(request) {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            shard.metrics.refused(Refusal::BadRequest);
+            let extra: &[(&str, &str)] = if e.status == 426 { &[("Sec-WebSocket-Version", "13")] } else { &[] };
+            return error(e.status, e.msg, extra);
+        }
+    };
+    let identity = match authenticate(shard, request) {
+        Ok(identity) => identity,
+        Err(e) => {
+            shard.metrics.refused(Refusal::Unauthorized);
+            return error(401, &e.to_string(), &[("WWW-Authenticate", "Bearer")]);
+        }
+    };
+    if shard.node.is_shutting_down() {
+        shard.metrics.refused(Refusal::Draining);
+        return error(503, "server is shutting down; reconnect to another node", &[("Retry-After", RETRY_AFTER_SECONDS)]);
+    }
+    if !shard.node.admit() {
+        shard.metrics.refused(Refusal::Full);
+        return error(503, "node is at max_connections; retry later or elsewhere", &[("Retry-After", RETRY_AFTER_SECONDS)]);
+    }
+    Routed::Upgrade { response: h::upgrade_response(&upgrade), identity }
+}
+
+/// Token from `?token=` or `Authorization: Bearer`. With no secret configured every
+/// connection is anonymous (local quick start); with one, a token is required unless
+/// anonymous access is switched on.
+fn authenticate(shard: &Shard, request: &Request) -> Result<Option<Box<Identity>>, AuthError> {
+    let Some(verifier) = shard.node.jwt.as_ref() else { return Ok(None) };
+    let token = request.query_param("token").or_else(|| request.bearer_token().map(str::to_owned));
+    let Some(token) = token else {
+        return if shard.node.config.allow_anonymous { Ok(None) } else { Err(AuthError::Missing) };
+    };
+    let claims = verifier.verify(&token)?;
+    Ok(Some(Box::new(Identity {
+        user: claims.sub,
+        chans: claims.chans,
+        pubs: claims.pubs,
+        info: claims.info,
+        expires_unix: claims.exp,
+    })))
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    ch: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
+    if let Some(rejected) = check_api_key(shard, request) {
+        return rejected;
+    }
+    let body: PublishBody = match serde_json::from_slice(&request.body) {
+        Ok(body) => body,
+        Err(e) => return error(400, &format!("body must be {{\"ch\":\"a.b\",\"data\":<json>}}: {e}"), &[]),
+    };
+    if let Err(e) = channel::validate_channel(&body.ch) {
+        return error(400, &format!("bad channel: {e}"), &[]);
+    }
+    if body.data.get().len() > shard.node.config.max_message_bytes {
+        return error(413, "data is larger than max_message", &[]);
+    }
+    let message = ToBridge::Publish { channel: body.ch.as_ref().into(), data: Bytes::copy_from_slice(body.data.get().as_bytes()) };
+    if shard.node.bridge_inbox.push(message).is_err() {
+        shard.metrics.bridge_full.inc();
+        return error(503, "publish queue is full; retry shortly", &[("Retry-After", "1")]);
+    }
+    respond(202, "application/json", b"{}", true)
+}
+
+fn check_api_key(shard: &Shard, request: &Request) -> Option<Routed> {
+    let Some(configured) = shard.node.config.api_key.as_deref() else {
+        return Some(error(403, "the server API is disabled: start the gateway with --api-key (or RINGCAST_API_KEY)", &[]));
+    };
+    match request.bearer_token() {
+        Some(presented) if crate::auth::api_key_matches(presented, configured) => None,
+        Some(_) => Some(error(401, "wrong API key", &[("WWW-Authenticate", "Bearer")])),
+        None => Some(error(401, "missing API key: send Authorization: Bearer <api key>", &[("WWW-Authenticate", "Bearer")])),
+    }
+}

@@ -1,0 +1,10 @@
+//! Transports on top of a shard: the HTTP/1.1 front door (routes, upgrade, server API)
+//! and the WebSocket session that follows an upgrade.
+//!
+//! Owns: one accepted socket from accept to close. Must not touch: other shards,
+//! engines (publishes go to the bridge inbox). Runs on: the shard that accepted it.
+
+mod http;
+mod websocket;
+
+pub use http::serve;

@@ -1,0 +1,265 @@
+//! The WebSocket session: reads land in the shard's shared buffer, frames are decoded in
+//! place, protocol v1 ops are answered, and replies are queued and flushed once per read.
+
+use crate::channel;
+use crate::fanout::ToBridge;
+use crate::metrics::CloseReason;
+use crate::permission::{self, Principal};
+use crate::protocol::ops::{self, ClientOp};
+use crate::protocol::ws::{self, Flow, WsMessage};
+use crate::shard::{sys, Conn, Identity, Shard};
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use std::rc::Rc;
+
+/// Registers an upgraded connection, greets it and handles any frames that arrived
+/// with the upgrade request. Synchronous, so none of this lives in the session task.
+pub fn start(shard: &Rc<Shard>, stream: TcpStream, identity: Option<Box<Identity>>, leftover: Option<Vec<u8>>) -> Rc<Conn> {
+    let conn = shard.register(stream, identity);
+    let hb = shard.node.config.heartbeat.as_secs().max(1);
+    shard.send(&conn, ws::encode_text(&ops::welcome(conn.id, &shard.node.config.node, hb)));
+    if let Some(mut bytes) = leftover {
+        handle_bytes(shard, &conn, &mut bytes, false);
+    }
+    if shard.stop.is_set() {
+        shard.close(&conn, ws::close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown);
+    }
+    shard.flush(&conn);
+    conn
+}
+
+/// The connection's one long-lived task: wait until readable, handle what arrived.
+/// Kept to two pointers and the poll op, because a node holds a million of these.
+pub async fn session(shard: Rc<Shard>, conn: Rc<Conn>) {
+    while conn.state.borrow().finished.is_none() {
+        if conn.stream.readable(false).await.is_err() {
+            conn.finish(CloseReason::IoError);
+            break;
+        }
+        read_available(&shard, &conn);
+    }
+    shard.unregister(&conn);
+}
+
+/// Reads until the socket is drained, handling every complete frame.
+fn read_available(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    loop {
+        let mut buf = shard.read_buf.borrow_mut();
+        let capacity = buf.len();
+        let n = match sys::recv(conn.fd, &mut buf) {
+            Ok(sys::ReadOutcome::Data(n)) => n,
+            Ok(sys::ReadOutcome::WouldBlock) => break,
+            Ok(sys::ReadOutcome::Eof) => {
+                let why = conn.state.borrow().closing.map(|(why, _)| why).unwrap_or(CloseReason::ClientClosed);
+                conn.finish(why);
+                break;
+            }
+            Err(_) => {
+                conn.finish(CloseReason::IoError);
+                break;
+            }
+        };
+        shard.metrics.bytes_in.add(n as u64);
+        {
+            let mut st = conn.state.borrow_mut();
+            st.last_seen_ms = shard.now_ms();
+            st.ping_outstanding = false;
+        }
+        let carry = conn.state.borrow_mut().carry.take();
+        match carry {
+            Some(mut carried) => {
+                carried.extend_from_slice(&buf[..n]);
+                drop(buf);
+                handle_bytes(shard, conn, &mut carried, false);
+            }
+            None => {
+                let consumed = decode(shard, conn, &mut buf[..n]);
+                if consumed < n && conn.state.borrow().finished.is_none() {
+                    conn.state.borrow_mut().carry = Some(buf[consumed..n].to_vec());
+                }
+            }
+        }
+        if conn.state.borrow().finished.is_some() || n < capacity {
+            break;
+        }
+    }
+    shard.flush(conn);
+}
+
+/// Decodes an owned buffer (a carried partial frame plus new bytes), keeping the tail.
+fn handle_bytes(shard: &Rc<Shard>, conn: &Rc<Conn>, bytes: &mut Vec<u8>, flush: bool) {
+    let consumed = decode(shard, conn, bytes);
+    bytes.drain(..consumed);
+    if !bytes.is_empty() && conn.state.borrow().finished.is_none() {
+        conn.state.borrow_mut().carry = Some(std::mem::take(bytes));
+    }
+    if flush {
+        shard.flush(conn);
+    }
+}
+
+/// Runs the frame decoder over `buf`; returns bytes consumed.
+fn decode(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut [u8]) -> usize {
+    let mut reader = std::mem::take(&mut conn.state.borrow_mut().reader);
+    let result = reader.feed(buf, &shard.ws_limits, &mut |message| on_message(shard, conn, message));
+    conn.state.borrow_mut().reader = reader;
+    match result {
+        Ok(consumed) => consumed,
+        Err(error) => {
+            let why = CloseReason::from_close_code(error.close_code);
+            shard.close(conn, error.close_code, error.reason, why);
+            buf.len()
+        }
+    }
+}
+
+fn on_message(shard: &Rc<Shard>, conn: &Rc<Conn>, message: WsMessage<'_>) -> Flow {
+    shard.metrics.frames_in.inc();
+    let closing = conn.state.borrow().closing;
+    if let WsMessage::Close { code, .. } = message {
+        match closing {
+            // Our close was answered: the handshake is complete.
+            Some((why, _)) => conn.finish(why),
+            None => {
+                // Echo the client's code, as RFC 6455 §5.5.1 asks.
+                let code = code.unwrap_or(ws::close_code::NORMAL);
+                shard.close(conn, code, "", CloseReason::ClientClosed);
+                shard.flush(conn);
+                conn.finish(CloseReason::ClientClosed);
+            }
+        }
+        return Flow::Stop;
+    }
+    if closing.is_some() {
+        return Flow::Continue;
+    }
+    match message {
+        WsMessage::Text(text) => on_text(shard, conn, text),
+        WsMessage::Binary(_) => reply_err(shard, conn, None, 400, "binary frames are not part of protocol v1; send JSON text frames"),
+        WsMessage::Ping(payload) => shard.send(conn, ws::encode_pong(payload)),
+        WsMessage::Pong(_) | WsMessage::Close { .. } => {}
+    }
+    Flow::Continue
+}
+
+fn reply(shard: &Shard, conn: &Conn, json: Vec<u8>) {
+    shard.send(conn, ws::encode_text(&json));
+}
+
+fn reply_err(shard: &Shard, conn: &Conn, id: Option<u32>, code: u16, msg: &str) {
+    shard.metrics.client_errors.inc();
+    reply(shard, conn, ops::err(id, code, msg));
+}
+
+/// Token bucket: `client_messages_per_second` refill, burst of twice that (new
+/// connections start with a full bucket, see `Shard::register`).
+fn take_token(shard: &Shard, conn: &Conn) -> bool {
+    let rate = shard.node.config.client_messages_per_second as u64;
+    let now = shard.now_ms();
+    let mut st = conn.state.borrow_mut();
+    let refill = now.saturating_sub(st.tokens_at_ms) * rate / 1000;
+    if refill > 0 {
+        st.tokens = (st.tokens as u64 + refill).min(rate * 2) as u32;
+        st.tokens_at_ms = now;
+    }
+    if st.tokens == 0 {
+        return false;
+    }
+    st.tokens -= 1;
+    true
+}
+
+fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
+    if !take_token(shard, conn) {
+        shard.metrics.rate_limited.inc();
+        let id = ops::parse_client_op(text).ok().and_then(|op| op_id(&op));
+        return reply_err(shard, conn, id, 429, "rate limited: too many messages per second (client_rate); slow down");
+    }
+    let op = match ops::parse_client_op(text) {
+        Ok(op) => op,
+        Err(e) => return reply_err(shard, conn, e.id, e.code, &e.msg),
+    };
+    match op {
+        ClientOp::Sub { id, ch, .. } => subscribe(shard, conn, id, &ch),
+        ClientOp::Unsub { id, ch } => unsubscribe(shard, conn, id, &ch),
+        ClientOp::Pub { id, ch, data } => publish(shard, conn, id, &ch, data.get().as_bytes()),
+        ClientOp::Ping { id } => reply(shard, conn, ops::pong(id)),
+        ClientOp::Ack { nid } => reply_err(shard, conn, None, 404, &format!("no pending notification {nid} on this node")),
+        ClientOp::Presence { id, .. } => reply_err(shard, conn, id, 404, "presence is not enabled on this node"),
+    }
+}
+
+fn op_id(op: &ClientOp) -> Option<u32> {
+    match op {
+        ClientOp::Sub { id, .. } | ClientOp::Unsub { id, .. } | ClientOp::Pub { id, .. } => *id,
+        ClientOp::Presence { id, .. } | ClientOp::Ping { id } => *id,
+        ClientOp::Ack { .. } => None,
+    }
+}
+
+fn principal<'a>(shard: &Shard, conn: &'a Conn) -> Principal<'a> {
+    let identity = conn.identity.as_deref();
+    Principal {
+        user: identity.and_then(|i| i.user.as_deref()),
+        chans: identity.and_then(|i| i.chans.as_deref()),
+        pubs: identity.and_then(|i| i.pubs.as_deref()),
+        sys_allowed: shard.node.config.sys_subscribe,
+    }
+}
+
+fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str) {
+    if let Err(e) = channel::validate_pattern(pattern) {
+        return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
+    }
+    if let Err(denied) = permission::check_subscribe(&principal(shard, conn), pattern) {
+        return reply_err(shard, conn, id, denied.code, &denied.msg);
+    }
+    let count = {
+        let st = conn.state.borrow();
+        if st.subscriptions.iter().any(|p| &**p == pattern) {
+            drop(st);
+            return reply(shard, conn, ops::ok(id));
+        }
+        st.subscriptions.len()
+    };
+    let max = shard.node.config.subscriptions_max;
+    if count >= max {
+        let msg = format!("subscription limit reached ({max} per connection, max_subscriptions); unsubscribe first");
+        return reply_err(shard, conn, id, 413, &msg);
+    }
+    if shard.add_subscription(conn.slot, pattern).is_err() {
+        return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
+    }
+    conn.state.borrow_mut().subscriptions.push(pattern.into());
+    reply(shard, conn, ops::ok(id));
+}
+
+fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str) {
+    let removed = {
+        let mut st = conn.state.borrow_mut();
+        let position = st.subscriptions.iter().position(|p| &**p == pattern);
+        position.map(|i| st.subscriptions.swap_remove(i))
+    };
+    match removed {
+        Some(pattern) => {
+            shard.remove_subscription(conn.slot, pattern);
+            reply(shard, conn, ops::ok(id));
+        }
+        None => reply_err(shard, conn, id, 404, &format!("not subscribed to {pattern}")),
+    }
+}
+
+fn publish(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, channel_name: &str, data: &[u8]) {
+    if let Err(e) = channel::validate_channel(channel_name) {
+        return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
+    }
+    if let Err(denied) = permission::check_publish(&principal(shard, conn), channel_name) {
+        return reply_err(shard, conn, id, denied.code, &denied.msg);
+    }
+    let message = ToBridge::Publish { channel: channel_name.into(), data: Bytes::copy_from_slice(data) };
+    if shard.node.bridge_inbox.push(message).is_err() {
+        shard.metrics.bridge_full.inc();
+        return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
+    }
+    reply(shard, conn, ops::ok(id));
+}
