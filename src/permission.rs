@@ -6,6 +6,11 @@
 //! Two layers keep `user.{id}` private: subscribing to another user's private channel by
 //! name (or to `user.*`/`user.>`) is refused, and [`may_receive`] filters every delivery
 //! on a private channel, so a broad pattern like `>` or `*.bob` can never leak one.
+//! Publishing to another user's private channel needs a `pub` claim that covers it (a
+//! direct message the application chose to allow).
+//!
+//! `chans` and `pub` entries are validated when the token is accepted (see
+//! `transport::http::authenticate`): an invalid entry never reaches these checks.
 
 use crate::channel::{covers, SYS_TOKEN, USER_TOKEN};
 
@@ -43,7 +48,6 @@ pub fn check_subscribe(p: &Principal, pattern: &str) -> Result<(), Denied> {
         if !p.sys_allowed {
             return denied("$sys.* channels are not open to clients on this node (server setting sys_subscribe)");
         }
-        return Ok(());
     }
     if first == USER_TOKEN {
         if let Some(owner) = second {
@@ -146,6 +150,9 @@ mod tests {
         assert!(check_subscribe(&p, "$sys.metrics").unwrap_err().msg.contains("sys_subscribe"));
         p.sys_allowed = true;
         assert_eq!(check_subscribe(&p, "$sys.metrics"), Ok(()));
+        let chans = vec![">".to_string()];
+        p.chans = Some(&chans);
+        assert!(check_subscribe(&p, "$sys.metrics").is_err(), "`>` in chans does not grant $sys");
         let anon = Principal { user: None, chans: None, pubs: None, sys_allowed: true };
         assert!(check_subscribe(&anon, "$sys.metrics").is_err());
     }

@@ -207,13 +207,31 @@ fn authenticate(shard: &Shard, request: &Request) -> Result<Option<Box<Identity>
         return if shard.node.config.allow_anonymous { Ok(None) } else { Err(AuthError::Missing) };
     };
     let claims = verifier.verify(&token)?;
+    if let Some(sub) = claims.sub.as_deref() {
+        if !channel::is_valid_token(sub) {
+            return Err(AuthError::Malformed(format!("sub {sub:?} must be one channel token ([A-Za-z0-9_-]), as it names user.{{sub}}")));
+        }
+    }
     Ok(Some(Box::new(Identity {
         user: claims.sub,
-        chans: claims.chans,
-        pubs: claims.pubs,
+        chans: claims.chans.map(valid_patterns),
+        pubs: claims.pubs.map(valid_patterns),
         info: claims.info,
         expires_unix: claims.exp,
     })))
+}
+
+/// Drops claim entries that are not valid patterns: a malformed entry like `a.>.b` must
+/// grant nothing rather than something its author did not mean.
+fn valid_patterns(mut patterns: Vec<String>) -> Vec<String> {
+    patterns.retain(|p| {
+        let valid = channel::validate_pattern(p).is_ok();
+        if !valid {
+            tracing::warn!(pattern = %p, "ignoring an invalid pattern in a token's chans/pub claim");
+        }
+        valid
+    });
+    patterns
 }
 
 #[derive(Deserialize)]
