@@ -7,4 +7,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --workspace --all-targets --locked 2>&1 | tail -n 3
 # Fuzz targets build on stable (libFuzzer linked, not instrumented) so they cannot rot.
 cargo build --release --locked --manifest-path fuzz/Cargo.toml 2>&1 | tail -n 1
-cargo test --release --workspace --locked -- --test-threads=2
+log=target/test-output.log
+mkdir -p target
+# --lib --bins --tests: unit and integration tests (no doc tests: there are none).
+cargo test --release --workspace --locked --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -13,6 +13,9 @@ fn routes_answer_and_unknown_ones_get_404_or_405() {
     let (status, _, body) = http(gateway.port, "GET", "/healthz", &[], b"");
     assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
     assert_eq!(http(gateway.port, "GET", "/readyz", &[], b"").0, 200);
+    let (status, head, body) = http(gateway.port, "HEAD", "/healthz", &[], b"");
+    assert_eq!((status, body.as_str()), (200, ""), "HEAD answers the head only");
+    assert!(head.contains("Content-Length: 15"), "{head}");
     let (status, head, body) = http(gateway.port, "GET", "/nope", &[], b"");
     assert_eq!(status, 404, "{head}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"]["code"], 404);
@@ -168,6 +171,10 @@ fn bad_config_is_one_line_naming_the_key_and_exit_2() {
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(key), "names {key}: {stderr}");
     }
+    // The environment is checked the same way, and names the same key.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast")).arg("gateway").env("RINGCAST_MAX_FRAME", "64XB").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("max_frame"));
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast")).args(["gateway", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     for flag in ["--listen", "--shards", "--pin", "--max-connections", "--api-key", "--jwt-secret", "--max-frame", "--outbound-limit", "--heartbeat"] {

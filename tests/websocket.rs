@@ -187,3 +187,19 @@ fn rate_limit_answers_429_and_keeps_the_connection() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(request(&mut client, json!({"op": "ping"}), 99)["op"], "pong");
 }
+
+#[test]
+fn epoll_fallback_serves_the_same_protocol() {
+    let gateway = Gateway::start(&["--epoll", "--shards", "2"]);
+    let (mut client, _) = connect(&gateway.url(""));
+    let channel = format!("t{}.epoll", unique());
+    assert_eq!(request(&mut client, json!({"op": "sub", "ch": channel}), 1)["op"], "ok");
+    for n in 0..50 {
+        publish(gateway.port, &channel, json!(n));
+    }
+    for n in 0..50 {
+        assert_eq!(recv_json(&mut client)["data"], n);
+    }
+    let (_, _, metrics) = http(gateway.port, "GET", "/metrics", &[], b"");
+    assert!(metrics.contains("io=\"epoll\""), "metrics name the io mode: {metrics}");
+}

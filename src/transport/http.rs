@@ -55,8 +55,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         };
         buf.drain(..consumed);
         match route(&shard, &request) {
-            Routed::Respond { bytes, keep_alive } => {
+            Routed::Respond { mut bytes, keep_alive } => {
                 shard.metrics.http_requests.inc();
+                if matches!(request.method, Method::Head) {
+                    // Same head as GET, no body (RFC 9110 §9.3.2).
+                    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |i| i + 4);
+                    bytes.truncate(head_end);
+                }
                 if write_all(&stream, &bytes).await.is_err() || !keep_alive || !request.keep_alive {
                     return;
                 }
