@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --workspace --all-targets --locked 2>&1 | tail -n 3
-# Fuzz targets build on stable (libFuzzer linked, not instrumented) so they cannot rot.
-cargo build --release --locked --manifest-path fuzz/Cargo.toml 2>&1 | tail -n 1
+# Fuzz targets: coverage-instrumented libFuzzer builds on the stable toolchain (the
+# sancov flags below are what cargo-fuzz passes, minus its nightly-only sanitizer), then
+# FUZZ_SECONDS of fuzzing each. A crash fails the run and leaves the input in fuzz/artifacts.
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 log=target/test-output.log
 mkdir -p target
 # --lib --bins --tests: unit and integration tests (no doc tests: there are none).
