@@ -12,34 +12,21 @@ fn decode(c: &mut Criterion) {
     let one = encode_client_frame(1, true, &payload, [1, 2, 3, 4]);
     let many: Vec<u8> = (0..64).flat_map(|_| encode_client_frame(1, true, b"{\"op\":\"ping\",\"id\":1}", [9, 8, 7, 6])).collect();
     let mut group = c.benchmark_group("ws_decode");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("text_200B", |b| {
-        b.iter_batched_ref(
-            || one.clone(),
-            |buf| {
-                let mut reader = WsReader::default();
-                reader.feed(buf, &LIMITS, &mut |m| {
-                    black_box(m);
-                    Flow::Continue
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    group.throughput(Throughput::Elements(64));
-    group.bench_function("64_small_frames", |b| {
-        b.iter_batched_ref(
-            || many.clone(),
-            |buf| {
-                let mut reader = WsReader::default();
-                reader.feed(buf, &LIMITS, &mut |m| {
-                    black_box(m);
-                    Flow::Continue
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, frames, bytes) in [("text_200B", 1u64, &one), ("64_small_frames", 64, &many)] {
+        group.throughput(Throughput::Elements(frames));
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || bytes.clone(),
+                |buf| {
+                    WsReader::default().feed(buf, &LIMITS, &mut |m| {
+                        black_box(m);
+                        Flow::Continue
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -53,8 +53,14 @@ pub fn send_queue(fd: RawFd, queue: &VecDeque<Bytes>, offset: usize, iovecs_max:
     let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
     header.msg_iov = iovecs.as_mut_ptr();
     header.msg_iovlen = count as _;
+    // SAFETY: header and the iovecs it points to are valid for the call.
+    retry_send(|| unsafe { libc::sendmsg(fd, &header, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
+}
+
+/// Runs a send call until it is not interrupted; a full socket is `Ok(0)`.
+fn retry_send(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        let n = unsafe { libc::sendmsg(fd, &header, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -69,18 +75,8 @@ pub fn send_queue(fd: RawFd, queue: &VecDeque<Bytes>, offset: usize, iovecs_max:
 
 /// Sends a small control buffer (HTTP responses) directly; returns bytes written.
 pub fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::WouldBlock => return Ok(0),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(err),
-        }
-    }
+    // SAFETY: bytes is a valid readable region of bytes.len() for the call.
+    retry_send(|| unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
 }
 
 /// Wakes a reader parked on this socket (it sees EOF) without closing the descriptor,
