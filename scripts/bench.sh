@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3} CONNS=${CONNS:-2000} RATE=${RATE:-200} DURATION=${DURATION:-10s} IDLE=${IDLE:-15000}
+# The loaded pair: many publishers at once (as from many backends), so messages share
+# inbox batches and sends; `limit` at the same rate.
+LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
 PORT=${PORT:-18080}
 cargo build --release --workspace --locked -q
 bin=target/release
@@ -28,6 +31,13 @@ for run in $(seq 1 "$RUNS"); do
   stop_gateway
   echo "run $run/$RUNS: limit" >&2
   taskset -c 1 $bin/ringcast-loadtest limit --conns "$CONNS" --rate "$RATE" --duration "$DURATION" --server-cpu 0 --json
+  echo "run $run/$RUNS: ringcast fanout, $PUBLISHERS publishers at $LOADED_RATE msgs/s" >&2
+  start_gateway
+  taskset -c 1 $bin/ringcast-loadtest fanout --url ws://127.0.0.1:$PORT/ws --conns "$CONNS" --rate "$LOADED_RATE" \
+    --publishers "$PUBLISHERS" --duration "$DURATION" --api-key bench --server-pid "$GW" --json
+  stop_gateway
+  echo "run $run/$RUNS: limit at $LOADED_RATE msgs/s" >&2
+  taskset -c 1 $bin/ringcast-loadtest limit --conns "$CONNS" --rate "$LOADED_RATE" --duration "$DURATION" --server-cpu 0 --json
   echo "run $run/$RUNS: ringcast idle $IDLE" >&2
   start_gateway
   taskset -c 1 $bin/ringcast-loadtest idle --url ws://127.0.0.1:$PORT/ws --conns "$IDLE" --duration 3s --server-pid "$GW" --json

@@ -104,6 +104,11 @@ pub struct FanoutArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
+    /// Publisher connections, each with one request in flight and an equal share of the
+    /// rate. More than 1 lets publishes arrive together, as from many backends, so the
+    /// gateway can coalesce them into one send per subscriber.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
 }
 
 #[derive(Args, Debug, Clone)]

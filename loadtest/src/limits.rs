@@ -44,3 +44,7 @@ pub const LIMIT_BATCH_MAX: usize = 64;
 pub const LIMIT_OUTBOUND_BYTES_MAX: usize = 256 * 1024;
 /// The `limit` server's accept backlog (the kernel caps it at net.core.somaxconn).
 pub const LIMIT_ACCEPT_BACKLOG: i32 = 65_535;
+
+/// Publisher connections for `fanout --publishers`: each is a thread and a socket; a few
+/// dozen already arrive together more than any single backend would.
+pub const PUBLISHERS_MAX: usize = 64;

@@ -143,6 +143,39 @@ impl Publisher for HttpPublisher {
     }
 }
 
+/// Several HTTP publishers on their own connections and threads, each at an equal share
+/// of the rate; their results add up.
+pub struct ParallelPublisher {
+    publishers: Vec<HttpPublisher>,
+}
+
+impl ParallelPublisher {
+    pub fn new(publishers: Vec<HttpPublisher>) -> Self {
+        assert!(!publishers.is_empty());
+        ParallelPublisher { publishers }
+    }
+}
+
+impl Publisher for ParallelPublisher {
+    fn publish_for(&mut self, rate: f64, duration: Duration) -> Result<PublishResult> {
+        let share = rate / self.publishers.len() as f64;
+        let results: Vec<Result<PublishResult>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self.publishers.iter_mut().map(|p| scope.spawn(move || p.publish_for(share, duration))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("publisher thread panicked")))).collect()
+        });
+        let mut total = PublishResult::default();
+        for result in results {
+            let result = result?;
+            total.published += result.published;
+            total.elapsed = total.elapsed.max(result.elapsed);
+            for (kind, count) in result.errors {
+                *total.errors.entry(kind).or_insert(0) += count;
+            }
+        }
+        Ok(total)
+    }
+}
+
 /// Drives the `limit` server child, which paces and stamps messages itself.
 pub struct LimitPublisher {
     pub stdin: std::process::ChildStdin,

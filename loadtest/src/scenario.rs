@@ -8,7 +8,7 @@ use crate::cli::{BurstArgs, ClientArgs, FanoutArgs, IdleArgs, LimitArgs, Publish
 use crate::client::WorkerConfig;
 use crate::fleet::{self, Fleet, Totals};
 use crate::limits;
-use crate::publish::{HttpPublisher, LimitPublisher, PublishResult, Publisher};
+use crate::publish::{HttpPublisher, LimitPublisher, ParallelPublisher, PublishResult, Publisher};
 use crate::report::{ms, Point, Report};
 use crate::stats::{self, ProcSample};
 use anyhow::{bail, Context, Result};
@@ -418,7 +418,11 @@ impl Publisher for NullPublisher {
 pub fn fanout(args: &FanoutArgs) -> Result<Report> {
     let target = parse_url(&args.client.url)?;
     let p = &args.publish;
-    let publisher = Box::new(HttpPublisher::new(target.addr, &target.host, &p.api_key, &p.channel, p.payload));
+    if args.publishers == 0 || args.publishers > crate::limits::PUBLISHERS_MAX {
+        anyhow::bail!("--publishers must be 1..={}", crate::limits::PUBLISHERS_MAX);
+    }
+    let publishers = (0..args.publishers).map(|_| HttpPublisher::new(target.addr, &target.host, &p.api_key, &p.channel, p.payload)).collect();
+    let publisher = Box::new(ParallelPublisher::new(publishers));
     run_fanout("fanout", &args.client, p, &target, publisher, args.client.server_pid)
 }
 
