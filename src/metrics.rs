@@ -30,10 +30,12 @@ pub enum CloseReason {
     IoError,
     /// The close handshake did not finish within its timeout.
     CloseTimeout,
+    /// The token's `exp` passed during the session (1008).
+    TokenExpired,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::ProtocolError,
@@ -43,6 +45,7 @@ impl CloseReason {
         CloseReason::HeartbeatTimeout,
         CloseReason::IoError,
         CloseReason::CloseTimeout,
+        CloseReason::TokenExpired,
     ];
 
     pub fn label(self) -> &'static str {
@@ -56,6 +59,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::IoError => "io_error",
             CloseReason::CloseTimeout => "close_timeout",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 
@@ -146,8 +150,8 @@ pub struct ShardMetrics {
     pub client_errors: Counter,
     pub rate_limited: Counter,
     pub bridge_full: Counter,
-    pub closes: [Counter; 9],
-    pub refusals: [Counter; 5],
+    pub closes: [Counter; CloseReason::ALL.len()],
+    pub refusals: [Counter; Refusal::ALL.len()],
 }
 
 impl ShardMetrics {

@@ -104,6 +104,16 @@ fn expired_token_closes_the_session_with_1008() {
     let started = std::time::Instant::now();
     assert_eq!(raw.expect_close(), 1008);
     assert!(started.elapsed() < Duration::from_secs(8));
+    raw.send_frame(8, true, &1008u16.to_be_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, _, metrics) = http(gateway.port, "GET", "/metrics", &[], b"");
+        if metrics.lines().any(|l| l.contains("reason=\"token_expired\"") && l.ends_with(" 1")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "token expiry not counted: {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

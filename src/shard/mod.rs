@@ -304,7 +304,7 @@ impl Shard {
             }
             let expired = conn.identity.as_ref().is_some_and(|i| i.expires_unix != 0 && i.expires_unix < now_unix);
             if expired {
-                self.close(&conn, ws::close_code::POLICY, "token expired; reconnect with a fresh token", CloseReason::ProtocolError);
+                self.close(&conn, ws::close_code::POLICY, "token expired; reconnect with a fresh token", CloseReason::TokenExpired);
             } else if idle >= timeout {
                 conn.finish(CloseReason::HeartbeatTimeout);
             } else if idle >= heartbeat && !pinged {
