@@ -19,7 +19,7 @@ pub fn start(shard: &Rc<Shard>, stream: TcpStream, identity: Option<Box<Identity
     let hb = shard.node.config.heartbeat.as_secs().max(1);
     shard.send(&conn, ws::encode_text(&ops::welcome(conn.id, &shard.node.config.node, hb)));
     if let Some(mut bytes) = leftover {
-        handle_bytes(shard, &conn, &mut bytes, false);
+        handle_bytes(shard, &conn, &mut bytes);
     }
     if shard.stop.is_set() {
         shard.close(&conn, ws::close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown);
@@ -70,7 +70,7 @@ fn read_available(shard: &Rc<Shard>, conn: &Rc<Conn>) {
             Some(mut carried) => {
                 carried.extend_from_slice(&buf[..n]);
                 drop(buf);
-                handle_bytes(shard, conn, &mut carried, false);
+                handle_bytes(shard, conn, &mut carried);
             }
             None => {
                 let consumed = decode(shard, conn, &mut buf[..n]);
@@ -87,14 +87,11 @@ fn read_available(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 }
 
 /// Decodes an owned buffer (a carried partial frame plus new bytes), keeping the tail.
-fn handle_bytes(shard: &Rc<Shard>, conn: &Rc<Conn>, bytes: &mut Vec<u8>, flush: bool) {
+fn handle_bytes(shard: &Rc<Shard>, conn: &Rc<Conn>, bytes: &mut Vec<u8>) {
     let consumed = decode(shard, conn, bytes);
     bytes.drain(..consumed);
     if !bytes.is_empty() && conn.state.borrow().finished.is_none() {
         conn.state.borrow_mut().carry = Some(std::mem::take(bytes));
-    }
-    if flush {
-        shard.flush(conn);
     }
 }
 
