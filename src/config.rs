@@ -27,8 +27,16 @@ struct Cli {
 enum Sub {
     /// Run a gateway node (embedded broker: one command serves everything).
     Gateway(GatewayArgs),
-    /// Check this host for running a gateway: io_uring, descriptor limits.
-    Doctor,
+    /// Check this host for a target connection count: io_uring, descriptor limits,
+    /// kernel queues, memory; prints what to change. Exit 1 when something must change.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Connections the node should hold.
+    #[arg(long, env = "RINGCAST_DOCTOR_CONNECTIONS", default_value_t = 1_000_000, value_name = "N")]
+    connections: usize,
 }
 
 /// Raw gateway settings as given on the command line or in the environment.
@@ -198,7 +206,8 @@ impl std::fmt::Debug for GatewayConfig {
 
 pub enum Command {
     Gateway(GatewayConfig),
-    Doctor,
+    /// `ringcast doctor`: the connection count to check the host for.
+    Doctor { connections: usize },
 }
 
 /// A bad setting: which key, and what is wrong with it.
@@ -233,7 +242,7 @@ where
 {
     let cli = Cli::parse_from(args);
     match cli.command {
-        Sub::Doctor => Ok(Command::Doctor),
+        Sub::Doctor(args) => Ok(Command::Doctor { connections: args.connections }),
         Sub::Gateway(args) => {
             let file = match &cli.config {
                 Some(path) => read_file(path)?,
@@ -459,7 +468,7 @@ mod tests {
         full.extend_from_slice(args);
         match load_from(full)? {
             Command::Gateway(config) => Ok(config),
-            Command::Doctor => unreachable!(),
+            Command::Doctor { .. } => unreachable!(),
         }
     }
 

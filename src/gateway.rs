@@ -189,15 +189,3 @@ fn spawn_signal_thread(node: Arc<Node>) {
         })
         .expect("cannot start the signal thread");
 }
-
-/// Host checks for running a gateway here. The full version (targets, advice per
-/// connection count) belongs to the tuning work; this reports the facts.
-pub fn doctor() -> i32 {
-    let uring = monoio::utils::detect_uring();
-    println!("io_uring: {}", if uring { "usable" } else { "NOT usable (old kernel, or blocked by seccomp/container policy): ringcast falls back to epoll" });
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    println!("open files: soft {} hard {} (each connection needs one; raise with `ulimit -n` or tuning/apply.sh)", limit.rlim_cur, limit.rlim_max);
-    println!("online cpus: {}", crate::limits::online_cpus());
-    0
-}

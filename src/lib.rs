@@ -20,11 +20,13 @@
 //! | [`transport`] | HTTP routes and the WebSocket session on top of a shard |
 //! | [`bridge`] | the engine thread: interest, broker, encode-once |
 //! | [`gateway`] | start-up wiring: listeners, threads, signals, shutdown |
+//! | [`doctor`] | host checks for a target connection count |
 
 pub mod auth;
 pub mod bridge;
 pub mod channel;
 pub mod config;
+pub mod doctor;
 pub mod fanout;
 pub mod gateway;
 pub mod limits;

@@ -15,7 +15,7 @@ fn main() {
     };
     let code = match command {
         ringcast::config::Command::Gateway(config) => ringcast::gateway::run(config),
-        ringcast::config::Command::Doctor => ringcast::gateway::doctor(),
+        ringcast::config::Command::Doctor { connections } => ringcast::doctor::run(connections),
     };
     std::process::exit(code);
 }

@@ -191,3 +191,20 @@ fn bad_config_is_one_line_naming_the_key_and_exit_2() {
         assert!(help.contains(flag), "--help explains {flag}");
     }
 }
+
+#[test]
+fn doctor_reports_what_to_change_for_a_connection_count() {
+    let run = |n: &str| std::process::Command::new(env!("CARGO_BIN_EXE_ringcast")).args(["doctor", "--connections", n]).output().unwrap();
+    let small = run("1000");
+    let text = String::from_utf8_lossy(&small.stdout);
+    for check in ["io_uring", "open files", "fs.nr_open", "net.core.somaxconn", "memory available"] {
+        assert!(text.contains(check), "doctor checks {check}: {text}");
+    }
+    assert_eq!(small.status.code(), Some(0), "a host that runs these tests holds 1,000 connections: {text}");
+    // A billion idle connections need terabytes: the memory check must say so, exit 1.
+    let huge = run("1000000000");
+    let text = String::from_utf8_lossy(&huge.stdout);
+    assert_eq!(huge.status.code(), Some(1), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("CHANGE memory available")), "{text}");
+    assert!(text.contains("gateway processes on the same --listen port") || text.contains("ok     open files"), "{text}");
+}
