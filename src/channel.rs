@@ -242,6 +242,35 @@ pub fn covers(outer: &str, inner: &str) -> bool {
     }
 }
 
+/// Pattern overlap: true iff some channel matches both `a` and `b` (the `$sys` rule
+/// included). Used to refuse history patterns that share channels, and to find which
+/// history pattern a subscription touches.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let mut a_tokens = a.split('.');
+    let mut b_tokens = b.split('.');
+    let mut first = true;
+    loop {
+        match (a_tokens.next(), b_tokens.next()) {
+            (None, None) => return true,
+            // `>` takes one or more tokens: whatever the other has left, it can match,
+            // unless that is a `$sys` channel and the `>` is the first token.
+            (Some(">"), Some(t)) | (Some(t), Some(">")) => return !(first && t == SYS_TOKEN),
+            (Some("*"), Some(t)) | (Some(t), Some("*")) => {
+                if first && t == SYS_TOKEN {
+                    return false;
+                }
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        first = false;
+    }
+}
+
 /// The owner of a private channel: `user.alice` and `user.alice.x` → `Some("alice")`;
 /// anything else (including plain `user`) → `None`. Meant for concrete channels; for a
 /// pattern the second token may come back as `*` or `>`.
@@ -811,6 +840,43 @@ mod tests {
             for (ii, inner) in patterns.iter().enumerate() {
                 let subset = (0..channels.len()).all(|c| !matched[ii][c] || matched[oi][c]);
                 assert_eq!(covers(outer, inner), subset, "covers({outer:?}, {inner:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn overlaps_table() {
+        let table: &[(&str, &str, bool)] = &[
+            ("a.>", "a.b", true),
+            ("a.>", "a", false),
+            ("a.*", "*.b", true),
+            ("a.*", "b.*", false),
+            ("a.*", "a.*.c", false),
+            ("*.>", "a.b.c", true),
+            (">", "$sys.x", false),
+            ("*.x", "$sys.*", false),
+            ("$sys.>", "$sys.*", true),
+            (">", "*", true),
+        ];
+        for &(a, b, want) in table {
+            assert_eq!(overlaps(a, b), want, "overlaps({a:?}, {b:?})");
+            assert_eq!(overlaps(b, a), want, "overlaps({b:?}, {a:?})");
+        }
+    }
+
+    #[test]
+    fn overlaps_agrees_with_brute_force() {
+        let channels = all_channels(5);
+        let mut rng = Rng::new(11);
+        let mut patterns: HashSet<String> = HashSet::new();
+        while patterns.len() < 150 {
+            patterns.insert(random_pattern(&mut rng, &["a", "b"], 4));
+        }
+        let patterns: Vec<String> = patterns.into_iter().collect();
+        for a in &patterns {
+            for b in &patterns {
+                let witness = channels.iter().any(|c| matches(a, c) && matches(b, c));
+                assert_eq!(overlaps(a, b), witness, "overlaps({a:?}, {b:?})");
             }
         }
     }

@@ -117,12 +117,98 @@ struct GatewayArgs {
     /// Log as JSON lines instead of text. [default: false]
     #[arg(long, env = "RINGCAST_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     log_json: Option<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+/// The broker seam (Beacon): NATS for multi-node fan-out, JetStream for history.
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Broker (NATS, history)")]
+struct BrokerArgs {
+    /// NATS server(s) for multi-node fan-out, comma-separated, e.g. `nats://127.0.0.1:4222`.
+    /// Unset: the embedded in-process broker (one node).
+    #[arg(long, env = "RINGCAST_NATS", value_name = "URLS")]
+    nats: Option<String>,
+    /// Subject prefix: channel `a.b` is NATS subject `PREFIX.a.b`. [default: rc]
+    #[arg(long, env = "RINGCAST_NATS_PREFIX", value_name = "PREFIX")]
+    nats_prefix: Option<String>,
+    /// NATS token authentication.
+    #[arg(long, env = "RINGCAST_NATS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "RINGCAST_NATS_USER", value_name = "USER")]
+    nats_user: Option<String>,
+    /// NATS password (with --nats-user).
+    #[arg(long, env = "RINGCAST_NATS_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// NATS credentials file (JWT + NKey seed, as `nsc` writes it).
+    #[arg(long, env = "RINGCAST_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<String>,
+    /// PEM file of CA certificates to trust for NATS TLS (implies TLS).
+    #[arg(long, env = "RINGCAST_NATS_TLS_CA", value_name = "FILE")]
+    nats_tls_ca: Option<String>,
+    /// PEM client certificate for NATS mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "RINGCAST_NATS_TLS_CERT", value_name = "FILE")]
+    nats_tls_cert: Option<String>,
+    /// PEM private key for --nats-tls-cert.
+    #[arg(long, env = "RINGCAST_NATS_TLS_KEY", value_name = "FILE")]
+    nats_tls_key: Option<String>,
+    /// Require TLS to NATS even without a CA file (system roots). [default: false]
+    #[arg(long, env = "RINGCAST_NATS_TLS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    nats_tls: Option<String>,
+    /// Outgoing publishes queued while NATS is slow; past it publishes are refused (503). [default: 65536]
+    #[arg(long, env = "RINGCAST_NATS_PUBLISH_QUEUE", value_name = "N")]
+    nats_publish_queue: Option<String>,
+    /// Channel pattern whose messages are kept for resume with `since` (repeatable, or
+    /// comma-separated), e.g. `--history 'chat.>'`. Patterns must not overlap.
+    #[arg(long, env = "RINGCAST_HISTORY", value_name = "PATTERN", action = clap::ArgAction::Append, value_delimiter = ',')]
+    history: Vec<String>,
+    /// Messages kept per history channel. [default: 1000]
+    #[arg(long, env = "RINGCAST_HISTORY_MESSAGES", value_name = "N")]
+    history_messages: Option<String>,
+    /// Age after which history messages are dropped. [default: 1h]
+    #[arg(long, env = "RINGCAST_HISTORY_AGE", value_name = "DURATION")]
+    history_age: Option<String>,
+    /// Most messages one `sub` with `since` may replay; more answers 409 (resync). [default: 10000]
+    #[arg(long, env = "RINGCAST_HISTORY_REPLAY_MAX", value_name = "N")]
+    history_replay_max: Option<String>,
+    /// JetStream stream holding history (NATS mode). [default: RINGCAST_<PREFIX>]
+    #[arg(long, env = "RINGCAST_HISTORY_STREAM", value_name = "NAME")]
+    history_stream: Option<String>,
+    /// Embedded broker: most channels with history kept in memory; the least recently
+    /// published channel's history is dropped past it. [default: 100000]
+    #[arg(long, env = "RINGCAST_HISTORY_CHANNELS", value_name = "N")]
+    history_channels: Option<String>,
+}
+
+impl BrokerArgs {
+    fn given(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("nats", self.nats.clone()),
+            ("nats_prefix", self.nats_prefix.clone()),
+            ("nats_token", self.nats_token.clone()),
+            ("nats_user", self.nats_user.clone()),
+            ("nats_password", self.nats_password.clone()),
+            ("nats_creds", self.nats_creds.clone()),
+            ("nats_tls_ca", self.nats_tls_ca.clone()),
+            ("nats_tls_cert", self.nats_tls_cert.clone()),
+            ("nats_tls_key", self.nats_tls_key.clone()),
+            ("nats_tls", self.nats_tls.clone()),
+            ("nats_publish_queue", self.nats_publish_queue.clone()),
+            ("history", (!self.history.is_empty()).then(|| self.history.join(","))),
+            ("history_messages", self.history_messages.clone()),
+            ("history_age", self.history_age.clone()),
+            ("history_replay_max", self.history_replay_max.clone()),
+            ("history_stream", self.history_stream.clone()),
+            ("history_channels", self.history_channels.clone()),
+        ]
+    }
 }
 
 impl GatewayArgs {
     /// (key, value given on the command line or in the environment).
-    fn given(&self) -> Vec<(&'static str, Option<&String>)> {
-        vec![
+    fn given(&self) -> Vec<(&'static str, Option<String>)> {
+        let mut given: Vec<(&'static str, Option<String>)> = vec![
             ("listen", self.listen.as_ref()),
             ("shards", self.shards.as_ref()),
             ("pin", self.pin.as_ref()),
@@ -149,6 +235,11 @@ impl GatewayArgs {
             ("log", self.log.as_ref()),
             ("log_json", self.log_json.as_ref()),
         ]
+        .into_iter()
+        .map(|(key, value)| (key, value.cloned()))
+        .collect();
+        given.extend(self.broker.given());
+        given
     }
 }
 
@@ -181,6 +272,71 @@ pub struct GatewayConfig {
     pub sys_subscribe: bool,
     pub log_filter: String,
     pub log_json: bool,
+    pub broker: BrokerConfig,
+}
+
+/// The broker seam: embedded (no `nats`) or NATS, and which channels keep history.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub nats: Option<NatsConfig>,
+    pub history: HistoryConfig,
+}
+
+#[derive(Clone)]
+pub struct NatsConfig {
+    /// Server URLs as given (`nats://host:port`, `tls://…`); async-nats tries them in turn.
+    pub urls: Vec<String>,
+    /// Channel `a.b` is subject `{prefix}.a.b`.
+    pub prefix: String,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub creds_file: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_required: bool,
+    pub publish_queue_messages: usize,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("urls", &self.urls)
+            .field("prefix", &self.prefix)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("creds_file", &self.creds_file)
+            .field("tls_required", &self.tls_required)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Channels whose messages are kept (JetStream with NATS, memory rings when embedded) so a
+/// client can resume with `sub … since`.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryConfig {
+    /// Non-overlapping channel patterns.
+    pub patterns: Vec<String>,
+    pub messages_per_channel: usize,
+    pub age: Duration,
+    pub replay_messages_max: usize,
+    /// JetStream stream name (NATS mode).
+    pub stream: String,
+    /// Embedded mode: channels with a history ring.
+    pub channels_max: usize,
+}
+
+impl HistoryConfig {
+    /// The history pattern that covers every channel `pattern` can match, if any.
+    pub fn pattern_covering(&self, pattern: &str) -> Option<&str> {
+        self.patterns.iter().map(String::as_str).find(|h| crate::channel::covers(h, pattern))
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.patterns.is_empty()
+    }
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -275,7 +431,14 @@ fn parse_file(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) => items.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             other => return Err(error(&key, format!("expected a string, number or boolean, found {}", other.type_str()))),
         };
         values.insert(key, text);
@@ -287,7 +450,7 @@ fn parse_file(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
 fn resolve(args: &GatewayArgs, file: &BTreeMap<String, String>) -> Result<GatewayConfig, ConfigError> {
     let mut values: BTreeMap<&str, String> = BTreeMap::new();
     for (key, given) in args.given() {
-        if let Some(value) = given.cloned().or_else(|| file.get(key).cloned()) {
+        if let Some(value) = given.or_else(|| file.get(key).cloned()) {
             values.insert(key, value);
         }
     }
@@ -338,6 +501,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         sys_subscribe: flag("sys_subscribe")?,
         log_filter: get("log").unwrap_or("info").to_owned(),
         log_json: flag("log_json")?,
+        broker: build_broker(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)
@@ -388,6 +552,86 @@ fn validate(c: &GatewayConfig, cpus: usize) -> Result<(), ConfigError> {
         return Err(error("allow_anonymous", "only means something with jwt_secret set (without a secret every connection is anonymous)"));
     }
     Ok(())
+}
+
+fn build_broker(values: &BTreeMap<&str, String>) -> Result<BrokerConfig, ConfigError> {
+    let get = |key: &str| values.get(key).map(String::as_str).filter(|v| !v.is_empty());
+    let path = |key: &str| get(key).map(PathBuf::from);
+    let count = |key: &str, default: usize| get(key).map_or(Ok(default), |v| parse_count(v).map_err(|m| error(key, m)));
+    let prefix = get("nats_prefix").unwrap_or("rc").to_owned();
+    if crate::channel::validate_channel(&prefix).is_err() || prefix.starts_with('$') {
+        return Err(error("nats_prefix", format!("{prefix:?} must be plain subject tokens ([A-Za-z0-9_-], dot-separated), e.g. rc or acme.rt")));
+    }
+    let nats = match get("nats") {
+        None => None,
+        Some(urls) => {
+            let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+            for url in &urls {
+                if url.parse::<async_nats::ServerAddr>().is_err() {
+                    return Err(error("nats", format!("{url:?} is not a NATS URL (write it like nats://127.0.0.1:4222)")));
+                }
+            }
+            let config = NatsConfig {
+                urls,
+                prefix: prefix.clone(),
+                token: get("nats_token").map(str::to_owned),
+                user: get("nats_user").map(str::to_owned),
+                password: get("nats_password").map(str::to_owned),
+                creds_file: path("nats_creds"),
+                tls_ca: path("nats_tls_ca"),
+                tls_cert: path("nats_tls_cert"),
+                tls_key: path("nats_tls_key"),
+                tls_required: get("nats_tls").map_or(Ok(false), |v| parse_bool(v).map_err(|m| error("nats_tls", m)))?,
+                publish_queue_messages: count("nats_publish_queue", limits::NATS_PUBLISH_QUEUE_MESSAGES)?,
+            };
+            if config.user.is_some() != config.password.is_some() {
+                return Err(error("nats_user", "nats_user and nats_password go together; give both"));
+            }
+            if config.tls_cert.is_some() != config.tls_key.is_some() {
+                return Err(error("nats_tls_cert", "nats_tls_cert and nats_tls_key go together; give both"));
+            }
+            if config.publish_queue_messages < limits::INBOX_MESSAGES_MIN {
+                return Err(error("nats_publish_queue", format!("must be at least {}", limits::INBOX_MESSAGES_MIN)));
+            }
+            Some(config)
+        }
+    };
+    let patterns: Vec<String> = get("history").map_or(Vec::new(), |v| v.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect());
+    for (i, pattern) in patterns.iter().enumerate() {
+        if let Err(e) = crate::channel::validate_pattern(pattern) {
+            return Err(error("history", format!("{pattern:?} is not a channel pattern: {e}")));
+        }
+        if pattern.starts_with('$') {
+            return Err(error("history", format!("{pattern:?}: server channels ($…) have no history")));
+        }
+        if let Some(other) = patterns[..i].iter().find(|other| crate::channel::overlaps(other, pattern)) {
+            return Err(error("history", format!("{other:?} and {pattern:?} overlap; give patterns that share no channel (merge them into one)")));
+        }
+    }
+    let history = HistoryConfig {
+        patterns,
+        messages_per_channel: count("history_messages", limits::HISTORY_MESSAGES_PER_CHANNEL)?,
+        age: get("history_age").map_or(Ok(Duration::from_millis(limits::HISTORY_AGE_MS)), |v| parse_duration(v).map_err(|m| error("history_age", m)))?,
+        replay_messages_max: count("history_replay_max", limits::HISTORY_REPLAY_MESSAGES_MAX)?,
+        stream: get("history_stream").map(str::to_owned).unwrap_or_else(|| format!("RINGCAST_{}", prefix.replace(['.', '-'], "_").to_ascii_uppercase())),
+        channels_max: count("history_channels", limits::HISTORY_CHANNELS_MAX)?,
+    };
+    if history.messages_per_channel == 0 {
+        return Err(error("history_messages", "must be at least 1"));
+    }
+    if history.age.is_zero() {
+        return Err(error("history_age", "must be above zero"));
+    }
+    if history.replay_messages_max == 0 {
+        return Err(error("history_replay_max", "must be at least 1"));
+    }
+    if history.channels_max == 0 {
+        return Err(error("history_channels", "must be at least 1"));
+    }
+    if !history.stream.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(error("history_stream", format!("{:?} must be letters, digits, _ or -", history.stream)));
+    }
+    Ok(BrokerConfig { nats, history })
 }
 
 fn hostname() -> String {
@@ -536,6 +780,32 @@ mod tests {
         let e = gateway(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert_eq!(e.key, "max_conections");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn broker_settings() {
+        let c = gateway(&[]).unwrap();
+        assert!(c.broker.nats.is_none() && !c.broker.history.is_enabled());
+        assert_eq!(c.broker.history.stream, "RINGCAST_RC");
+        let c = gateway(&["--nats", "nats://127.0.0.1:4222,nats://127.0.0.1:4223", "--nats-prefix", "acme.rt", "--history", "chat.>", "--history", "orders.*,alerts.x"]).unwrap();
+        let nats = c.broker.nats.as_ref().unwrap();
+        assert_eq!(nats.urls.len(), 2);
+        assert_eq!(nats.prefix, "acme.rt");
+        assert_eq!(c.broker.history.patterns, vec!["chat.>", "orders.*", "alerts.x"]);
+        assert_eq!(c.broker.history.stream, "RINGCAST_ACME_RT");
+        assert_eq!(c.broker.history.pattern_covering("chat.a.b"), Some("chat.>"));
+        assert_eq!(c.broker.history.pattern_covering("orders.*"), Some("orders.*"));
+        assert_eq!(c.broker.history.pattern_covering("orders.>"), None);
+        assert_eq!(gateway(&["--nats-prefix", "a b"]).unwrap_err().key, "nats_prefix");
+        assert_eq!(gateway(&["--nats-prefix", "$sys"]).unwrap_err().key, "nats_prefix");
+        assert_eq!(gateway(&["--nats", "nats://x", "--nats-user", "u"]).unwrap_err().key, "nats_user");
+        assert_eq!(gateway(&["--history", "a.*", "--history", "*.b"]).unwrap_err().key, "history");
+        assert_eq!(gateway(&["--history", "$sys.>"]).unwrap_err().key, "history");
+        assert_eq!(gateway(&["--history", "a..b"]).unwrap_err().key, "history");
+        assert_eq!(gateway(&["--history-messages", "0"]).unwrap_err().key, "history_messages");
+        assert_eq!(gateway(&["--history-age", "0s"]).unwrap_err().key, "history_age");
+        let file = parse_file("history = [\"chat.>\", \"orders.*\"]\n").unwrap();
+        assert_eq!(file["history"], "chat.>,orders.*");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! Owns: threads and their lifetimes. Runs on: the main thread.
 
-use crate::bridge::{self, Bridge, Broker, EmbeddedBroker};
+use crate::bridge;
 use crate::config::GatewayConfig;
 use crate::fanout::{ToBridge, ToShard};
 use crate::node::Node;
@@ -41,13 +41,13 @@ pub fn run(config: GatewayConfig) -> i32 {
         );
     }
     let node = Node::new(config);
-    let bridge = Bridge::new(
-        node.bridge_inbox.clone(),
-        node.shard_inboxes.clone(),
-        Broker::Embedded(EmbeddedBroker::new()),
-        node.bridge_metrics.clone(),
-    );
-    let bridge_thread = bridge::spawn(bridge).expect("cannot start the bridge thread");
+    let bridge_thread = match bridge::spawn(node.clone()) {
+        Ok(thread) => thread,
+        Err(error) => {
+            eprintln!("ringcast: {error}");
+            return 1;
+        }
+    };
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let shard_threads: Vec<_> = listeners
         .into_iter()

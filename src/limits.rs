@@ -48,10 +48,29 @@ pub const REQUEST_LINE_BYTES_MAX: usize = 8 * 1024;
 pub const HEADER_COUNT_MAX: usize = 64;
 pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// NATS mode: publishes waiting for the NATS client. 64k rides out a ~100 ms NATS stall
+/// at 600k publishes/s; past it publishes are refused and counted.
+pub const NATS_PUBLISH_QUEUE_MESSAGES: usize = 65_536;
+/// Messages kept per history channel: enough for a client that was away for a few
+/// minutes on a busy channel, small enough to replay in one go.
+pub const HISTORY_MESSAGES_PER_CHANNEL: usize = 1000;
+/// History age: a client gone longer than an hour resyncs instead of replaying.
+pub const HISTORY_AGE_MS: u64 = 3_600_000;
+/// Most messages one resume may replay: a bigger gap is cheaper to resync than to replay
+/// (it would also need that much outbound room on the connection).
+pub const HISTORY_REPLAY_MESSAGES_MAX: usize = 10_000;
+/// Embedded mode: channels with a history ring (each up to HISTORY_MESSAGES_PER_CHANNEL).
+pub const HISTORY_CHANNELS_MAX: usize = 100_000;
+/// Replays running at once on the bridge; more answer 503 (retry) rather than queue.
+pub const REPLAYS_CONCURRENT_MAX: usize = 256;
+/// Replayed frames per bridge → shard message, so one replay cannot fill a shard inbox.
+pub const REPLAY_CHUNK_FRAMES: usize = 256;
+
 /// WebSocket frame header, largest form (2 + 8 length bytes; server frames are unmasked).
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;
 
 const _: () = assert!(FRAME_BYTES_MAX <= MESSAGE_BYTES_MAX);
+const _: () = assert!(HISTORY_REPLAY_MESSAGES_MAX >= HISTORY_MESSAGES_PER_CHANNEL);
 const _: () = assert!(HEARTBEAT_MS < HEARTBEAT_TIMEOUT_MS);
 const _: () = assert!(OUTBOUND_BYTES_MAX >= FRAME_BYTES_MAX + FRAME_HEADER_BYTES_MAX);
 const _: () = assert!(WRITE_IOVECS_MAX <= 1024);

@@ -127,6 +127,11 @@ impl Counter {
     pub fn sub(&self, n: u64) {
         self.0.store(self.0.load(Ordering::Relaxed) - n, Ordering::Relaxed);
     }
+    /// For gauges the single writer recomputes.
+    #[inline]
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -150,6 +155,10 @@ pub struct ShardMetrics {
     pub client_errors: Counter,
     pub rate_limited: Counter,
     pub bridge_full: Counter,
+    /// History frames sent to resuming connections.
+    pub replayed: Counter,
+    /// Publishes answered 503 because the broker link was down.
+    pub publish_refused: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
 }
@@ -163,13 +172,36 @@ impl ShardMetrics {
     }
 }
 
-/// The bridge thread's counters.
+/// The bridge thread's counters (every writer runs on the bridge thread).
 #[derive(Default)]
 pub struct BridgeMetrics {
     pub published: Counter,
     pub patterns: Counter,
     pub deliveries_queued: Counter,
     pub deliveries_dropped: Counter,
+    /// NATS: successful (re)connections.
+    pub nats_connects: Counter,
+    /// NATS: subscriptions that fell behind and lost messages inside the client.
+    pub nats_slow_consumer: Counter,
+    pub nats_published: Counter,
+    /// Publishes refused: NATS link down, publish queue full, or a failed send.
+    pub publish_refused: Counter,
+    /// Core NATS subscriptions held (one per interest pattern outside history).
+    pub nats_subscriptions: Counter,
+    /// Live JetStream consumers (one per history pattern with local interest).
+    pub history_consumers: Counter,
+    pub nats_messages_in: Counter,
+    /// Copies of one message dropped because an older overlapping subscription delivers it.
+    pub nats_overlap_duplicates: Counter,
+    pub replays: Counter,
+    pub replayed_messages: Counter,
+    /// Resumes answered 409 (history no longer covers `since`, or too many to replay).
+    pub replays_gone: Counter,
+    /// Resumes answered 503 because REPLAYS_CONCURRENT_MAX were running.
+    pub replays_refused: Counter,
+    pub replays_running: Counter,
+    /// Embedded broker: channels with a history ring.
+    pub history_channels: Counter,
 }
 
 /// What a scrape needs to see of one shard besides its counters.
@@ -182,6 +214,9 @@ pub struct ShardView<'a> {
 
 pub struct NodeView<'a> {
     pub node: &'a str,
+    /// "embedded" or "nats".
+    pub broker: &'a str,
+    pub broker_connected: bool,
     pub io_mode: &'a str,
     pub connections_max: usize,
     pub shards: Vec<ShardView<'a>>,
@@ -218,7 +253,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 13] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 15] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -232,6 +267,8 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_client_errors_total", "err frames sent to clients.", |m| m.client_errors.get()),
         ("ringcast_rate_limited_total", "Client ops refused with 429.", |m| m.rate_limited.get()),
         ("ringcast_bridge_full_total", "Publishes or interest changes refused because the bridge inbox was full.", |m| m.bridge_full.get()),
+        ("ringcast_replayed_frames_total", "History frames sent to resuming connections (sub with since).", |m| m.replayed.get()),
+        ("ringcast_publish_refused_total", "Publishes (pub op or /api/publish) answered 503 because the broker link was down.", |m| m.publish_refused.get()),
     ];
     for (name, help, get) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
@@ -255,7 +292,10 @@ pub fn render(view: &NodeView) -> String {
     per_shard(&mut out, view, "ringcast_fanout_queue_depth", "gauge", "Messages waiting in the bridge → shard queue.", |s| s.inbox_depth as u64);
     per_shard(&mut out, view, "ringcast_fanout_queue_capacity", "gauge", "Bound of the bridge → shard queue (shard_inbox).", |s| s.inbox_capacity as u64);
     per_shard(&mut out, view, "ringcast_fanout_queue_drops_total", "counter", "Messages dropped because a shard queue was full.", |s| s.inbox_dropped);
-    let bridge: [(&str, &str, &str, u64); 7] = [
+    family(&mut out, "ringcast_broker_connected", "gauge", "1 when the broker link is up (always 1 for the embedded broker).");
+    let _ = writeln!(out, "ringcast_broker_connected{{broker=\"{}\"}} {}", view.broker, view.broker_connected as u8);
+    let b = view.bridge;
+    let bridge: [(&str, &str, &str, u64); 21] = [
         ("ringcast_bridge_queue_depth", "gauge", "Messages waiting in the shard → bridge queue.", view.bridge_inbox_depth as u64),
         ("ringcast_bridge_queue_capacity", "gauge", "Bound of the shard → bridge queue (bridge_inbox).", view.bridge_inbox_capacity as u64),
         ("ringcast_bridge_queue_drops_total", "counter", "Messages refused because the bridge queue was full.", view.bridge_inbox_dropped),
@@ -263,6 +303,20 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_broker_patterns", "gauge", "Distinct subscription patterns with local interest.", view.bridge.patterns.get()),
         ("ringcast_fanout_queued_total", "counter", "Message copies queued to shards.", view.bridge.deliveries_queued.get()),
         ("ringcast_fanout_dropped_total", "counter", "Message copies dropped because a shard queue was full.", view.bridge.deliveries_dropped.get()),
+        ("ringcast_nats_connects_total", "counter", "NATS connections made (1 + reconnects).", b.nats_connects.get()),
+        ("ringcast_nats_slow_consumer_total", "counter", "NATS subscriptions that dropped messages because the bridge fell behind.", b.nats_slow_consumer.get()),
+        ("ringcast_nats_published_total", "counter", "Messages handed to NATS.", b.nats_published.get()),
+        ("ringcast_nats_publish_refused_total", "counter", "Publishes the bridge could not hand to NATS: link down, publish queue full (nats_publish_queue), or send failed.", b.publish_refused.get()),
+        ("ringcast_nats_subscriptions", "gauge", "Core NATS subscriptions held (one per interest pattern).", b.nats_subscriptions.get()),
+        ("ringcast_history_consumers", "gauge", "Live JetStream consumers (one per history pattern with local interest).", b.history_consumers.get()),
+        ("ringcast_nats_messages_in_total", "counter", "Messages received from NATS (core and JetStream).", b.nats_messages_in.get()),
+        ("ringcast_nats_overlap_duplicates_total", "counter", "NATS copies dropped because an older overlapping subscription delivers the same message.", b.nats_overlap_duplicates.get()),
+        ("ringcast_replays_total", "counter", "Resumes (sub with since) answered.", b.replays.get()),
+        ("ringcast_replayed_messages_total", "counter", "Messages replayed to resuming clients.", b.replayed_messages.get()),
+        ("ringcast_replays_gone_total", "counter", "Resumes answered 409: history no longer covers since, or more than history_replay_max missed.", b.replays_gone.get()),
+        ("ringcast_replays_refused_total", "counter", "Resumes answered 503: too many running at once.", b.replays_refused.get()),
+        ("ringcast_replays_running", "gauge", "Resumes being served now.", b.replays_running.get()),
+        ("ringcast_history_channels", "gauge", "Embedded broker: channels with a history ring (history_channels bound).", b.history_channels.get()),
     ];
     for (name, kind, help, value) in bridge {
         family(&mut out, name, kind, help);

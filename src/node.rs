@@ -23,6 +23,9 @@ pub struct Node {
     /// disconnect only, never per message.
     pub connections: AtomicUsize,
     pub shutting_down: AtomicBool,
+    /// The broker link: always up for the embedded broker; NATS's connection state.
+    /// Publishes are refused (503) while it is down.
+    pub broker_link: Arc<AtomicBool>,
     /// "io_uring" or "epoll", set by the first shard that starts its runtime.
     pub io_mode: OnceLock<&'static str>,
     pub started: Instant,
@@ -40,6 +43,7 @@ impl Node {
             jwt,
             connections: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            broker_link: Arc::new(AtomicBool::new(false)),
             io_mode: OnceLock::new(),
             started: Instant::now(),
             config,
@@ -66,6 +70,18 @@ impl Node {
         !self.is_shutting_down() && self.connections.load(Ordering::Acquire) < self.config.max_connections
     }
 
+    pub fn broker_up(&self) -> bool {
+        self.broker_link.load(Ordering::Acquire)
+    }
+
+    pub fn broker_name(&self) -> &'static str {
+        if self.config.broker.nats.is_some() {
+            "nats"
+        } else {
+            "embedded"
+        }
+    }
+
     pub fn render_metrics(&self) -> String {
         let shards = self
             .shard_metrics
@@ -80,6 +96,8 @@ impl Node {
             .collect();
         crate::metrics::render(&NodeView {
             node: &self.config.node,
+            broker: self.broker_name(),
+            broker_connected: self.broker_up(),
             io_mode: self.io_mode.get().copied().unwrap_or("starting"),
             connections_max: self.config.max_connections,
             shards,

@@ -1,60 +1,74 @@
 //! The bridge thread: the one place that talks to outside engines.
 //!
 //! Owns: node-wide interest (which shards want which patterns, reference counted), the
-//! broker backend, and the per-message encode-once step. Must not touch: sockets or
-//! connections (it sees shards only through their mailboxes). Runs on: its own thread
-//! with a current-thread tokio runtime, so async engine clients (async-nats, redis,
-//! lapin) plug in without a second runtime.
+//! broker backend (embedded or NATS), resume replays, and the per-message encode-once
+//! step. Must not touch: sockets or connections (it sees shards only through their
+//! mailboxes). Runs on: its own thread with a current-thread tokio runtime and a
+//! `LocalSet`, so async engine clients (async-nats, redis, lapin) plug in without a second
+//! runtime and the broker's helper tasks need not be `Send`.
 //!
-//! Seams: [`Broker`] is the enum the NATS backend joins (issue: Beacon). Presence and the
-//! Lane add their own backends and `ToBridge` variants the same way; shards never change.
+//! Seams: [`Broker`] is embedded or NATS; shards never know which. Presence and the Lane
+//! add their own backends and `ToBridge` variants the same way.
 
 mod embedded;
+pub mod history;
+pub mod nats;
 
 pub use embedded::EmbeddedBroker;
 
 use crate::channel::{Insert, Remove, SubIndex};
-use crate::fanout::{Delivery, Full, Mailbox, ToBridge, ToShard};
+use crate::fanout::{ConnRef, Delivery, Full, Mailbox, ReplayError, ToBridge, ToShard};
 use crate::metrics::BridgeMetrics;
+use crate::node::Node;
 use crate::protocol::{ops, ws};
 use bytes::Bytes;
+use nats::{Incoming, NatsBroker};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How many bridge messages one loop turn handles before yielding to the runtime.
 const BRIDGE_BATCH_MESSAGES_MAX: usize = 1024;
+/// How long handing a replay to a full shard inbox may be retried before it is given up
+/// (the shard then times the resume out with 503).
+const REPLAY_HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where published messages go and come back from.
 pub enum Broker {
     /// In-process: a publish is delivered straight back to this node's shards.
     Embedded(EmbeddedBroker),
+    /// NATS: publishes go out, and every node's interest comes back in.
+    Nats(NatsBroker),
 }
 
 impl Broker {
-    fn subscribe(&mut self, _pattern: &str) {
+    fn subscribe(&mut self, pattern: &str) {
         match self {
             // Every publish on this node is already local; nothing to tell anyone.
             Broker::Embedded(_) => {}
+            Broker::Nats(nats) => nats.subscribe(pattern),
         }
     }
 
-    fn unsubscribe(&mut self, _pattern: &str) {
+    fn unsubscribe(&mut self, pattern: &str) {
         match self {
             Broker::Embedded(_) => {}
+            Broker::Nats(nats) => nats.unsubscribe(pattern),
         }
     }
 
-    /// Returns the messages that arrive back for local fan-out.
-    fn publish(&mut self, channel: Box<str>, data: Bytes) -> Option<(Box<str>, Bytes)> {
+    /// The next message arriving from outside (never, for the embedded broker).
+    async fn next(&mut self) -> Incoming {
         match self {
-            Broker::Embedded(broker) => Some(broker.publish(channel, data)),
+            Broker::Embedded(_) => std::future::pending().await,
+            Broker::Nats(nats) => nats.next().await,
         }
     }
 }
 
 /// Everything the bridge thread owns.
 pub struct Bridge {
-    inbox: Arc<Mailbox<ToBridge>>,
-    shards: Vec<Arc<Mailbox<ToShard>>>,
+    node: Arc<Node>,
     /// Pattern → shards with at least one local subscriber to it.
     interest: SubIndex<u16>,
     broker: Broker,
@@ -62,34 +76,93 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn new(
-        inbox: Arc<Mailbox<ToBridge>>,
-        shards: Vec<Arc<Mailbox<ToShard>>>,
-        broker: Broker,
-        metrics: Arc<BridgeMetrics>,
-    ) -> Bridge {
-        assert!(shards.len() <= u16::MAX as usize);
-        Bridge { inbox, shards, interest: SubIndex::new(), broker, metrics }
+    /// Builds the broker the config asks for. NATS being unreachable is not an error (the
+    /// node serves local connections and keeps trying); a bad credentials file is.
+    pub async fn start(node: Arc<Node>) -> Result<Bridge, String> {
+        assert!(node.shard_inboxes.len() <= u16::MAX as usize);
+        let metrics = node.bridge_metrics.clone();
+        let history = node.config.broker.history.clone();
+        let broker = match &node.config.broker.nats {
+            None => {
+                node.broker_link.store(true, Ordering::Release);
+                Broker::Embedded(EmbeddedBroker::new(history))
+            }
+            Some(config) => {
+                let link = node.broker_link.clone();
+                Broker::Nats(nats::start(config, history, &node.config.node, link, metrics.clone()).await?)
+            }
+        };
+        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics })
     }
 
     /// Runs until a `ToBridge::Stop` arrives.
     pub async fn run(mut self) {
+        let inbox = self.node.bridge_inbox.clone();
         let mut batch = Vec::with_capacity(BRIDGE_BATCH_MESSAGES_MAX);
         loop {
-            self.inbox.recv_batch(&mut batch, BRIDGE_BATCH_MESSAGES_MAX).await;
-            for message in batch.drain(..) {
-                match message {
-                    ToBridge::Interest { shard, pattern, add } => self.interest_changed(shard, &pattern, add),
-                    ToBridge::Publish { channel, data } => {
-                        self.metrics.published.inc();
-                        if let Some((channel, data)) = self.broker.publish(channel, data) {
-                            self.deliver(channel, &data);
+            tokio::select! {
+                _ = inbox.recv_batch(&mut batch, BRIDGE_BATCH_MESSAGES_MAX) => {
+                    for message in batch.drain(..) {
+                        if !self.handle(message) {
+                            return;
                         }
                     }
-                    ToBridge::Stop => return,
+                }
+                incoming = self.broker.next() => {
+                    self.deliver(incoming.channel, &incoming.payload, incoming.raw_frame, incoming.seq);
                 }
             }
-            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Returns false on Stop.
+    fn handle(&mut self, message: ToBridge) -> bool {
+        match message {
+            ToBridge::Interest { shard, pattern, add } => self.interest_changed(shard, &pattern, add),
+            ToBridge::Publish { channel, data } => self.publish(channel, data),
+            ToBridge::Replay { shard, target, replay, channel, since } => self.replay(shard, target, replay, channel, since),
+            ToBridge::Stop => return false,
+        }
+        true
+    }
+
+    fn publish(&mut self, channel: Box<str>, data: Bytes) {
+        self.metrics.published.inc();
+        match &mut self.broker {
+            Broker::Embedded(broker) => {
+                let seq = broker.publish(&channel, &data);
+                self.metrics.history_channels.set(broker.history_channels() as u64);
+                self.deliver(channel, &data, false, seq);
+            }
+            // Comes back through the node's own subscription, like every other node's.
+            Broker::Nats(nats) => {
+                nats.publish(&channel, data);
+            }
+        }
+    }
+
+    fn replay(&mut self, shard: u16, target: ConnRef, replay: u32, channel: Box<str>, since: u64) {
+        let mailbox = self.node.shard_inboxes[shard as usize].clone();
+        match &mut self.broker {
+            Broker::Embedded(broker) => {
+                self.metrics.replays.inc();
+                let (frames, outcome) = match broker.replay(&channel, since) {
+                    Ok(replayed) => {
+                        let frames: Vec<Bytes> =
+                            replayed.messages.iter().map(|(seq, data)| encode_frame(&channel, data, false, Some(*seq))).collect();
+                        self.metrics.replayed_messages.add(frames.len() as u64);
+                        (frames, Ok(replayed.upto))
+                    }
+                    Err(error) => {
+                        if error.code == 409 {
+                            self.metrics.replays_gone.inc();
+                        }
+                        (Vec::new(), Err(error))
+                    }
+                };
+                tokio::task::spawn_local(hand_replay(mailbox, target, replay, frames, outcome));
+            }
+            Broker::Nats(nats) => nats.replay(mailbox, target, replay, channel, since, self.metrics.clone()),
         }
     }
 
@@ -107,16 +180,16 @@ impl Bridge {
 
     /// Encodes the message once and hands the same frame to every interested shard. A
     /// full shard queue drops that shard's copy (counted) and never blocks the others.
-    pub fn deliver(&mut self, channel: Box<str>, data: &[u8]) {
+    pub fn deliver(&mut self, channel: Box<str>, payload: &[u8], raw_frame: bool, seq: Option<u64>) {
         let mut wanted = ShardSet::default();
         self.interest.for_each_match(&channel, |shard| wanted.insert(shard));
         if wanted.is_empty() {
             return;
         }
-        let frame = encode_msg_frame(&channel, data);
-        let delivery = Arc::new(Delivery { channel, frame });
+        let frame = encode_frame(&channel, payload, raw_frame, seq);
+        let delivery = Arc::new(Delivery { channel, frame, seq });
         for shard in wanted.iter() {
-            match self.shards[shard as usize].push(ToShard::Deliver(delivery.clone())) {
+            match self.node.shard_inboxes[shard as usize].push(ToShard::Deliver(delivery.clone())) {
                 Ok(()) => self.metrics.deliveries_queued.inc(),
                 Err(Full(_)) => self.metrics.deliveries_dropped.inc(),
             }
@@ -124,12 +197,51 @@ impl Bridge {
     }
 }
 
+/// Gives a replay to its shard: the frames in chunks, then the outcome. A full inbox is
+/// retried (this runs as its own task, so the bridge loop never waits), up to a deadline.
+async fn hand_replay(shard: Arc<Mailbox<ToShard>>, target: ConnRef, replay: u32, frames: Vec<Bytes>, outcome: Result<u64, ReplayError>) {
+    let deadline = tokio::time::Instant::now() + REPLAY_HANDOFF_TIMEOUT;
+    let mut frames = frames.into_iter().peekable();
+    while frames.peek().is_some() {
+        let chunk: Vec<Bytes> = frames.by_ref().take(crate::limits::REPLAY_CHUNK_FRAMES).collect();
+        if !push_until(&shard, ToShard::Replay { target, replay, frames: chunk }, deadline).await {
+            return;
+        }
+    }
+    push_until(&shard, ToShard::ReplayDone { target, replay, outcome }, deadline).await;
+}
+
+async fn push_until(shard: &Mailbox<ToShard>, mut message: ToShard, deadline: tokio::time::Instant) -> bool {
+    loop {
+        match shard.push(message) {
+            Ok(()) => return true,
+            Err(Full(refused)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!("a shard inbox stayed full; a resume was given up (the client gets 503)");
+                    return false;
+                }
+                message = refused;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+/// The WebSocket frame for one message: `{"op":"msg","ch":..,"data":..,"seq"?:..}`, or, for
+/// a payload that is itself a server frame (`Ringcast-Frame`), that frame verbatim.
+pub fn encode_frame(channel: &str, payload: &[u8], raw_frame: bool, seq: Option<u64>) -> Bytes {
+    if raw_frame && std::str::from_utf8(payload).is_ok() {
+        return ws::encode_text(payload);
+    }
+    let data = ops::data_from_payload(payload);
+    let mut json = Vec::with_capacity(channel.len() + data.len() + 48);
+    ops::msg_into(&mut json, channel, &data, seq);
+    ws::encode_text(&json)
+}
+
 /// `{"op":"msg","ch":..,"data":..}` as one WebSocket text frame.
 pub fn encode_msg_frame(channel: &str, data: &[u8]) -> Bytes {
-    let data = ops::data_from_payload(data);
-    let mut json = Vec::with_capacity(channel.len() + data.len() + 32);
-    ops::msg_into(&mut json, channel, &data, None);
-    ws::encode_text(&json)
+    encode_frame(channel, data, false, None)
 }
 
 /// A set of shard ids (≤ 256 shards, `limits::SHARD_COUNT_MAX`) as a bitmap, so matching
@@ -149,13 +261,35 @@ impl ShardSet {
     }
 }
 
-/// Starts the bridge on its own thread with a current-thread tokio runtime.
-pub fn spawn(bridge: Bridge) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("ringcast-bridge".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("the bridge's tokio runtime could not start");
-        runtime.block_on(bridge.run());
-    })
+/// Starts the bridge on its own thread (current-thread tokio runtime + `LocalSet`) and
+/// waits until its broker is set up; an error (bad NATS credentials, say) is returned
+/// before any shard starts.
+pub fn spawn(node: Arc<Node>) -> Result<std::thread::JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("ringcast-bridge".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the bridge's tokio runtime could not start");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                match Bridge::start(node).await {
+                    Ok(bridge) => {
+                        let _ = ready_tx.send(Ok(()));
+                        bridge.run().await;
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                    }
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the bridge thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err("the bridge thread died while starting".into()),
+    }
 }

@@ -22,6 +22,24 @@ use std::sync::Arc;
 pub struct Delivery {
     pub channel: Box<str>,
     pub frame: Bytes,
+    /// Stream sequence on history channels (JetStream, or the embedded rings); a shard
+    /// uses it to stitch a connection's replay to live messages without gap or duplicate.
+    pub seq: Option<u64>,
+}
+
+/// One connection on one shard: its slot, and its id so a reused slot is never mistaken
+/// for the connection that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub slot: u32,
+    pub conn: u64,
+}
+
+/// Why a resume (`sub` with `since`) could not be served; becomes the `err` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayError {
+    pub code: u16,
+    pub msg: String,
 }
 
 /// Bridge → shard.
@@ -30,6 +48,12 @@ pub enum ToShard {
     Deliver(Arc<Delivery>),
     /// Stop accepting and close every connection with 1001.
     Shutdown,
+    /// History frames for one connection's resume, in sequence order (a chunk of them).
+    Replay { target: ConnRef, replay: u32, frames: Vec<Bytes> },
+    /// The resume of `channel` is complete: every message up to `Ok(upto)` was replayed,
+    /// so live messages with `seq <= upto` are duplicates. `Err`: the resume failed and
+    /// the subscription is undone.
+    ReplayDone { target: ConnRef, replay: u32, outcome: Result<u64, ReplayError> },
 }
 
 /// Shard → bridge.
@@ -39,6 +63,10 @@ pub enum ToBridge {
     Interest { shard: u16, pattern: Box<str>, add: bool },
     /// Publish `data` (one JSON value, bytes kept verbatim) on a concrete channel.
     Publish { channel: Box<str>, data: Bytes },
+    /// Replay history of `channel` after `since` to one connection (it is already
+    /// subscribed, so live messages queue behind the replay on its shard).
+    /// `replay` is the shard's id for this resume, echoed on every answer.
+    Replay { shard: u16, target: ConnRef, replay: u32, channel: Box<str>, since: u64 },
     /// Stop the bridge loop (sent by main after every shard has exited).
     Stop,
 }

@@ -58,6 +58,78 @@ pub struct ConnState {
     /// Token bucket for client ops (rate limit).
     pub tokens: u32,
     pub tokens_at_ms: u64,
+    /// Resumes (`sub` with `since`) in progress; boxed because almost no connection has one.
+    pub replays: Option<Box<Vec<Replaying>>>,
+}
+
+/// A resume in progress: the bridge is replaying `channel`'s history after `since`, and
+/// live messages for it wait here until the replay says where it ended.
+pub struct Replaying {
+    /// The shard's id for this resume (a later resume of the same channel gets another).
+    pub replay: u32,
+    pub channel: Box<str>,
+    /// The `sub` op's id: `ok` (or `err`) is sent once the replay is done.
+    pub id: Option<u32>,
+    pub started_ms: u64,
+    /// Live (seq, frame) that arrived during the replay, in order.
+    pub held: Vec<(u64, Bytes)>,
+    pub held_bytes: usize,
+}
+
+/// What [`Conn::hold_if_replaying`] did with a live message.
+pub enum Hold {
+    /// The channel is not being replayed: deliver as usual.
+    No,
+    Held,
+    /// Holding it would pass the outbound bound: a slow consumer.
+    Overflow,
+}
+
+impl Conn {
+    /// Holds a live message of a channel that is being replayed, so it goes out after the
+    /// replay (or not at all, if the replay already had it).
+    pub fn hold_if_replaying(&self, channel: &str, seq: u64, frame: &Bytes, limit_bytes: usize) -> Hold {
+        let mut st = self.state.borrow_mut();
+        let outbox_bytes = st.outbox_bytes;
+        let Some(replays) = st.replays.as_mut() else { return Hold::No };
+        let Some(replaying) = replays.iter_mut().find(|r| *r.channel == *channel) else { return Hold::No };
+        if outbox_bytes + replaying.held_bytes + frame.len() > limit_bytes {
+            return Hold::Overflow;
+        }
+        replaying.held_bytes += frame.len();
+        replaying.held.push((seq, frame.clone()));
+        Hold::Held
+    }
+
+    pub fn replays_in_progress(&self) -> usize {
+        self.state.borrow().replays.as_ref().map_or(0, |r| r.len())
+    }
+
+    pub fn start_replay(&self, replaying: Replaying) {
+        self.state.borrow_mut().replays.get_or_insert_with(Default::default).push(replaying);
+    }
+
+    pub fn is_replaying(&self, replay: u32) -> bool {
+        self.state.borrow().replays.as_ref().is_some_and(|r| r.iter().any(|r| r.replay == replay))
+    }
+
+    /// Removes the resume with this id (or of this channel), if it is still in progress.
+    pub fn take_replay(&self, matches: impl Fn(&Replaying) -> bool) -> Option<Replaying> {
+        let mut st = self.state.borrow_mut();
+        let replays = st.replays.as_mut()?;
+        let index = replays.iter().position(matches)?;
+        let replaying = replays.swap_remove(index);
+        if replays.is_empty() {
+            st.replays = None;
+        }
+        Some(replaying)
+    }
+
+    /// Resumes that have been running since before `deadline_ms`.
+    pub fn stale_replays(&self, started_before_ms: u64) -> Vec<u32> {
+        let st = self.state.borrow();
+        st.replays.as_ref().map_or(Vec::new(), |r| r.iter().filter(|r| r.started_ms < started_before_ms).map(|r| r.replay).collect())
+    }
 }
 
 /// What a write attempt left behind.

@@ -10,11 +10,11 @@ pub mod conn;
 mod event;
 pub mod sys;
 
-pub use conn::{Conn, Flushed, Identity};
+pub use conn::{Conn, Flushed, Hold, Identity, Replaying};
 pub use event::LocalEvent;
 
 use crate::channel::{Insert, Remove, SubIndex};
-use crate::fanout::{Delivery, Mailbox, ToBridge, ToShard};
+use crate::fanout::{ConnRef, Delivery, Mailbox, ReplayError, ToBridge, ToShard};
 use crate::metrics::{CloseReason, ShardMetrics};
 use crate::node::Node;
 use crate::permission;
@@ -36,6 +36,13 @@ const WHEEL_SLOTS: u64 = 16;
 const WHEEL_TICK_MS_MIN: u64 = 10;
 /// How long a close handshake may take before the socket is shut regardless.
 pub const CLOSE_TIMEOUT_MS: u64 = 5_000;
+/// How long a resume may take before it is answered 503: the bridge gives up handing a
+/// replay to a full inbox after 5 s and JetStream requests time out after 5 s, so a
+/// replay still missing after this will never come.
+pub const REPLAY_TIMEOUT_MS: u64 = 30_000;
+/// Resumes one connection may have in progress (a reconnecting client resumes each of
+/// its history channels at once); past it `sub … since` answers 429.
+pub const REPLAYS_PER_CONNECTION_MAX: usize = 64;
 
 pub struct Shard {
     pub id: u16,
@@ -52,6 +59,7 @@ pub struct Shard {
     pub read_buf: RefCell<Box<[u8]>>,
     delivery_seq: Cell<u32>,
     next_conn: Cell<u64>,
+    next_replay: Cell<u32>,
     closing: RefCell<Vec<u32>>,
     pub stop: LocalEvent,
     /// Interest changes the full bridge inbox refused; retried each tick. At most one
@@ -76,6 +84,7 @@ impl Shard {
             read_buf: RefCell::new(vec![0u8; config.read_buffer_bytes].into_boxed_slice()),
             delivery_seq: Cell::new(0),
             next_conn: Cell::new(1),
+            next_replay: Cell::new(0),
             closing: RefCell::new(Vec::new()),
             stop: LocalEvent::default(),
             interest_retry: RefCell::new(Vec::new()),
@@ -164,6 +173,60 @@ impl Shard {
         }
     }
 
+    /// The connection `target` names, if it is still the one in that slot.
+    pub fn conn_at(&self, target: ConnRef) -> Option<Rc<Conn>> {
+        let conns = self.conns.borrow();
+        conns.get(target.slot as usize)?.as_ref().filter(|c| c.id == target.conn).cloned()
+    }
+
+    pub fn next_replay_id(&self) -> u32 {
+        let id = self.next_replay.get().wrapping_add(1);
+        self.next_replay.set(id);
+        id
+    }
+
+    /// A chunk of replayed history for one connection's resume.
+    fn replay_frames(&self, target: ConnRef, replay: u32, frames: Vec<Bytes>) {
+        let Some(conn) = self.conn_at(target) else { return };
+        if !conn.is_replaying(replay) {
+            return; // unsubscribed meanwhile, or timed out
+        }
+        self.metrics.replayed.add(frames.len() as u64);
+        for frame in frames {
+            self.send(&conn, frame);
+        }
+    }
+
+    /// The end of a resume: the live messages held meanwhile go out (those the replay did
+    /// not already carry), then the `sub`'s `ok`; or the subscription is undone and the
+    /// `sub` answered with the error.
+    pub fn replay_done(&self, target: ConnRef, replay: u32, outcome: Result<u64, ReplayError>) {
+        let Some(conn) = self.conn_at(target) else { return };
+        let Some(replaying) = conn.take_replay(|r| r.replay == replay) else { return };
+        match outcome {
+            Ok(upto) => {
+                for (seq, frame) in replaying.held {
+                    if seq > upto {
+                        self.send(&conn, frame);
+                    }
+                }
+                self.send(&conn, ws::encode_text(&crate::protocol::ops::ok(replaying.id)));
+            }
+            Err(error) => {
+                let removed = {
+                    let mut st = conn.state.borrow_mut();
+                    let position = st.subscriptions.iter().position(|p| *p == replaying.channel);
+                    position.map(|i| st.subscriptions.swap_remove(i))
+                };
+                if let Some(pattern) = removed {
+                    self.remove_subscription(conn.slot, pattern);
+                }
+                self.metrics.client_errors.inc();
+                self.send(&conn, ws::encode_text(&crate::protocol::ops::err(replaying.id, error.code, &error.msg)));
+            }
+        }
+    }
+
     /// Queues `frame` on the connection and remembers to flush it this turn.
     pub fn send(&self, conn: &Conn, frame: Bytes) {
         let limit = self.node.config.outbound_bytes_max;
@@ -204,6 +267,20 @@ impl Shard {
             }
             if private && !permission::may_receive(conn.user(), &delivery.channel) {
                 return;
+            }
+            if let Some(seq) = delivery.seq {
+                match conn.hold_if_replaying(&delivery.channel, seq, &delivery.frame, limit) {
+                    Hold::No => {}
+                    Hold::Held => return self.metrics.deliveries.inc(),
+                    Hold::Overflow => {
+                        let reason = "outbound backlog over its bound";
+                        if conn.close(ws::close_code::SLOW_CONSUMER, reason, CloseReason::SlowConsumer, now, CLOSE_TIMEOUT_MS, &self.metrics) {
+                            dirty.push(slot);
+                        }
+                        closing.push(slot);
+                        return;
+                    }
+                }
             }
             let was_closing = conn.state.borrow().closing.is_some();
             if conn.enqueue(delivery.frame.clone(), limit, now, CLOSE_TIMEOUT_MS, &self.metrics) {
@@ -258,6 +335,8 @@ impl Shard {
             match message {
                 ToShard::Deliver(delivery) => self.deliver(&delivery),
                 ToShard::Shutdown => self.begin_shutdown(),
+                ToShard::Replay { target, replay, frames } => self.replay_frames(target, replay, frames),
+                ToShard::ReplayDone { target, replay, outcome } => self.replay_done(target, replay, outcome),
             }
         }
         self.flush_dirty();
@@ -301,6 +380,11 @@ impl Shard {
                 if st.outbox.is_empty() && st.outbox.capacity() > 0 && !st.writer_active {
                     st.outbox = std::collections::VecDeque::new();
                 }
+            }
+            for replay in conn.stale_replays(now.saturating_sub(REPLAY_TIMEOUT_MS)) {
+                let target = ConnRef { slot: conn.slot, conn: conn.id };
+                let error = ReplayError { code: 503, msg: "resume timed out (history unavailable); retry".into() };
+                self.replay_done(target, replay, Err(error));
             }
             let expired = conn.identity.as_ref().is_some_and(|i| i.expires_unix != 0 && i.expires_unix < now_unix);
             if expired {

@@ -160,7 +160,13 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
         "/api/publish" if post => publish(shard, request),
         "/healthz" if get => respond(200, "application/json", b"{\"status\":\"ok\"}", true),
         "/readyz" if get => {
-            if shard.node.ready() {
+            let strict = request.query_param("strict").is_some_and(|v| v == "1" || v == "true");
+            if shard.node.ready() && !shard.node.broker_up() {
+                // Local connections still work; only cross-node fan-out and publishing
+                // wait for the broker. `?strict=1` makes a degraded node not ready.
+                let body = b"{\"status\":\"degraded\",\"broker\":\"disconnected\"}";
+                respond(if strict { 503 } else { 200 }, "application/json", body, true)
+            } else if shard.node.ready() {
                 respond(200, "application/json", b"{\"status\":\"ready\"}", true)
             } else if shard.node.is_shutting_down() {
                 error(503, "shutting down", &[("Retry-After", RETRY_AFTER_SECONDS)])
@@ -260,6 +266,10 @@ fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
     }
     if body.data.get().len() > shard.node.config.max_message_bytes {
         return error(413, "data is larger than max_message", &[]);
+    }
+    if !shard.node.broker_up() {
+        shard.metrics.publish_refused.inc();
+        return error(503, "the broker (NATS) is unreachable; retry shortly", &[("Retry-After", "1")]);
     }
     let message = ToBridge::Publish { channel: body.ch.as_ref().into(), data: Bytes::copy_from_slice(body.data.get().as_bytes()) };
     if shard.node.bridge_inbox.push(message).is_err() {

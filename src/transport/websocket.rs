@@ -2,12 +2,12 @@
 //! place, protocol v1 ops are answered, and replies are queued and flushed once per read.
 
 use crate::channel;
-use crate::fanout::ToBridge;
+use crate::fanout::{ConnRef, ReplayError, ToBridge};
 use crate::metrics::CloseReason;
 use crate::permission::{self, Principal};
 use crate::protocol::ops::{self, ClientOp};
 use crate::protocol::ws::{self, Flow, WsMessage};
-use crate::shard::{sys, Conn, Identity, Shard};
+use crate::shard::{sys, Conn, Identity, Replaying, Shard, REPLAYS_PER_CONNECTION_MAX};
 use bytes::Bytes;
 use monoio::net::TcpStream;
 use std::rc::Rc;
@@ -177,7 +177,7 @@ fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
         Err(e) => return reply_err(shard, conn, e.id, e.code, &e.msg),
     };
     match op {
-        ClientOp::Sub { id, ch, .. } => subscribe(shard, conn, id, &ch),
+        ClientOp::Sub { id, ch, since, .. } => subscribe(shard, conn, id, &ch, since),
         ClientOp::Unsub { id, ch } => unsubscribe(shard, conn, id, &ch),
         ClientOp::Pub { id, ch, data } => publish(shard, conn, id, &ch, data.get().as_bytes()),
         ClientOp::Ping { id } => reply(shard, conn, ops::pong(id)),
@@ -204,13 +204,39 @@ fn principal<'a>(shard: &Shard, conn: &'a Conn) -> Principal<'a> {
     }
 }
 
-fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str) {
+/// Whether `since` on `pattern` asks for a resume: yes on a literal channel under a
+/// history pattern; ignored (plain subscribe, as in protocol v1 before history) where no
+/// history applies; an error on a wildcard that touches history, whose resume would mix
+/// channels with separate retention.
+fn wants_resume(shard: &Shard, pattern: &str) -> Result<bool, String> {
+    let history = &shard.node.config.broker.history;
+    if !history.is_enabled() {
+        return Ok(false);
+    }
+    if channel::is_literal(pattern) {
+        return Ok(history.pattern_covering(pattern).is_some());
+    }
+    match history.patterns.iter().find(|h| channel::overlaps(h, pattern)) {
+        Some(h) => Err(format!("since needs a literal channel: {pattern} overlaps history pattern {h}; subscribe to each channel with its own since")),
+        None => Ok(false),
+    }
+}
+
+fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, since: Option<u64>) {
     if let Err(e) = channel::validate_pattern(pattern) {
         return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
     }
     if let Err(denied) = permission::check_subscribe(&principal(shard, conn), pattern) {
         return reply_err(shard, conn, id, denied.code, &denied.msg);
     }
+    let resume = match since {
+        Some(since) => match wants_resume(shard, pattern) {
+            Ok(true) => Some(since),
+            Ok(false) => None,
+            Err(msg) => return reply_err(shard, conn, id, 400, &msg),
+        },
+        None => None,
+    };
     let count = {
         let st = conn.state.borrow();
         if st.subscriptions.iter().any(|p| &**p == pattern) {
@@ -224,11 +250,32 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str)
         let msg = format!("subscription limit reached ({max} per connection, max_subscriptions); unsubscribe first");
         return reply_err(shard, conn, id, 413, &msg);
     }
+    if resume.is_some() && conn.replays_in_progress() >= REPLAYS_PER_CONNECTION_MAX {
+        let msg = format!("{REPLAYS_PER_CONNECTION_MAX} resumes already in progress on this connection; wait for their answers");
+        return reply_err(shard, conn, id, 429, &msg);
+    }
     if shard.add_subscription(conn.slot, pattern).is_err() {
         return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
     }
     conn.state.borrow_mut().subscriptions.push(pattern.into());
-    reply(shard, conn, ops::ok(id));
+    match resume {
+        None => reply(shard, conn, ops::ok(id)),
+        Some(since) => start_resume(shard, conn, id, pattern, since),
+    }
+}
+
+/// Live messages of `channel` now reach the connection; they are held while the bridge
+/// replays history after `since`, and the `sub` is answered when the replay ends.
+fn start_resume(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, channel: &str, since: u64) {
+    let replay = shard.next_replay_id();
+    conn.start_replay(Replaying { replay, channel: channel.into(), id, started_ms: shard.now_ms(), held: Vec::new(), held_bytes: 0 });
+    let target = ConnRef { slot: conn.slot, conn: conn.id };
+    let message = ToBridge::Replay { shard: shard.id, target, replay, channel: channel.into(), since };
+    if shard.node.bridge_inbox.push(message).is_err() {
+        shard.metrics.bridge_full.inc();
+        let error = ReplayError { code: 503, msg: "server is overloaded (bridge queue full); retry shortly".into() };
+        shard.replay_done(target, replay, Err(error));
+    }
 }
 
 fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str) {
@@ -239,6 +286,7 @@ fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &st
     };
     match removed {
         Some(pattern) => {
+            conn.take_replay(|r| *r.channel == *pattern);
             shard.remove_subscription(conn.slot, pattern);
             reply(shard, conn, ops::ok(id));
         }
@@ -252,6 +300,10 @@ fn publish(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, channel_name: &s
     }
     if let Err(denied) = permission::check_publish(&principal(shard, conn), channel_name) {
         return reply_err(shard, conn, id, denied.code, &denied.msg);
+    }
+    if !shard.node.broker_up() {
+        shard.metrics.publish_refused.inc();
+        return reply_err(shard, conn, id, 503, "the broker (NATS) is unreachable; retry shortly");
     }
     let message = ToBridge::Publish { channel: channel_name.into(), data: Bytes::copy_from_slice(data) };
     if shard.node.bridge_inbox.push(message).is_err() {

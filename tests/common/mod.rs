@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocket;
 
+pub mod nats;
+
 pub const API_KEY: &str = "test-api-key";
 pub const SECRET: &str = "test-jwt-secret";
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
