@@ -48,6 +48,9 @@ pub fn run(config: GatewayConfig) -> i32 {
             return 1;
         }
     };
+    if node.config.sys_subscribe {
+        crate::sysfeed::spawn(node.clone()).expect("cannot start the $sys.metrics feed thread");
+    }
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let shard_threads: Vec<_> = listeners
         .into_iter()

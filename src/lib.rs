@@ -20,6 +20,7 @@
 //! | [`transport`] | HTTP routes and the WebSocket session on top of a shard |
 //! | [`bridge`] | the engine thread: interest, broker, encode-once |
 //! | [`gateway`] | start-up wiring: listeners, threads, signals, shutdown |
+//! | [`sysfeed`] | the `$sys.metrics` snapshot, published once a second |
 //! | [`doctor`] | host checks for a target connection count |
 
 pub mod auth;
@@ -35,4 +36,5 @@ pub mod node;
 pub mod permission;
 pub mod protocol;
 pub mod shard;
+pub mod sysfeed;
 pub mod transport;

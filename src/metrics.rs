@@ -202,6 +202,10 @@ pub struct BridgeMetrics {
     pub replays_running: Counter,
     /// Embedded broker: channels with a history ring.
     pub history_channels: Counter,
+    /// `$sys.metrics` snapshots handed to the bridge, and refused by its full inbox
+    /// (written by the sysfeed thread, its only writer).
+    pub sys_snapshots: Counter,
+    pub sys_snapshots_dropped: Counter,
 }
 
 /// What a scrape needs to see of one shard besides its counters.
@@ -295,7 +299,7 @@ pub fn render(view: &NodeView) -> String {
     family(&mut out, "ringcast_broker_connected", "gauge", "1 when the broker link is up (always 1 for the embedded broker).");
     let _ = writeln!(out, "ringcast_broker_connected{{broker=\"{}\"}} {}", view.broker, view.broker_connected as u8);
     let b = view.bridge;
-    let bridge: [(&str, &str, &str, u64); 21] = [
+    let bridge: [(&str, &str, &str, u64); 23] = [
         ("ringcast_bridge_queue_depth", "gauge", "Messages waiting in the shard → bridge queue.", view.bridge_inbox_depth as u64),
         ("ringcast_bridge_queue_capacity", "gauge", "Bound of the shard → bridge queue (bridge_inbox).", view.bridge_inbox_capacity as u64),
         ("ringcast_bridge_queue_drops_total", "counter", "Messages refused because the bridge queue was full.", view.bridge_inbox_dropped),
@@ -317,6 +321,8 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_replays_refused_total", "counter", "Resumes answered 503: too many running at once.", b.replays_refused.get()),
         ("ringcast_replays_running", "gauge", "Resumes being served now.", b.replays_running.get()),
         ("ringcast_history_channels", "gauge", "Embedded broker: channels with a history ring (history_channels bound).", b.history_channels.get()),
+        ("ringcast_sys_snapshots_total", "counter", "$sys.metrics snapshots published (one a second with sys_subscribe).", view.bridge.sys_snapshots.get()),
+        ("ringcast_sys_snapshots_dropped_total", "counter", "$sys.metrics snapshots refused by the full bridge queue.", view.bridge.sys_snapshots_dropped.get()),
     ];
     for (name, kind, help, value) in bridge {
         family(&mut out, name, kind, help);

@@ -24,6 +24,10 @@ pub struct Principal<'a> {
     pub pubs: Option<&'a [String]>,
     /// Node setting: may clients subscribe to `$sys.*`?
     pub sys_allowed: bool,
+    /// With `sys_allowed`: may anonymous connections too? True when the node has no JWT
+    /// secret, where every connection is anonymous and turning `sys_subscribe` on can only
+    /// mean "let the dashboard in" (docs/protocol-notes.md).
+    pub sys_anonymous: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -42,8 +46,8 @@ pub fn check_subscribe(p: &Principal, pattern: &str) -> Result<(), Denied> {
     let first = tokens.next().unwrap_or("");
     let second = tokens.next();
     if first == SYS_TOKEN {
-        if p.user.is_none() {
-            return denied("anonymous connections may not subscribe to $sys.* channels");
+        if p.user.is_none() && !(p.sys_allowed && p.sys_anonymous) {
+            return denied("anonymous connections may not subscribe to $sys.* channels; connect with a token");
         }
         if !p.sys_allowed {
             return denied("$sys.* channels are not open to clients on this node (server setting sys_subscribe)");
@@ -98,7 +102,7 @@ mod tests {
     use super::*;
 
     fn principal<'a>(user: Option<&'a str>, chans: Option<&'a [String]>, pubs: Option<&'a [String]>) -> Principal<'a> {
-        Principal { user, chans, pubs, sys_allowed: false }
+        Principal { user, chans, pubs, sys_allowed: false, sys_anonymous: false }
     }
 
     #[test]
@@ -153,8 +157,21 @@ mod tests {
         let chans = vec![">".to_string()];
         p.chans = Some(&chans);
         assert!(check_subscribe(&p, "$sys.metrics").is_err(), "`>` in chans does not grant $sys");
-        let anon = Principal { user: None, chans: None, pubs: None, sys_allowed: true };
+        let anon = Principal { user: None, chans: None, pubs: None, sys_allowed: true, sys_anonymous: false };
         assert!(check_subscribe(&anon, "$sys.metrics").is_err());
+        let chans = vec!["$sys.>".to_string()];
+        p.chans = Some(&chans);
+        assert_eq!(check_subscribe(&p, "$sys.metrics"), Ok(()), "a chans entry naming $sys grants it");
+    }
+
+    #[test]
+    fn without_a_jwt_secret_sys_subscribe_opens_sys_to_anonymous_connections() {
+        let open = Principal { user: None, chans: None, pubs: None, sys_allowed: true, sys_anonymous: true };
+        assert_eq!(check_subscribe(&open, "$sys.metrics"), Ok(()));
+        assert!(check_publish(&open, "$sys.metrics").is_err(), "never publish");
+        assert!(check_subscribe(&open, "user.bob").is_err(), "private channels stay private");
+        let closed = Principal { sys_allowed: false, ..open };
+        assert!(check_subscribe(&closed, "$sys.metrics").is_err(), "sys_subscribe off: nobody");
     }
 
     #[test]

@@ -175,9 +175,11 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
             }
         }
         "/metrics" if get => respond(200, "text/plain; version=0.0.4", shard.node.render_metrics().as_bytes(), true),
+        path if get && super::assets::serves(path) => Routed::Respond { bytes: super::assets::respond(request), keep_alive: true },
+        path if super::assets::serves(path) => error(405, "method not allowed; use GET", &[("Allow", "GET")]),
         "/ws" | "/healthz" | "/readyz" | "/metrics" => error(405, "method not allowed; use GET", &[("Allow", "GET")]),
         "/api/publish" => error(405, "method not allowed; use POST", &[("Allow", "POST")]),
-        _ => error(404, "no such route; see the README for /ws, /api/publish, /healthz, /readyz, /metrics", &[]),
+        _ => error(404, "no such route; see the README for /, /ringcast.js, /ws, /api/publish, /healthz, /readyz, /metrics", &[]),
     }
 }
 

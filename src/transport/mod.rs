@@ -4,6 +4,7 @@
 //! Owns: one accepted socket from accept to close. Must not touch: other shards,
 //! engines (publishes go to the bridge inbox). Runs on: the shard that accepted it.
 
+mod assets;
 mod http;
 mod websocket;
 

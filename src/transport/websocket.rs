@@ -201,6 +201,7 @@ fn principal<'a>(shard: &Shard, conn: &'a Conn) -> Principal<'a> {
         chans: identity.and_then(|i| i.chans.as_deref()),
         pubs: identity.and_then(|i| i.pubs.as_deref()),
         sys_allowed: shard.node.config.sys_subscribe,
+        sys_anonymous: shard.node.jwt.is_none(),
     }
 }
 
