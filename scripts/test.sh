@@ -11,8 +11,14 @@ cargo build --release --workspace --all-targets --locked 2>&1 | tail -n 3
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
 log=target/test-output.log
 mkdir -p target
+status=0
 # --lib --bins --tests: unit and integration tests (no doc tests: there are none).
-cargo test --release --workspace --locked --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
-# One closing line over every test binary.
+cargo test --release --workspace --locked --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log" || status=1
+# The dashboard and ringcast.js in headless Chromium (TAP), and the deploy/ manifests.
+bash scripts/browser.sh 2>&1 | tee -a "$log" || status=1
+bash deploy/check.sh 2>&1 | tee -a "$log" || status=1
+# One closing line over every test binary (cargo's "test result:") and TAP step ("# pass N").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     /^# pass [0-9]+$/ { p += $3 } /^# fail [0-9]+$/ { f += $3 }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -692,7 +692,8 @@
         if (state.lastSeq !== undefined && frame.seq <= state.lastSeq) return;
         state.lastSeq = frame.seq;
       }
-      var meta = { channel: frame.ch, seq: frame.seq };
+      var meta = { channel: frame.ch };
+      if (typeof frame.seq === "number") meta.seq = frame.seq;
       state.subs.forEach(function (sub) {
         if (!sub.active) return;
         try {
