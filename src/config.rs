@@ -108,7 +108,8 @@ struct GatewayArgs {
     /// Client ops per second per connection (burst twice that); past it ops answer 429. [default: 1000]
     #[arg(long, env = "RINGCAST_CLIENT_RATE", value_name = "PER_SECOND")]
     client_rate: Option<String>,
-    /// Let authenticated clients subscribe to `$sys.*` (server metrics feed). [default: false]
+    /// Publish `$sys.metrics` once a second and let clients subscribe to `$sys.*` (the dashboard at `/` needs
+    /// it); with a JWT secret only token holders, without one anyone. [default: false]
     #[arg(long, env = "RINGCAST_SYS_SUBSCRIBE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     sys_subscribe: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ringcast=debug`. [default: info]
