@@ -420,6 +420,11 @@
     var option = this.options["on" + event.charAt(0).toUpperCase() + event.slice(1)];
     var handlers = (this._listeners[event] || []).slice();
     if (typeof option === "function" && event !== "notify") handlers.unshift(option);
+    if (event === "error" && handlers.length === 0 && typeof console !== "undefined") {
+      // Nobody listens: say it somewhere a developer looks rather than lose it.
+      console.warn("ringcast: " + (a && a.message ? a.message : a));
+      return;
+    }
     for (var i = 0; i < handlers.length; i++) {
       try {
         handlers[i](a, b);
