@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::protocol::http::{
+use ringcast_fuzz::protocol::http::{
     error_response, parse_request, upgrade_response, websocket_upgrade, HttpLimits, Parsed,
 };
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::protocol::ws::{Flow, WsLimits, WsMessage, WsReader};
+use ringcast_fuzz::protocol::ws::{Flow, WsLimits, WsMessage, WsReader};
 
 fuzz_target!(|data: &[u8]| {
     if data.is_empty() {
