@@ -40,7 +40,7 @@ for pid in sys.argv[1:]:
         try:
             comm = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
             fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-            print(f"{pid}/{comm}={(int(fields[11]) + int(fields[12])) * 1000 // tick}")
+            print(f"{pid}.{tid}/{comm}={(int(fields[11]) + int(fields[12])) * 1000 // tick}")
         except FileNotFoundError:
             pass
 PY
@@ -61,6 +61,11 @@ harness() { # port, label
     --rate "$RATE" --duration "$DURATION" --publishers "$PUBLISHERS" --api-key bench --cpus "$HARNESS_CPU" --json
 }
 
+# One JSON line: setup, the harness's JSON object, per-thread CPU before and after.
+record() {
+  python3 -c 'import json, sys; print(json.dumps({"setup": sys.argv[1], "harness": json.loads(sys.argv[2]), "cpu_ms_before": sys.argv[3].split(), "cpu_ms_after": sys.argv[4].split()}))' "$@"
+}
+
 run_embedded() {
   local port; port=$(free_port)
   local pid; pid=$(start_gateway "$port")
@@ -68,7 +73,7 @@ run_embedded() {
   local before; before=$(thread_cpu "$pid")
   local result; result=$(harness "$port")
   local after; after=$(thread_cpu "$pid")
-  echo "{\"setup\":\"embedded, 1 node\",\"harness\":$result,\"cpu_ms_before\":$(printf '%s\n' "$before" | python3 -c 'import sys,json; print(json.dumps(sys.stdin.read().split()))'),\"cpu_ms_after\":$(printf '%s\n' "$after" | python3 -c 'import sys,json; print(json.dumps(sys.stdin.read().split()))')}"
+  record "embedded, 1 node" "$result" "$before" "$after"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -85,7 +90,7 @@ run_nats() {
   local before; before=$(thread_cpu "$a" "$b" "$npid")
   local result; result=$(harness "$port")
   local after; after=$(thread_cpu "$a" "$b" "$npid")
-  echo "{\"setup\":\"nats, 2 nodes\",\"harness\":$result,\"cpu_ms_before\":$(printf '%s\n' "$before" | python3 -c 'import sys,json; print(json.dumps(sys.stdin.read().split()))'),\"cpu_ms_after\":$(printf '%s\n' "$after" | python3 -c 'import sys,json; print(json.dumps(sys.stdin.read().split()))')}"
+  record "nats, 2 nodes" "$result" "$before" "$after"
   kill "$a" "$b" "$npid"; wait "$a" "$b" "$npid" 2>/dev/null || true
   rm -rf "$store"
 }
