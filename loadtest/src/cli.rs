@@ -1,6 +1,7 @@
 //! Command line: every flag with a help line. Parsed once in `main`.
 
-use clap::{Args, Parser, Subcommand};
+use crate::adapter::TargetKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -8,7 +9,14 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "ringcast-loadtest", version, about = "Load-test harness for the ringcast WebSocket gateway")]
+#[command(
+    name = "ringcast-loadtest",
+    version,
+    about = "Load-test harness for the ringcast WebSocket gateway and its peers (nats-server and mosquitto over WebSocket)",
+    after_help = "Each scenario prints a progress line every second (stderr) and a final table (stdout), or one JSON \
+                  object with --json. Pin server and harness apart, e.g. `taskset -c 0 ringcast gateway --shards 1 --pin 0` \
+                  and `ringcast-loadtest ... --cpus 1`. See README.md (Load testing) and BENCHMARKS.md."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Scenario,
@@ -18,12 +26,21 @@ pub struct Cli {
 pub enum Scenario {
     /// N subscribers on one channel; publish at --rate (or --max) and measure delivery.
     Fanout(FanoutArgs),
+    /// IoT: M devices each publishing to its own channel; S subscribers per device channel
+    /// plus D dashboards on the wildcard; delivery, latency and loss per class.
+    Telemetry(TelemetryArgs),
+    /// Kill-and-restart or drain the server mid-run; time until every client is back and
+    /// whether any resumed subscription missed a message.
+    Reconnect(ReconnectArgs),
     /// The machine's ceiling: the same fan-out against a minimal built-in server.
     Limit(LimitArgs),
     /// Connect N, hold them idle, report connect rate and server RSS per connection.
     Idle(IdleArgs),
     /// Connection storm: N connections as fast as possible; handshakes/s and failures.
     Burst(BurstArgs),
+    /// Medians and spread of figures over runs: reads `--json` results (one per line) and
+    /// prints one Markdown table (rows: --label, columns: figures).
+    Summarize(SummarizeArgs),
     /// (internal) One client worker process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -34,12 +51,17 @@ pub enum Scenario {
 
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// WebSocket endpoint of the server under test (loopback only).
+    /// WebSocket endpoint of the server under test (loopback only). Several, comma-separated,
+    /// spread connections round-robin (e.g. one per node of a nats-server cluster).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
-    /// Number of client connections.
-    #[arg(long, default_value_t = 1000)]
-    pub conns: usize,
+    /// What speaks at --url: ringcast (protocol v1), nats-ws (nats-server's websocket
+    /// listener), mqtt-ws (mosquitto's websockets listener, MQTT 3.1.1).
+    #[arg(long, value_enum, default_value_t = TargetKind::Ringcast)]
+    pub target: TargetKind,
+    /// Number of client connections [default: 1000; telemetry: devices × subs-per-device + dashboards].
+    #[arg(long)]
+    pub conns: Option<usize>,
     /// Worker processes to spread connections over [default: ceil(conns / 19000)].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -49,31 +71,62 @@ pub struct ClientArgs {
     /// New connections per second over all workers; 0 = as fast as possible [default: 20000; burst: 0].
     #[arg(long)]
     pub connect_rate: Option<f64>,
-    /// Connections in flight (connecting, upgrading, subscribing) per worker.
+    /// Connections in flight (connecting, upgrading, joining) per worker.
     #[arg(long, default_value_t = crate::limits::INFLIGHT_DEFAULT)]
     pub inflight: usize,
     /// A connection not ready after this long counts as a timeout failure.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub connect_timeout: Duration,
-    /// PID of the server under test: report its CPU-µs per delivery and RSS from /proc.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID(s) of the server under test, comma-separated (several gateway processes on one
+    /// port): their summed CPU-µs per delivery and RSS, from /proc.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Pin the harness (parent and workers) to these CPUs, e.g. "1" or "0-1".
     #[arg(long)]
     pub cpus: Option<String>,
     /// Print one JSON object (scenario, parameters, figures, host facts) instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Write an SVG chart of deliveries/s and p99 latency over time to this file.
+    /// Write an SVG chart (deliveries/s, p99 latency and connections over time) to this file.
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
+    /// Free text stored in the JSON parameters, to group runs (`summarize` rows).
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn conns(&self) -> usize {
+        self.conns.unwrap_or(1000)
+    }
+}
+
+/// Where messages come from, shared by every publishing scenario.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// API key for POST /api/publish (sent as Authorization: Bearer KEY), and for --drain-url.
+    #[arg(long, default_value = "")]
+    pub api_key: String,
+    /// How to publish: `http` (POST /api/publish on the --url node; ringcast only),
+    /// `nats://HOST:PORT[?prefix=rc]` (NATS PUB to `{prefix}.{channel}`: the gateway's
+    /// NATS bridge, or nats-server itself for --target nats-ws, where the prefix defaults
+    /// to none), `mqtt://HOST:PORT` (MQTT QoS 0 PUBLISH; --target mqtt-ws) [default: http].
+    #[arg(long)]
+    pub publish: Option<String>,
+    /// Publisher connections, each with an equal share of the rate. HTTP has one request
+    /// in flight per connection, so more than 1 lets publishes arrive together as from
+    /// many backends. With several channels each channel stays on one publisher (ordered).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Size in bytes of each message's `data` JSON (carries the send time and a number).
+    #[arg(long, default_value_t = 200)]
+    pub payload: usize,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct PublishArgs {
-    /// API key for POST /api/publish (sent as Authorization: Bearer KEY).
-    #[arg(long, default_value = "")]
-    pub api_key: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Messages published per second.
     #[arg(long, conflicts_with = "max")]
     pub rate: Option<f64>,
@@ -90,9 +143,6 @@ pub struct PublishArgs {
     /// How long to publish (with --max: the length of each step, default 5s then).
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
-    /// Size in bytes of each message's `data` JSON (carries the send timestamp).
-    #[arg(long, default_value_t = 200)]
-    pub payload: usize,
     /// Channel all subscribers join and the publisher publishes to.
     #[arg(long, default_value = "bench")]
     pub channel: String,
@@ -104,11 +154,88 @@ pub struct FanoutArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
-    /// Publisher connections, each with one request in flight and an equal share of the
-    /// rate. More than 1 lets publishes arrive together, as from many backends, so the
-    /// gateway can coalesce them into one send per subscriber.
-    #[arg(long, default_value_t = 1)]
-    pub publishers: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TelemetryArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Devices, each publishing to its own channel.
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+    /// Messages per second each device publishes.
+    #[arg(long, default_value_t = 1.0)]
+    pub device_rate: f64,
+    /// Subscribers on each device's channel.
+    #[arg(long, default_value_t = 10)]
+    pub subs_per_device: usize,
+    /// Dashboard subscribers on the wildcard over all devices (the channel with `{i}` → `*`).
+    #[arg(long, default_value_t = 10)]
+    pub dashboards: usize,
+    /// Device channel; `{i}` is the device number.
+    #[arg(long, default_value = "dev.{i}.temp")]
+    pub device_channel: String,
+    /// How long the devices publish.
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KillSignal {
+    /// SIGKILL: the process dies at once; clients see resets.
+    Kill,
+    /// SIGTERM: the process shuts down gracefully (ringcast closes with 1001).
+    Term,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReconnectArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Messages per second published throughout (before, during and after the disruption).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// How long to publish in all.
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Channel every client subscribes to. For resume, enable history on it in the gateway;
+    /// clients then resubscribe with `since` = the last `seq` they saw.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// When to disrupt, after publishing starts [default: a third of --duration].
+    #[arg(long, value_parser = duration)]
+    pub disrupt_at: Option<Duration>,
+    /// Disrupt by killing this process (e.g. one of several gateways on one port).
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Signal for --kill-pid.
+    #[arg(long, value_enum, default_value_t = KillSignal::Kill)]
+    pub kill_signal: KillSignal,
+    /// Shell command run after the kill or drain request (e.g. to start a new gateway in
+    /// the background); it must return within 30 s.
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
+    /// Disrupt by draining: POST this URL (e.g. http://127.0.0.1:8080/admin/drain) with
+    /// --api-key; the gateway closes clients with 1012 over its drain window.
+    #[arg(long)]
+    pub drain_url: Option<String>,
+    /// First reconnect delay; doubles per failed attempt up to --reconnect-cap, each with
+    /// equal jitter (half fixed, half random).
+    #[arg(long, value_parser = duration, default_value = "100ms")]
+    pub reconnect_base: Duration,
+    /// Longest reconnect delay.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub reconnect_cap: Duration,
+    /// Failed attempts in a row after which a client gives up (counted).
+    #[arg(long, default_value_t = 40)]
+    pub reconnect_attempts: u32,
+    /// After the disruption, wait at most this long for every client to be back.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub back_within: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,7 +244,7 @@ pub struct LimitArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
-    /// Address the ceiling server listens on (--url is ignored by `limit`).
+    /// Address the ceiling server listens on (--url, --target and --publish are ignored by `limit`).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
     /// Pin the ceiling server to this CPU (keep it apart from --cpus).
@@ -138,6 +265,16 @@ pub struct IdleArgs {
 pub struct BurstArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SummarizeArgs {
+    /// Files of `--json` results, one object per line or pretty-printed one after another.
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// Figures (JSON keys under `figures`) to show as columns, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "deliveries_per_s,latency_p50_ms,latency_p99_ms,lost,server_cpu_us_per_delivery")]
+    pub figures: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,11 +1,14 @@
 //! The client worker: one mio (epoll) event loop holding up to WORKER_CONNS_MAX WebSockets.
 //!
 //! Owns: opening connections at a bounded rate from spread source addresses, the upgrade,
-//! the `sub`, reading frames (headers plus the timestamp only), and the per-interval
-//! counters it reports to the parent as JSON lines on stdout. Runs as its own process
-//! (`ringcast-loadtest worker`, one thread) so each process stays under the fd limit.
+//! the join (`sub`, or a NATS / MQTT login and subscribe, through `adapter`), reading
+//! frames (headers, timestamp, message number and `seq` only), reconnecting with bounded
+//! jittered backoff when asked (`reconnect`), and the per-interval counters it reports to
+//! the parent as JSON lines on stdout. Runs as its own process (`ringcast-loadtest
+//! worker`, one thread) so each process stays under the fd limit.
 //! Must not touch: scenario logic or output formatting (the parent owns those).
 
+use crate::adapter::{self, Event, TargetKind};
 use crate::frame;
 use crate::limits;
 use crate::stats;
@@ -15,31 +18,107 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Socket, Type};
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::io::{BufRead, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// One server address; connection g goes to endpoint g % endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+/// A group of connections that subscribe alike and are reported apart (telemetry's device
+/// subscribers and dashboards). Member j of a class subscribes to `channel` with `{i}`
+/// replaced by j % channel_count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubClass {
+    pub name: String,
+    pub conns: usize,
+    pub channel: String,
+    pub channel_count: usize,
+    /// Check message numbers per connection (gaps, duplicates). Only meaningful when the
+    /// connection's channel has a single ordered publisher and no wildcard.
+    pub track_order: bool,
+}
+
+/// When a ready connection is lost: reopen after a jittered delay doubling from `base_ms`
+/// to `cap_ms`, at most `attempts_max` times in a row, then give up (counted).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ReconnectPolicy {
+    pub base_ms: u64,
+    pub cap_ms: u64,
+    pub attempts_max: u32,
+}
+
 /// Everything a worker needs, sent by the parent as the first line on stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerConfig {
     pub worker_index: usize,
-    pub target: SocketAddr,
-    pub host_header: String,
-    pub path: String,
+    pub endpoints: Vec<Endpoint>,
+    pub kind: TargetKind,
+    /// `nats-ws`: subjects are `{prefix}.{channel}` when set.
+    pub nats_prefix: Option<String>,
     pub conns: usize,
-    /// Global index of this worker's first connection (spreads source addresses).
+    /// Global index of this worker's first connection (spreads source addresses and classes).
     pub first_conn_index: usize,
     pub source_ips: usize,
     /// New connections per second for this worker; 0 = as fast as possible.
     pub connect_rate: f64,
     pub inflight_max: usize,
-    /// Subscribe to this channel after the upgrade (fanout); `None` holds idle.
-    pub channel: Option<String>,
+    /// Subscription classes over all global connections; empty: hold idle.
+    pub classes: Vec<SubClass>,
     pub connect_timeout_ms: u64,
     /// The worker exits by itself after this long even if the parent never says stop.
     pub lifetime_ms: u64,
+    pub reconnect: Option<ReconnectPolicy>,
+}
+
+impl WorkerConfig {
+    /// Class index and channel of global connection `global`.
+    pub fn locate(&self, global: usize) -> Option<(usize, String)> {
+        let mut offset = 0;
+        for (c, class) in self.classes.iter().enumerate() {
+            if global < offset + class.conns {
+                let i = (global - offset) % class.channel_count.max(1);
+                return Some((c, class.channel.replace("{i}", &i.to_string())));
+            }
+            offset += class.conns;
+        }
+        None
+    }
+}
+
+/// Per-class counters in a report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClassReport {
+    pub ready: u64,
+    pub deliveries: u64,
+    /// Latency since the previous report.
+    pub latency: Vec<(u64, u64)>,
+}
+
+/// Order and resume counters (connections whose class tracks order).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderCounters {
+    /// Times a message number skipped ahead, and the messages skipped in total.
+    pub gaps: u64,
+    pub missed: u64,
+    /// Messages whose number was not above the last one seen.
+    pub duplicates: u64,
+    /// Times the `seq` of a `msg` skipped ahead (history channels).
+    pub seq_gaps: u64,
+    /// Subscriptions re-sent with `since` after a reconnect.
+    pub resumed: u64,
+    /// ... of which the first message after resuming skipped a number.
+    pub resumed_with_gap: u64,
+    /// `sub` with `since` answered 409 (past retention): resubscribed without it.
+    pub resume_refused: u64,
 }
 
 /// One report line (worker → parent). Counters are cumulative; histograms cover the
@@ -52,7 +131,7 @@ pub struct WorkerReport {
     pub done: bool,
     pub attempted: u64,
     pub upgraded: u64,
-    /// Connections currently upgraded and (for fanout) subscribed.
+    /// Connections currently upgraded and joined (subscribed or logged in).
     pub ready: u64,
     /// Connections currently open in any state.
     pub open: u64,
@@ -64,6 +143,16 @@ pub struct WorkerReport {
     pub deliveries: u64,
     pub latency: Vec<(u64, u64)>,
     pub handshake: Vec<(u64, u64)>,
+    pub classes: Vec<ClassReport>,
+    pub order: OrderCounters,
+    /// Lost connections that became ready again, waiting to reopen now, and given up.
+    pub reconnected: u64,
+    pub waiting: u64,
+    pub gave_up: u64,
+    /// Time from losing a ready connection to it being ready again, since the last report.
+    pub reconnect_ms: Vec<(u64, u64)>,
+    /// CLOCK_REALTIME ns when `ready` last reached `conns` (0: not yet).
+    pub all_ready_at_ns: u64,
     pub rss_kib: u64,
     /// RSS before the first connection: the per-connection figure subtracts it.
     pub rss_start_kib: u64,
@@ -71,21 +160,41 @@ pub struct WorkerReport {
     pub last_ready_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum State {
+    /// Not opened yet, or failed for good.
+    #[default]
+    Unused,
     Connecting,
     Upgrading,
-    Subscribing,
+    /// Upgraded; waiting for the join answer (`ok`, PONG, SUBACK / CONNACK).
+    Joining,
     Ready,
+    /// Lost after being ready; reopens when its backoff is due.
+    Waiting,
 }
 
-/// Per-connection state: kept small (the read buffer is shared per worker; `carry`
-/// allocates only while a frame is split across reads).
+const EVER_READY: u8 = 1;
+/// A `sub` with `since` was sent: the first message after it shows whether resume worked.
+const RESUMING: u8 = 2;
+
+/// Per-connection state, kept small: the read buffer is shared per worker, `carry` and
+/// `app` allocate only while a frame (or a NATS / MQTT operation) is split across reads.
+/// About 96 bytes; see the harness RSS per connection figure.
+#[derive(Default)]
 struct Conn {
-    stream: TcpStream,
+    stream: Option<TcpStream>,
     state: State,
-    started: Instant,
+    class: u8,
+    flags: u8,
+    attempt: u8,
+    /// µs since worker start when the current attempt began, and when the connection was lost.
+    started_us: u64,
+    down_us: u64,
     carry: Vec<u8>,
+    app: Vec<u8>,
+    last_n: u64,
+    last_seq: u64,
 }
 
 /// Parent → worker commands (`snap N`, `stop` lines on stdin).
@@ -99,22 +208,23 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 struct Worker {
     cfg: WorkerConfig,
     poll: Poll,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
+    conns: Vec<Conn>,
     report: WorkerReport,
     latency: Histogram<u64>,
+    class_latency: Vec<Histogram<u64>>,
     handshake: Histogram<u64>,
-    request: Vec<u8>,
-    sub_frame: Vec<u8>,
+    reconnect_latency: Histogram<u64>,
+    requests: Vec<Vec<u8>>,
     read_buf: Vec<u8>,
     out: Vec<u8>,
     started: Instant,
+    /// (due ms, slot) of lost connections waiting to reopen.
+    retry_queue: BinaryHeap<Reverse<(u32, u32)>>,
+    rng: u64,
 }
 
-/// Why a connection ended.
-enum Fail {
-    Kind(String),
-}
+/// Why a connection ended: a failure kind, counted by name.
+struct Fail(String);
 
 fn errno_kind(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -143,76 +253,117 @@ pub fn host_limit_of(e: &std::io::Error) -> Option<String> {
 
 impl Worker {
     fn new(cfg: WorkerConfig) -> Result<Self> {
-        let request = frame::handshake_request(&cfg.host_header, &cfg.path, "dGhlIHNhbXBsZSBub25jZQ==").into_bytes();
-        let mut sub_frame = Vec::new();
-        if let Some(ch) = &cfg.channel {
-            let text = serde_json::json!({"op": "sub", "ch": ch, "id": 1}).to_string();
-            frame::encode_client_frame(&mut sub_frame, frame::OPCODE_TEXT, text.as_bytes(), [0x5a, 0x17, 0xc3, 0x2e]);
-        }
+        let requests = cfg
+            .endpoints
+            .iter()
+            .map(|e| frame::handshake_request(&e.host, &e.path, "dGhlIHNhbXBsZSBub25jZQ==", cfg.kind.subprotocol()).into_bytes())
+            .collect();
+        let mut conns = Vec::with_capacity(cfg.conns);
+        conns.resize_with(cfg.conns, Conn::default);
+        let seed = (std::process::id() as u64) << 32 ^ cfg.worker_index as u64 ^ crate::host::now_ns();
         Ok(Worker {
             poll: Poll::new().context("epoll_create")?,
-            conns: Vec::with_capacity(cfg.conns),
-            free: Vec::new(),
-            report: WorkerReport { worker: cfg.worker_index, rss_start_kib: stats::self_rss_kib(), ..Default::default() },
+            conns,
+            report: WorkerReport {
+                worker: cfg.worker_index,
+                rss_start_kib: stats::self_rss_kib(),
+                classes: vec![ClassReport::default(); cfg.classes.len()],
+                ..Default::default()
+            },
             latency: stats::new_histogram(),
+            class_latency: cfg.classes.iter().map(|_| stats::new_histogram()).collect(),
             handshake: stats::new_histogram(),
-            request,
-            sub_frame,
+            reconnect_latency: stats::new_histogram(),
+            requests,
             read_buf: vec![0; limits::READ_BUFFER_BYTES],
             out: Vec::new(),
             started: Instant::now(),
+            retry_queue: BinaryHeap::new(),
+            rng: seed | 1,
             cfg,
         })
+    }
+
+    fn now_ms(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     fn inflight(&self) -> u64 {
         self.report.open - self.report.ready
     }
 
-    fn open_due(&mut self, started: Instant) {
+    fn open_due(&mut self) {
         let target = self.cfg.conns as u64;
         let allowed = if self.cfg.connect_rate > 0.0 {
-            ((started.elapsed().as_secs_f64() * self.cfg.connect_rate) as u64 + 1).min(target)
+            ((self.started.elapsed().as_secs_f64() * self.cfg.connect_rate) as u64 + 1).min(target)
         } else {
             target
         };
-        while self.report.attempted < allowed
-            && self.inflight() < self.cfg.inflight_max as u64
-            && self.report.host_limit.is_none()
-        {
-            let global = self.cfg.first_conn_index + self.report.attempted as usize;
+        while self.report.attempted < allowed && self.inflight() < self.cfg.inflight_max as u64 && self.report.host_limit.is_none() {
+            let slot = self.report.attempted as usize;
             self.report.attempted += 1;
-            if let Err(e) = self.open_one(global) {
-                match host_limit_of(&e) {
-                    Some(limit) => self.report.host_limit = Some(limit),
-                    None => self.count_failure(errno_kind(&e)),
+            let global = self.cfg.first_conn_index + slot;
+            if let Some((class, _)) = self.cfg.locate(global) {
+                self.conns[slot].class = class as u8;
+            }
+            self.open_slot(slot);
+        }
+        let now = self.now_ms();
+        while let Some(&Reverse((due, slot))) = self.retry_queue.peek() {
+            if due > now || self.inflight() >= self.cfg.inflight_max as u64 || self.report.host_limit.is_some() {
+                break;
+            }
+            self.retry_queue.pop();
+            self.report.waiting -= 1;
+            self.open_slot(slot as usize);
+        }
+    }
+
+    fn open_slot(&mut self, slot: usize) {
+        if let Err(e) = self.try_open(slot) {
+            match host_limit_of(&e) {
+                Some(limit) => {
+                    self.report.host_limit = Some(limit);
+                    self.conns[slot].state = State::Unused;
+                }
+                None => {
+                    // Counted like a failed attempt (a reconnecting client retries).
+                    self.conns[slot].state = State::Connecting;
+                    self.report.open += 1;
+                    self.fail(slot, Fail(errno_kind(&e)));
                 }
             }
         }
     }
 
-    fn open_one(&mut self, global: usize) -> std::io::Result<()> {
+    fn try_open(&mut self, slot: usize) -> std::io::Result<()> {
+        let global = self.cfg.first_conn_index + slot;
         let octet = 1 + (global % self.cfg.source_ips) as u8;
         let source = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, octet), 0);
+        let target = self.cfg.endpoints[global % self.cfg.endpoints.len()].addr;
         let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)?;
         // Choose the source port at connect() from the full 4-tuple, not at bind().
         set_bind_address_no_port(&socket)?;
         socket.set_nodelay(true)?;
         socket.bind(&SocketAddr::V4(source).into())?;
-        match socket.connect(&self.cfg.target.into()) {
+        match socket.connect(&target.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
         let mut stream = TcpStream::from_std(socket.into());
-        let slot = self.free.pop().unwrap_or(self.conns.len());
         self.poll.registry().register(&mut stream, Token(slot), Interest::WRITABLE | Interest::READABLE)?;
-        let conn = Conn { stream, state: State::Connecting, started: Instant::now(), carry: Vec::new() };
-        if slot == self.conns.len() {
-            self.conns.push(Some(conn));
-        } else {
-            self.conns[slot] = Some(conn);
-        }
+        let now = self.now_us();
+        let conn = &mut self.conns[slot];
+        conn.stream = Some(stream);
+        conn.state = State::Connecting;
+        conn.started_us = now;
+        conn.carry = Vec::new();
+        conn.app = Vec::new();
         self.report.open += 1;
         Ok(())
     }
@@ -221,114 +372,157 @@ impl Worker {
         *self.report.failures.entry(kind).or_insert(0) += 1;
     }
 
-    fn close(&mut self, slot: usize, fail: Fail) {
-        let Some(mut conn) = self.conns[slot].take() else { return };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.free.push(slot);
+    /// Closes a connection for `fail`; a lost ready connection (or a failed retry of one)
+    /// is queued to reopen when reconnecting is on.
+    fn fail(&mut self, slot: usize, Fail(kind): Fail) {
+        let now = self.now_ms();
+        let conn = &mut self.conns[slot];
+        if let Some(mut stream) = conn.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        let was = conn.state;
+        let ever_ready = conn.flags & EVER_READY != 0;
+        let class = conn.class as usize;
+        if !matches!(was, State::Connecting | State::Upgrading | State::Joining | State::Ready) {
+            return;
+        }
         self.report.open -= 1;
-        let Fail::Kind(kind) = fail;
-        if conn.state == State::Ready {
+        if was == State::Ready {
             self.report.ready -= 1;
+            if let Some(c) = self.report.classes.get_mut(class) {
+                c.ready -= 1;
+            }
             self.report.dropped_after_ready += 1;
             self.count_failure(format!("dropped_{kind}"));
+        } else if ever_ready {
+            self.count_failure(format!("retry_{kind}"));
         } else {
             self.count_failure(kind);
         }
+        let conn = &mut self.conns[slot];
+        conn.state = State::Unused;
+        let Some(policy) = self.cfg.reconnect.filter(|_| ever_ready) else { return };
+        if was == State::Ready {
+            conn.down_us = self.started.elapsed().as_micros() as u64;
+            conn.attempt = 0;
+        } else {
+            conn.attempt = conn.attempt.saturating_add(1);
+        }
+        if conn.attempt as u32 >= policy.attempts_max {
+            self.report.gave_up += 1;
+            return;
+        }
+        conn.state = State::Waiting;
+        let delay = self.backoff_ms(policy, self.conns[slot].attempt);
+        self.report.waiting += 1;
+        self.retry_queue.push(Reverse((now.saturating_add(delay), slot as u32)));
+    }
+
+    /// Doubling from base to cap, then "equal jitter": half fixed, half random, so a mass
+    /// disconnect does not come back as one thundering herd.
+    fn backoff_ms(&mut self, policy: ReconnectPolicy, attempt: u8) -> u32 {
+        let full = policy.base_ms.saturating_mul(1u64 << attempt.min(20)).min(policy.cap_ms).max(1);
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (full / 2 + self.rng % (full / 2 + 1)) as u32
     }
 
     fn on_event(&mut self, slot: usize, event: &mio::event::Event) {
-        let state = match &self.conns[slot] {
-            Some(c) => c.state,
-            None => return,
+        let state = match self.conns.get(slot) {
+            Some(c) if c.stream.is_some() => c.state,
+            _ => return,
         };
         if state == State::Connecting {
             if !event.is_writable() && !event.is_error() && !event.is_read_closed() {
                 return;
             }
             if let Err(fail) = self.finish_connect(slot) {
-                self.close(slot, fail);
+                self.fail(slot, fail);
             }
             return;
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             if let Err(fail) = self.read_all(slot) {
-                self.close(slot, fail);
+                self.fail(slot, fail);
             }
         }
     }
 
     fn finish_connect(&mut self, slot: usize) -> Result<(), Fail> {
-        let conn = self.conns[slot].as_mut().expect("slot checked by caller");
-        if let Ok(Some(e)) | Err(e) = conn.stream.take_error() {
-            return Err(Fail::Kind(errno_kind(&e)));
+        let global = self.cfg.first_conn_index + slot;
+        let request = &self.requests[global % self.requests.len()];
+        let conn = &mut self.conns[slot];
+        let stream = conn.stream.as_mut().expect("checked by caller");
+        if let Ok(Some(e)) | Err(e) = stream.take_error() {
+            return Err(Fail(errno_kind(&e)));
         }
-        match conn.stream.peer_addr() {
+        match stream.peer_addr() {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Ok(()), // spurious wake
-            Err(e) => return Err(Fail::Kind(errno_kind(&e))),
+            Err(e) => return Err(Fail(errno_kind(&e))),
         }
-        match conn.stream.write(&self.request) {
-            Ok(n) if n == self.request.len() => {}
-            Ok(_) => return Err(Fail::Kind("handshake_short_write".into())),
-            Err(e) => return Err(Fail::Kind(errno_kind(&e))),
+        match stream.write(request) {
+            Ok(n) if n == request.len() => {}
+            Ok(_) => return Err(Fail("handshake_short_write".into())),
+            Err(e) => return Err(Fail(errno_kind(&e))),
         }
         conn.state = State::Upgrading;
-        let _ = self.poll.registry().reregister(&mut conn.stream, Token(slot), Interest::READABLE);
+        let _ = self.poll.registry().reregister(stream, Token(slot), Interest::READABLE);
         Ok(())
     }
 
     fn read_all(&mut self, slot: usize) -> Result<(), Fail> {
-        // The shared read buffer is lent out so `process` may borrow the worker mutably.
+        // The connection and the shared read buffer are lent out so processing may borrow
+        // the worker mutably; both go back before any close.
+        let mut conn = std::mem::take(&mut self.conns[slot]);
         let mut buf = std::mem::take(&mut self.read_buf);
-        let result = self.read_all_with(slot, &mut buf);
+        let result = self.read_conn(slot, &mut conn, &mut buf);
         self.read_buf = buf;
+        self.conns[slot] = conn;
         result
     }
 
-    fn read_all_with(&mut self, slot: usize, buf: &mut [u8]) -> Result<(), Fail> {
+    fn read_conn(&mut self, slot: usize, conn: &mut Conn, buf: &mut [u8]) -> Result<(), Fail> {
         let now = crate::host::now_ns();
         loop {
-            let conn = self.conns[slot].as_mut().expect("slot checked by caller");
-            let n = match conn.stream.read(buf) {
-                Ok(0) => return Err(Fail::Kind("eof".into())),
+            let stream = conn.stream.as_mut().expect("open connection");
+            let n = match stream.read(buf) {
+                Ok(0) => return Err(Fail("eof".into())),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Fail::Kind(errno_kind(&e))),
+                Err(e) => return Err(Fail(errno_kind(&e))),
             };
             let mut carry = std::mem::take(&mut conn.carry);
-            let mut state = conn.state;
-            let started = conn.started;
             let result = if carry.is_empty() {
                 let data = &buf[..n];
-                let r = self.process(&mut state, started, data, now);
+                let r = self.process(slot, conn, data, now);
                 if let Ok(used) = r {
                     carry.extend_from_slice(&data[used..]);
                 }
                 r
             } else {
                 carry.extend_from_slice(&buf[..n]);
-                let r = self.process(&mut state, started, &carry, now);
+                let r = self.process(slot, conn, &carry, now);
                 if let Ok(used) = r {
                     carry.drain(..used);
                 }
                 r
             };
-            let conn = self.conns[slot].as_mut().expect("slot checked by caller");
-            conn.state = state;
             if carry.len() > limits::CARRY_BYTES_MAX {
-                return Err(Fail::Kind("frame_too_big".into()));
+                return Err(Fail("frame_too_big".into()));
             }
             if carry.is_empty() && carry.capacity() > limits::CARRY_KEEP_BYTES {
                 carry = Vec::new(); // an idle client keeps no large buffer
             }
             conn.carry = carry;
             if !self.out.is_empty() {
-                let wrote = conn.stream.write(&self.out);
+                let wrote = conn.stream.as_mut().expect("open connection").write(&self.out);
                 let whole = matches!(wrote, Ok(w) if w == self.out.len());
                 self.out.clear();
                 if !whole {
-                    return Err(Fail::Kind("write_blocked".into()));
+                    return Err(Fail("write_blocked".into()));
                 }
             }
             result?;
@@ -340,34 +534,29 @@ impl Worker {
     }
 
     /// Consumes whole units (HTTP head, frames) from `data`; returns bytes used.
-    fn process(&mut self, state: &mut State, started: Instant, data: &[u8], now_ns: u64) -> Result<usize, Fail> {
+    fn process(&mut self, slot: usize, conn: &mut Conn, data: &[u8], now_ns: u64) -> Result<usize, Fail> {
         let mut pos = 0;
-        if *state == State::Upgrading {
+        if conn.state == State::Upgrading {
             let Some(end) = frame::http_head_end(data) else {
                 if data.len() > limits::HTTP_HEAD_BYTES_MAX {
-                    return Err(Fail::Kind("bad_upgrade_response".into()));
+                    return Err(Fail("bad_upgrade_response".into()));
                 }
                 return Ok(0);
             };
             match frame::http_status(&data[..end]) {
                 Some(101) => {}
-                Some(code) => return Err(Fail::Kind(format!("http_{code}"))),
-                None => return Err(Fail::Kind("bad_upgrade_response".into())),
+                Some(code) => return Err(Fail(format!("http_{code}"))),
+                None => return Err(Fail("bad_upgrade_response".into())),
             }
             self.report.upgraded += 1;
-            self.handshake.saturating_record(started.elapsed().as_nanos() as u64);
-            if self.sub_frame.is_empty() {
-                *state = State::Ready;
-                self.mark_ready();
-            } else {
-                *state = State::Subscribing;
-                self.out.extend_from_slice(&self.sub_frame);
-            }
+            let elapsed_us = self.now_us().saturating_sub(conn.started_us);
+            self.handshake.saturating_record(elapsed_us.max(1) * 1_000);
+            self.start_join(slot, conn, None);
             pos = end;
         }
         while let Some(h) = frame::parse_header(&data[pos..]) {
             if h.payload_len > limits::CARRY_BYTES_MAX as u64 {
-                return Err(Fail::Kind("frame_too_big".into()));
+                return Err(Fail("frame_too_big".into()));
             }
             if (data.len() - pos) < h.frame_len() as usize {
                 break;
@@ -375,25 +564,11 @@ impl Worker {
             let payload = &data[pos + h.header_len..pos + h.frame_len() as usize];
             pos += h.frame_len() as usize;
             match h.opcode {
-                frame::OPCODE_TEXT | frame::OPCODE_BINARY | frame::OPCODE_CONTINUATION => {
-                    if let Some(sent) = frame::find_timestamp(payload) {
-                        self.report.deliveries += 1;
-                        self.latency.saturating_record(now_ns.saturating_sub(sent));
-                    } else if *state == State::Subscribing {
-                        if frame::contains(payload, b"\"ok\"") {
-                            *state = State::Ready;
-                            self.mark_ready();
-                        } else if frame::contains(payload, b"\"err\"") {
-                            return Err(Fail::Kind("sub_refused".into()));
-                        }
-                    }
-                }
-                frame::OPCODE_PING => {
-                    frame::encode_client_frame(&mut self.out, frame::OPCODE_PONG, payload, [1, 2, 3, 4]);
-                }
+                frame::OPCODE_TEXT | frame::OPCODE_BINARY | frame::OPCODE_CONTINUATION => self.on_app(slot, conn, payload, now_ns)?,
+                frame::OPCODE_PING => frame::encode_client_frame(&mut self.out, frame::OPCODE_PONG, payload, adapter::MASK),
                 frame::OPCODE_CLOSE => {
                     let code = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
-                    return Err(Fail::Kind(format!("close_{code}")));
+                    return Err(Fail(format!("close_{code}")));
                 }
                 _ => {}
             }
@@ -401,26 +576,148 @@ impl Worker {
         Ok(pos)
     }
 
-    fn mark_ready(&mut self) {
+    /// Sends the join frames after the 101 (or after a 409 resume refusal, without `since`).
+    fn start_join(&mut self, slot: usize, conn: &mut Conn, force_since: Option<Option<u64>>) {
+        let global = self.cfg.first_conn_index + slot;
+        let channel = self.cfg.locate(global).map(|(_, ch)| ch);
+        if !self.cfg.kind.needs_join(channel.as_deref()) {
+            conn.state = State::Ready;
+            self.mark_ready(conn);
+            return;
+        }
+        let resume = conn.flags & EVER_READY != 0 && conn.last_seq > 0;
+        let since = force_since.unwrap_or(resume.then_some(conn.last_seq));
+        if since.is_some() {
+            self.report.order.resumed += 1;
+            conn.flags |= RESUMING;
+        }
+        let client_id = format!("lt{}-{}-{}", std::process::id(), global, conn.attempt);
+        let join = adapter::Join { channel: channel.as_deref(), since, nats_prefix: self.cfg.nats_prefix.as_deref(), client_id: &client_id };
+        self.out.extend_from_slice(&adapter::join_frames(self.cfg.kind, &join));
+        conn.state = State::Joining;
+    }
+
+    /// One data frame's payload: through the adapter (with the stream carry for NATS/MQTT).
+    fn on_app(&mut self, slot: usize, conn: &mut Conn, payload: &[u8], now_ns: u64) -> Result<(), Fail> {
+        let kind = self.cfg.kind;
+        let joining = conn.state == State::Joining;
+        let wants_channel = !self.cfg.classes.is_empty();
+        let mut app = std::mem::take(&mut conn.app);
+        let mut joined = false;
+        let mut resume_refused = false;
+        let mut handle = |worker: &mut Worker, conn: &mut Conn, bytes: &[u8]| -> Result<usize, Fail> {
+            adapter::on_app_bytes(kind, joining, wants_channel, bytes, &mut |event| match event {
+                Event::Delivery(p) => worker.deliver(conn, p, now_ns),
+                Event::Joined => joined = true,
+                Event::ResumeRefused => resume_refused = true,
+                Event::Reply(bytes) => frame::encode_client_frame(&mut worker.out, frame::OPCODE_BINARY, bytes, adapter::MASK),
+            })
+            .map_err(Fail)
+        };
+        let result = if !kind.is_stream() {
+            handle(self, conn, payload).map(|_| ())
+        } else if app.is_empty() {
+            handle(self, conn, payload).map(|used| app.extend_from_slice(&payload[used..]))
+        } else {
+            app.extend_from_slice(payload);
+            handle(self, conn, &app).map(|used| {
+                app.drain(..used);
+            })
+        };
+        if app.len() > limits::CARRY_BYTES_MAX {
+            return Err(Fail("frame_too_big".into()));
+        }
+        if app.is_empty() && app.capacity() > limits::CARRY_KEEP_BYTES {
+            app = Vec::new();
+        }
+        conn.app = app;
+        result?;
+        if resume_refused {
+            self.report.order.resume_refused += 1;
+            conn.flags &= !RESUMING;
+            self.start_join(slot, conn, Some(None));
+        } else if joined && conn.state == State::Joining {
+            conn.state = State::Ready;
+            self.mark_ready(conn);
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, conn: &mut Conn, payload: &[u8], now_ns: u64) {
+        let class = conn.class as usize;
+        self.report.deliveries += 1;
+        let sent = frame::find_timestamp(payload);
+        if let Some(c) = self.report.classes.get_mut(class) {
+            c.deliveries += 1;
+        }
+        if let Some(sent) = sent {
+            let latency = now_ns.saturating_sub(sent);
+            self.latency.saturating_record(latency);
+            if let Some(h) = self.class_latency.get_mut(class) {
+                h.saturating_record(latency);
+            }
+        }
+        if !self.cfg.classes.get(class).is_some_and(|c| c.track_order) {
+            return;
+        }
+        let order = &mut self.report.order;
+        if let Some(n) = frame::find_counter(payload) {
+            let resuming = conn.flags & RESUMING != 0;
+            conn.flags &= !RESUMING;
+            if conn.last_n > 0 && n > conn.last_n + 1 {
+                order.gaps += 1;
+                order.missed += n - conn.last_n - 1;
+                if resuming {
+                    order.resumed_with_gap += 1;
+                }
+            } else if conn.last_n > 0 && n <= conn.last_n {
+                order.duplicates += 1;
+            }
+            conn.last_n = conn.last_n.max(n);
+        }
+        if let Some(seq) = frame::find_u64_field(payload, frame::SEQ_KEY) {
+            if conn.last_seq > 0 && seq > conn.last_seq + 1 {
+                order.seq_gaps += 1;
+            }
+            conn.last_seq = conn.last_seq.max(seq);
+        }
+    }
+
+    fn mark_ready(&mut self, conn: &mut Conn) {
         self.report.ready += 1;
-        self.report.last_ready_ms = self.started.elapsed().as_millis() as u64;
+        let now = self.now_us();
+        self.report.last_ready_ms = now / 1000;
+        if let Some(c) = self.report.classes.get_mut(conn.class as usize) {
+            c.ready += 1;
+        }
+        if conn.flags & EVER_READY != 0 {
+            self.report.reconnected += 1;
+            self.reconnect_latency.saturating_record(now.saturating_sub(conn.down_us).max(1) * 1_000);
+        }
+        conn.flags |= EVER_READY;
+        conn.attempt = 0;
+        if self.report.ready == self.cfg.conns as u64 {
+            self.report.all_ready_at_ns = crate::host::now_ns();
+        }
     }
 
     fn expire_stale(&mut self) {
-        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let timeout = self.cfg.connect_timeout_ms * 1000;
+        let now = self.now_us();
         let stale: Vec<(usize, State)> = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| c.as_ref().filter(|c| c.state != State::Ready && c.started.elapsed() > timeout).map(|c| (i, c.state)))
+            .filter(|(_, c)| matches!(c.state, State::Connecting | State::Upgrading | State::Joining) && now.saturating_sub(c.started_us) > timeout)
+            .map(|(i, c)| (i, c.state))
             .collect();
         for (slot, state) in stale {
             let what = match state {
                 State::Connecting => "timeout_connect",
                 State::Upgrading => "timeout_upgrade",
-                _ => "timeout_subscribe",
+                _ => "timeout_join",
             };
-            self.close(slot, Fail::Kind(what.into()));
+            self.fail(slot, Fail(what.into()));
         }
     }
 
@@ -429,9 +726,15 @@ impl Worker {
         self.report.done = done;
         self.report.latency = stats::histogram_to_pairs(&self.latency);
         self.report.handshake = stats::histogram_to_pairs(&self.handshake);
+        self.report.reconnect_ms = stats::histogram_to_pairs(&self.reconnect_latency);
+        for (c, h) in self.report.classes.iter_mut().zip(self.class_latency.iter_mut()) {
+            c.latency = stats::histogram_to_pairs(h);
+            h.reset();
+        }
         self.report.rss_kib = stats::self_rss_kib();
         self.latency.reset();
         self.handshake.reset();
+        self.reconnect_latency.reset();
         sink(&self.report);
     }
 }
@@ -496,6 +799,8 @@ pub fn run_loop(
     commands: impl FnOnce(std::sync::Arc<Waker>) -> mpsc::Receiver<Command>,
     mut sink: impl FnMut(&WorkerReport),
 ) -> Result<()> {
+    anyhow::ensure!(!cfg.endpoints.is_empty(), "worker needs at least one endpoint");
+    anyhow::ensure!(cfg.conns <= limits::WORKER_CONNS_MAX, "worker asked for {} connections, above {}", cfg.conns, limits::WORKER_CONNS_MAX);
     let lifetime = Duration::from_millis(cfg.lifetime_ms);
     let mut worker = Worker::new(cfg)?;
     let waker = std::sync::Arc::new(Waker::new(worker.poll.registry(), WAKER_TOKEN)?);
@@ -504,9 +809,9 @@ pub fn run_loop(
     let started = worker.started;
     let mut next_tick = started + limits::REPORT_INTERVAL;
     loop {
-        worker.open_due(started);
+        worker.open_due();
         let connecting = worker.report.attempted < worker.cfg.conns as u64 && worker.report.host_limit.is_none();
-        let timeout = if connecting { Duration::from_millis(1) } else { limits::IDLE_POLL };
+        let timeout = if connecting || !worker.retry_queue.is_empty() { Duration::from_millis(1) } else { limits::IDLE_POLL };
         if let Err(e) = worker.poll.poll(&mut events, Some(timeout)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(e).context("epoll_wait");
@@ -541,21 +846,51 @@ pub fn run_loop(
 mod tests {
     use super::*;
 
-    fn config() -> WorkerConfig {
+    pub fn config(kind: TargetKind, classes: Vec<SubClass>) -> WorkerConfig {
         WorkerConfig {
             worker_index: 0,
-            target: "127.0.0.1:9".parse().unwrap(),
-            host_header: "127.0.0.1:9".into(),
-            path: "/ws".into(),
+            endpoints: vec![Endpoint { addr: "127.0.0.1:9".parse().unwrap(), host: "127.0.0.1:9".into(), path: "/ws".into() }],
+            kind,
+            nats_prefix: None,
             conns: 1,
             first_conn_index: 0,
             source_ips: 1,
             connect_rate: 0.0,
             inflight_max: 1,
-            channel: Some("bench".into()),
+            classes,
             connect_timeout_ms: 1000,
             lifetime_ms: 1000,
+            reconnect: None,
         }
+    }
+
+    fn one_class(track_order: bool) -> Vec<SubClass> {
+        vec![SubClass { name: "subscribers".into(), conns: 1, channel: "bench".into(), channel_count: 1, track_order }]
+    }
+
+    fn msg_frame(out: &mut Vec<u8>, n: u64, seq: Option<u64>, sent: u64) {
+        let t = frame::payload_template(300); // > 125 bytes: 16-bit length header
+        let mut data = t.text.into_bytes();
+        frame::write_fixed(&mut data[t.ts_at..t.ts_at + frame::TIMESTAMP_DIGITS], sent);
+        frame::write_padded(&mut data[t.n_at..t.n_at + frame::COUNTER_DIGITS], n);
+        let mut msg = br#"{"op":"msg","ch":"bench","data":"#.to_vec();
+        msg.extend_from_slice(&data);
+        if let Some(s) = seq {
+            msg.extend_from_slice(format!(",\"seq\":{s}").as_bytes());
+        }
+        msg.push(b'}');
+        frame::encode_server_frame(out, frame::OPCODE_TEXT, &msg);
+    }
+
+    /// Feeds `stream` to a fresh worker's connection cut in two at `cut`.
+    fn feed(worker: &mut Worker, conn: &mut Conn, stream: &[u8], cut: usize) {
+        let mut carry = Vec::new();
+        for chunk in [&stream[..cut], &stream[cut..]] {
+            carry.extend_from_slice(chunk);
+            let used = worker.process(0, conn, &carry, crate::host::now_ns()).ok().expect("no failure");
+            carry.drain(..used);
+        }
+        assert!(carry.is_empty(), "cut {cut}: {} bytes left", carry.len());
     }
 
     /// The upgrade answer, welcome, ok and three messages, cut at every byte.
@@ -565,47 +900,133 @@ mod tests {
         frame::encode_server_frame(&mut stream, frame::OPCODE_TEXT, br#"{"op":"welcome","conn":"c1","hb":25}"#);
         frame::encode_server_frame(&mut stream, frame::OPCODE_TEXT, br#"{"op":"ok","id":1}"#);
         let sent = crate::host::now_ns() - 1_000_000;
-        for _ in 0..3 {
-            let (data, at) = frame::payload_json(300); // > 125 bytes: 16-bit length header
-            let mut data = data.into_bytes();
-            frame::write_timestamp(&mut data[at..at + frame::TIMESTAMP_DIGITS], sent);
-            let mut msg = br#"{"op":"msg","ch":"bench","data":"#.to_vec();
-            msg.extend_from_slice(&data);
-            msg.push(b'}');
-            frame::encode_server_frame(&mut stream, frame::OPCODE_TEXT, &msg);
+        for n in 1..=3 {
+            msg_frame(&mut stream, n, None, sent);
         }
         frame::encode_server_frame(&mut stream, frame::OPCODE_PING, b"hb");
         for cut in 1..stream.len() {
-            let mut worker = Worker::new(config()).unwrap();
-            let mut state = State::Upgrading;
-            let mut carry = Vec::new();
-            for chunk in [&stream[..cut], &stream[cut..]] {
-                carry.extend_from_slice(chunk);
-                let used = worker.process(&mut state, Instant::now(), &carry, crate::host::now_ns()).ok().expect("no failure");
-                carry.drain(..used);
-            }
-            assert!(carry.is_empty(), "cut {cut}: {} bytes left", carry.len());
-            assert_eq!(state, State::Ready, "cut {cut}");
+            let mut worker = Worker::new(config(TargetKind::Ringcast, one_class(true))).unwrap();
+            let mut conn = Conn { state: State::Upgrading, ..Default::default() };
+            feed(&mut worker, &mut conn, &stream, cut);
+            assert_eq!(conn.state, State::Ready, "cut {cut}");
             assert_eq!((worker.report.upgraded, worker.report.ready, worker.report.deliveries), (1, 1, 3), "cut {cut}");
+            assert_eq!(worker.report.classes[0].deliveries, 3);
             assert_eq!(worker.latency.len(), 3);
             assert!(worker.latency.min() >= 1_000_000, "latency measured from the payload timestamp");
+            assert_eq!(worker.report.order, OrderCounters::default(), "1, 2, 3: no gap, no duplicate");
             // The sub frame went out after the upgrade, then a pong for the ping.
-            assert!(worker.out.starts_with(&worker.sub_frame));
-            let pong = frame::parse_header(&worker.out[worker.sub_frame.len()..]).unwrap();
+            let sub = frame::parse_header(&worker.out).unwrap();
+            let pong = frame::parse_header(&worker.out[sub.frame_len() as usize..]).unwrap();
             assert_eq!(pong.opcode, frame::OPCODE_PONG);
         }
     }
 
     #[test]
+    fn gaps_duplicates_seq_and_resume_are_counted() {
+        let mut worker = Worker::new(config(TargetKind::Ringcast, one_class(true))).unwrap();
+        let mut conn = Conn { state: State::Ready, flags: EVER_READY, ..Default::default() };
+        let mut stream = Vec::new();
+        for (n, seq) in [(1, 10), (2, 11), (5, 14), (5, 14), (3, 12), (6, 15)] {
+            msg_frame(&mut stream, n, Some(seq), 1);
+        }
+        feed(&mut worker, &mut conn, &stream, stream.len());
+        let o = worker.report.order;
+        assert_eq!((o.gaps, o.missed, o.duplicates, o.seq_gaps), (1, 2, 2, 1), "{o:?}");
+        assert_eq!((conn.last_n, conn.last_seq), (6, 15));
+
+        // Resume: the join after a reconnect carries `since` = last seq seen.
+        conn.state = State::Upgrading;
+        let mut stream = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        frame::encode_server_frame(&mut stream, frame::OPCODE_TEXT, br#"{"op":"ok","id":1}"#);
+        msg_frame(&mut stream, 9, Some(18), 1); // 7 and 8 never came back
+        worker.out.clear();
+        feed(&mut worker, &mut conn, &stream, stream.len());
+        let sub = frame::parse_header(&worker.out).unwrap();
+        let mut body = worker.out[sub.header_len..sub.frame_len() as usize].to_vec();
+        frame::unmask(&mut body, sub.mask.unwrap());
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["since"], 15);
+        let o = worker.report.order;
+        assert_eq!((o.resumed, o.resumed_with_gap, o.missed), (1, 1, 4), "{o:?}");
+        assert_eq!(worker.report.reconnected, 1);
+    }
+
+    #[test]
+    fn resume_past_retention_resubscribes_without_since() {
+        let mut worker = Worker::new(config(TargetKind::Ringcast, one_class(true))).unwrap();
+        let mut conn = Conn { state: State::Upgrading, flags: EVER_READY, last_seq: 7, last_n: 3, ..Default::default() };
+        let mut stream = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        frame::encode_server_frame(&mut stream, frame::OPCODE_TEXT, br#"{"op":"err","id":1,"code":409,"msg":"past retention"}"#);
+        frame::encode_server_frame(&mut stream, frame::OPCODE_TEXT, br#"{"op":"ok","id":1}"#);
+        feed(&mut worker, &mut conn, &stream, stream.len());
+        assert_eq!(conn.state, State::Ready);
+        assert_eq!((worker.report.order.resumed, worker.report.order.resume_refused), (1, 1));
+        let first = frame::parse_header(&worker.out).unwrap();
+        let second = frame::parse_header(&worker.out[first.frame_len() as usize..]).unwrap();
+        let at = first.frame_len() as usize + second.header_len;
+        let mut body = worker.out[at..at + second.payload_len as usize].to_vec();
+        frame::unmask(&mut body, second.mask.unwrap());
+        assert!(serde_json::from_slice::<serde_json::Value>(&body).unwrap().get("since").is_none());
+    }
+
+    #[test]
+    fn nats_stream_split_across_frames_counts_every_message() {
+        let mut worker = Worker::new(config(TargetKind::NatsWs, one_class(false))).unwrap();
+        let mut conn = Conn { state: State::Upgrading, ..Default::default() };
+        let t = frame::payload_template(200);
+        let mut text = b"INFO {\"server_id\":\"x\"}\r\nPONG\r\n".to_vec();
+        for _ in 0..3 {
+            text.extend_from_slice(format!("MSG bench 1 {}\r\n{}\r\n", t.text.len(), t.text).as_bytes());
+        }
+        text.extend_from_slice(b"PING\r\n");
+        for cut in 1..text.len() {
+            let mut stream = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+            frame::encode_server_frame(&mut stream, frame::OPCODE_BINARY, &text[..cut]);
+            frame::encode_server_frame(&mut stream, frame::OPCODE_BINARY, &text[cut..]);
+            let mut w = Worker::new(config(TargetKind::NatsWs, one_class(false))).unwrap();
+            let mut c = Conn { state: State::Upgrading, ..Default::default() };
+            feed(&mut w, &mut c, &stream, stream.len());
+            assert_eq!((c.state, w.report.deliveries), (State::Ready, 3), "cut {cut}");
+            assert!(c.app.is_empty());
+            // CONNECT/SUB/PING went out, then a PONG for the server's PING.
+            assert_eq!(frame::parse_header(&w.out).unwrap().opcode, frame::OPCODE_BINARY);
+        }
+        // A protocol error is a named failure, not a panic.
+        let mut stream = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        frame::encode_server_frame(&mut stream, frame::OPCODE_BINARY, b"-ERR 'Permissions Violation'\r\n");
+        assert!(matches!(worker.process(0, &mut conn, &stream, 0), Err(Fail(k)) if k == "nats_err"));
+    }
+
+    #[test]
     fn refusals_are_named() {
-        let mut worker = Worker::new(config()).unwrap();
-        let mut state = State::Upgrading;
-        let r = worker.process(&mut state, Instant::now(), b"HTTP/1.1 401 Unauthorized\r\n\r\n", 0);
-        assert!(matches!(r, Err(Fail::Kind(k)) if k == "http_401"));
+        let mut worker = Worker::new(config(TargetKind::Ringcast, one_class(false))).unwrap();
+        let mut conn = Conn { state: State::Upgrading, ..Default::default() };
+        let r = worker.process(0, &mut conn, b"HTTP/1.1 401 Unauthorized\r\n\r\n", 0);
+        assert!(matches!(r, Err(Fail(k)) if k == "http_401"));
         let e = std::io::Error::from_raw_os_error(libc::EMFILE);
         assert!(host_limit_of(&e).unwrap().starts_with("file descriptors"));
         assert!(host_limit_of(&std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL)).unwrap().starts_with("ports"));
         assert!(host_limit_of(&std::io::Error::from_raw_os_error(libc::ENOBUFS)).unwrap().starts_with("memory"));
         assert_eq!(host_limit_of(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED)), None);
+    }
+
+    #[test]
+    fn classes_locate_channels_and_backoff_is_bounded() {
+        let mut cfg = config(TargetKind::Ringcast, vec![]);
+        cfg.classes = vec![
+            SubClass { name: "device".into(), conns: 6, channel: "dev.{i}.temp".into(), channel_count: 3, track_order: true },
+            SubClass { name: "dashboard".into(), conns: 2, channel: "dev.*.temp".into(), channel_count: 1, track_order: false },
+        ];
+        assert_eq!(cfg.locate(0), Some((0, "dev.0.temp".into())));
+        assert_eq!(cfg.locate(4), Some((0, "dev.1.temp".into())));
+        assert_eq!(cfg.locate(7), Some((1, "dev.*.temp".into())));
+        assert_eq!(cfg.locate(8), None);
+        let mut worker = Worker::new(config(TargetKind::Ringcast, vec![])).unwrap();
+        let policy = ReconnectPolicy { base_ms: 100, cap_ms: 2000, attempts_max: 10 };
+        for attempt in 0..30u8 {
+            let d = worker.backoff_ms(policy, attempt);
+            let full = (100u64 << attempt.min(20)).min(2000) as u32;
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d} ms outside [{}, {full}]", full / 2);
+        }
+        assert!(std::mem::size_of::<Conn>() <= 120, "Conn grew to {} bytes", std::mem::size_of::<Conn>());
     }
 }

@@ -5,7 +5,7 @@
 //! stdout), merging their reports into totals and histograms, and killing them on drop.
 //! Runs on the parent's main thread; one small reader thread per worker pipe.
 
-use crate::client::{WorkerConfig, WorkerReport};
+use crate::client::{OrderCounters, WorkerConfig, WorkerReport};
 use crate::stats;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
@@ -29,6 +29,17 @@ pub struct Fleet {
     pub second: Histogram<u64>,
     /// Handshake (connect → 101) latency over the whole run.
     pub handshake: Histogram<u64>,
+    /// Per subscription class, latency since the last `reset_window`.
+    pub class_window: Vec<Histogram<u64>>,
+    /// Lost → ready again, over the whole run (`reconnect`).
+    pub reconnect: Histogram<u64>,
+}
+
+/// Sums for one subscription class.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClassTotals {
+    pub ready: u64,
+    pub deliveries: u64,
 }
 
 /// Sums over all workers' latest reports.
@@ -45,6 +56,13 @@ pub struct Totals {
     pub rss_kib: u64,
     pub rss_start_kib: u64,
     pub last_ready_ms: u64,
+    pub classes: Vec<ClassTotals>,
+    pub order: OrderCounters,
+    pub reconnected: u64,
+    pub waiting: u64,
+    pub gave_up: u64,
+    /// When the last worker got all its connections ready (0 while any is short).
+    pub all_ready_at_ns: u64,
     /// Every worker has finished connecting: all attempted or stopped by a host limit, none in flight.
     pub settled: bool,
 }
@@ -75,6 +93,8 @@ impl Fleet {
             window: stats::new_histogram(),
             second: stats::new_histogram(),
             handshake: stats::new_histogram(),
+            class_window: Vec::new(),
+            reconnect: stats::new_histogram(),
         };
         for (i, cfg) in configs.iter().enumerate() {
             let mut child = Command::new(&exe)
@@ -108,6 +128,14 @@ impl Fleet {
         Ok(fleet)
     }
 
+    /// Starts a measurement phase: latency windows (total and per class) from now on.
+    pub fn reset_window(&mut self) {
+        self.window.reset();
+        for h in &mut self.class_window {
+            h.reset();
+        }
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|c| c.id()).collect()
     }
@@ -122,6 +150,13 @@ impl Fleet {
         self.window.add(&latency).expect("same histogram shape");
         self.second.add(&latency).expect("same histogram shape");
         stats::add_pairs(&mut self.handshake, &r.handshake);
+        stats::add_pairs(&mut self.reconnect, &r.reconnect_ms);
+        if self.class_window.len() < r.classes.len() {
+            self.class_window.resize_with(r.classes.len(), stats::new_histogram);
+        }
+        for (h, c) in self.class_window.iter_mut().zip(&r.classes) {
+            stats::add_pairs(h, &c.latency);
+        }
         self.latest[i] = r;
     }
 
@@ -162,7 +197,31 @@ impl Fleet {
 
     pub fn totals(&self) -> Totals {
         let mut t = Totals { settled: true, ..Default::default() };
+        let mut all_ready = true;
         for (i, r) in self.latest.iter().enumerate() {
+            if t.classes.len() < r.classes.len() {
+                t.classes.resize(r.classes.len(), ClassTotals::default());
+            }
+            for (sum, c) in t.classes.iter_mut().zip(&r.classes) {
+                sum.ready += c.ready;
+                sum.deliveries += c.deliveries;
+            }
+            let o = &mut t.order;
+            o.gaps += r.order.gaps;
+            o.missed += r.order.missed;
+            o.duplicates += r.order.duplicates;
+            o.seq_gaps += r.order.seq_gaps;
+            o.resumed += r.order.resumed;
+            o.resumed_with_gap += r.order.resumed_with_gap;
+            o.resume_refused += r.order.resume_refused;
+            t.reconnected += r.reconnected;
+            t.waiting += r.waiting;
+            t.gave_up += r.gave_up;
+            if r.ready as usize == self.conns_per_worker[i] {
+                t.all_ready_at_ns = t.all_ready_at_ns.max(r.all_ready_at_ns);
+            } else {
+                all_ready = false;
+            }
             t.attempted += r.attempted;
             t.upgraded += r.upgraded;
             t.ready += r.ready;
@@ -184,6 +243,9 @@ impl Fleet {
             if !self.exited[i] && !(done_opening && r.open == r.ready) {
                 t.settled = false;
             }
+        }
+        if !all_ready {
+            t.all_ready_at_ns = 0;
         }
         t
     }

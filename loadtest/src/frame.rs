@@ -17,6 +17,13 @@ pub const OPCODE_PONG: u8 = 0xA;
 pub const TIMESTAMP_KEY: &[u8] = b"\"lt_ns\":";
 /// Timestamps are written with a fixed width so a pre-encoded frame can be patched in place.
 pub const TIMESTAMP_DIGITS: usize = 19;
+/// The JSON key carrying the publisher's per-channel message number (1, 2, 3, ...): a
+/// subscriber that sees a number skip has missed a message, one that sees it repeat got a
+/// duplicate. Fixed width like the timestamp.
+pub const COUNTER_KEY: &[u8] = b"\"lt_n\":";
+pub const COUNTER_DIGITS: usize = 12;
+/// The ringcast `msg` field carrying the stream sequence on history-enabled channels.
+pub const SEQ_KEY: &[u8] = b"\"seq\":";
 
 /// A parsed frame header. `header_len + payload_len` bytes make the whole frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,11 +113,12 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// The client's upgrade request; offers the `ringcast.v1` subprotocol.
-pub fn handshake_request(host: &str, path: &str, key: &str) -> String {
+/// The client's upgrade request, offering `subprotocol` when given.
+pub fn handshake_request(host: &str, path: &str, key: &str, subprotocol: Option<&str>) -> String {
+    let protocol = subprotocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringcast.v1\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
     )
 }
 
@@ -150,7 +158,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The send timestamp in a payload, if present.
 pub fn find_timestamp(payload: &[u8]) -> Option<u64> {
-    let at = find(payload, TIMESTAMP_KEY)? + TIMESTAMP_KEY.len();
+    find_digits_after(payload, TIMESTAMP_KEY)
+}
+
+/// The publisher's message number in a payload, if present.
+pub fn find_counter(payload: &[u8]) -> Option<u64> {
+    find_digits_after(payload, COUNTER_KEY)
+}
+
+fn find_digits_after(payload: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(payload, key)? + key.len();
     let digits = payload[at..].iter().take_while(|b| b.is_ascii_digit());
     let mut value: u64 = 0;
     let mut count = 0;
@@ -161,23 +178,61 @@ pub fn find_timestamp(payload: &[u8]) -> Option<u64> {
     (count > 0).then_some(value)
 }
 
-/// Writes `ns` as exactly TIMESTAMP_DIGITS zero-padded digits.
-pub fn write_timestamp(dst: &mut [u8], ns: u64) {
-    debug_assert_eq!(dst.len(), TIMESTAMP_DIGITS);
-    let mut v = ns;
+/// Writes `value` as exactly `dst.len()` zero-padded digits.
+pub fn write_fixed(dst: &mut [u8], value: u64) {
+    let mut v = value;
     for slot in dst.iter_mut().rev() {
         *slot = b'0' + (v % 10) as u8;
         v /= 10;
     }
 }
 
-/// The `data` JSON for a `payload`-byte message: `{"lt_ns":<19 digits>,"pad":"xx.."}`.
-/// Returns the text and the offset of the timestamp digits inside it.
-pub fn payload_json(payload_bytes: usize) -> (String, usize) {
-    let fixed = TIMESTAMP_KEY.len() + TIMESTAMP_DIGITS + r#"{,"pad":""}"#.len();
+/// Writes `value` left-aligned in `dst`, padded with spaces: still a valid JSON number
+/// (whitespace may follow a value; leading zeros may not precede one).
+pub fn write_padded(dst: &mut [u8], value: u64) {
+    let digits = value.to_string();
+    assert!(digits.len() <= dst.len(), "{value} does not fit in {} digits", dst.len());
+    dst[..digits.len()].copy_from_slice(digits.as_bytes());
+    dst[digits.len()..].fill(b' ');
+}
+
+/// Writes `ns` as exactly TIMESTAMP_DIGITS zero-padded digits (ns since 2001 have 19
+/// digits, so no leading zero appears and the JSON stays valid).
+pub fn write_timestamp(dst: &mut [u8], ns: u64) {
+    debug_assert_eq!(dst.len(), TIMESTAMP_DIGITS);
+    write_fixed(dst, ns);
+}
+
+/// A message's `data` JSON with its two patchable fields.
+#[derive(Debug, Clone)]
+pub struct PayloadTemplate {
+    pub text: String,
+    /// Offset of the TIMESTAMP_DIGITS timestamp digits.
+    pub ts_at: usize,
+    /// Offset of the COUNTER_DIGITS message-number digits.
+    pub n_at: usize,
+}
+
+/// The `data` JSON for a `payload_bytes`-byte message:
+/// `{"lt_ns":<19 digits>,"lt_n":<12 digits>,"pad":"xx.."}` (longer when asked for less).
+pub fn payload_template(payload_bytes: usize) -> PayloadTemplate {
+    let fixed = TIMESTAMP_KEY.len() + TIMESTAMP_DIGITS + 1 + COUNTER_KEY.len() + COUNTER_DIGITS + r#"{,"pad":""}"#.len();
     let pad = payload_bytes.saturating_sub(fixed);
-    let text = format!("{{\"lt_ns\":{},\"pad\":\"{}\"}}", "0".repeat(TIMESTAMP_DIGITS), "x".repeat(pad));
-    (text, 1 + TIMESTAMP_KEY.len())
+    let text = format!(
+        "{{\"lt_ns\":{},\"lt_n\":{},\"pad\":\"{}\"}}",
+        "1".repeat(TIMESTAMP_DIGITS),
+        format!("0{}", " ".repeat(COUNTER_DIGITS - 1)),
+        "x".repeat(pad)
+    );
+    let ts_at = 1 + TIMESTAMP_KEY.len();
+    let n_at = ts_at + TIMESTAMP_DIGITS + 1 + COUNTER_KEY.len();
+    PayloadTemplate { text, ts_at, n_at }
+}
+
+/// The template's text and timestamp offset (the `limit` server patches only that).
+pub fn payload_json(payload_bytes: usize) -> (String, usize) {
+    let t = payload_template(payload_bytes);
+    (t.text, t.ts_at)
 }
 
 /// Finds a small unsigned integer field (`"id":17`) in a JSON text.
@@ -252,5 +307,15 @@ mod tests {
         assert_eq!(find_timestamp(b"{\"op\":\"ok\"}"), None);
         // Small payloads still carry the timestamp.
         assert!(payload_json(10).0.contains("lt_ns"));
+        let t = payload_template(200);
+        assert_eq!(t.text.len(), 200);
+        let mut b = t.text.into_bytes();
+        write_padded(&mut b[t.n_at..t.n_at + COUNTER_DIGITS], 42);
+        write_timestamp(&mut b[t.ts_at..t.ts_at + TIMESTAMP_DIGITS], 1_700_000_000_123_456_789);
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("the stamped payload is valid JSON");
+        assert_eq!((v["lt_n"].as_u64(), v["lt_ns"].as_u64()), (Some(42), Some(1_700_000_000_123_456_789)));
+        assert_eq!(find_counter(&b), Some(42));
+        assert!(serde_json::from_str::<serde_json::Value>(&payload_template(10).text).is_ok(), "the unstamped template is valid JSON too");
+        assert_eq!(find_counter(b"{\"lt_ns\":5}"), None, "lt_ns is not lt_n");
     }
 }

@@ -403,15 +403,16 @@ mod tests {
 
         let cfg = WorkerConfig {
             worker_index: 0,
-            target: addr,
-            host_header: "127.0.0.1".into(),
-            path: "/ws".into(),
+            endpoints: vec![client::Endpoint { addr, host: "127.0.0.1".into(), path: "/ws".into() }],
+            kind: crate::adapter::TargetKind::Ringcast,
+            nats_prefix: None,
             conns: CONNS,
             first_conn_index: 0,
             source_ips: 2,
             connect_rate: 0.0,
             inflight_max: 128,
-            channel: Some("bench".into()),
+            classes: vec![client::SubClass { name: "subscribers".into(), conns: CONNS, channel: "bench".into(), channel_count: 1, track_order: false }],
+            reconnect: None,
             connect_timeout_ms: 10_000,
             lifetime_ms: 60_000,
         };

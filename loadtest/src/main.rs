@@ -3,16 +3,19 @@
 //! Layout (one job each):
 //! - `cli`          flags, parsed once
 //! - `limits`       every bound, with its unit and why
-//! - `frame`        WebSocket frames, the upgrade, the payload timestamp (pure bytes)
+//! - `frame`        WebSocket frames, the upgrade, the payload stamps (pure bytes)
+//! - `nats`, `mqtt` the NATS and MQTT 3.1.1 subsets the harness speaks (pure bytes)
+//! - `adapter`      per target (ringcast, nats-ws, mqtt-ws): join frames, reading deliveries
 //! - `stats`        histograms, percentiles, loss, CPU-µs per delivery from /proc
 //! - `host`         fd limit, pinning, io_uring probe, host facts
 //! - `client`       the worker process: one epoll loop holding ≤ 19,000 WebSockets
 //! - `fleet`        the parent's side of the workers (spawn, pipes, merge, stop)
-//! - `publish`      paced publishing: HTTP `/api/publish`, or the `limit` server
+//! - `publish`      paced publishing: HTTP `/api/publish`, NATS, MQTT, or the `limit` server
 //! - `limit_server` the machine's ceiling: a minimal one-thread fan-out server
-//! - `scenario`     fanout, limit, idle, burst: phases and figures
+//! - `scenario`     fanout, telemetry, reconnect, limit, idle, burst: phases and figures
 //! - `report`       table, JSON and SVG output
 
+mod adapter;
 mod cli;
 mod client;
 mod fleet;
@@ -20,6 +23,8 @@ mod frame;
 mod host;
 mod limit_server;
 mod limits;
+mod mqtt;
+mod nats;
 mod publish;
 mod report;
 mod scenario;
@@ -47,7 +52,9 @@ fn prepare(client: &ClientArgs) -> Result<()> {
 
 fn output(report: report::Report, client: &ClientArgs) -> Result<()> {
     if let Some(path) = &client.svg {
-        let title = format!("ringcast-loadtest {} — {} connections", report.scenario, client.conns);
+        let target = report.parameters["target"].as_str().unwrap_or("ringcast").to_string();
+        let conns = report.parameters["conns"].as_u64().unwrap_or(0);
+        let title = format!("ringcast-loadtest {} — {target}, {conns} connections", report.scenario);
         std::fs::write(path, report::svg(&title, &report.series)).with_context(|| format!("writing {}", path.display()))?;
     }
     if client.json {
@@ -83,6 +90,23 @@ fn run(cli: cli::Cli) -> Result<()> {
         Scenario::Burst(a) => {
             prepare(&a.client)?;
             output(scenario::burst(&a)?, &a.client)
+        }
+        Scenario::Telemetry(a) => {
+            prepare(&a.client)?;
+            output(scenario::telemetry(&a)?, &a.client)
+        }
+        Scenario::Reconnect(a) => {
+            prepare(&a.client)?;
+            output(scenario::reconnect(&a)?, &a.client)
+        }
+        Scenario::Summarize(a) => {
+            let mut runs = Vec::new();
+            for file in &a.files {
+                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                runs.extend(report::parse_json_stream(&text).with_context(|| format!("{} holds something other than --json results", file.display()))?);
+            }
+            print!("{}", report::summarize(&runs, &a.figures));
+            Ok(())
         }
     }
 }

@@ -1,14 +1,19 @@
-//! Publishers: put timestamped messages onto the channel at a paced rate.
+//! Publishers: put stamped messages onto channels at a paced rate.
 //!
-//! Owns: `POST /api/publish` over one keep-alive HTTP/1.1 connection, and the control
-//! line to the built-in `limit` server (which publishes by itself). Runs on a publisher
-//! thread of the parent while the main thread watches the workers.
+//! Owns: the three ways in — `POST /api/publish` (one keep-alive HTTP/1.1 connection, one
+//! request in flight), NATS (`PUB` over TCP, pipelined: every message due goes out in one
+//! write), MQTT (QoS 0 `PUBLISH` over TCP, pipelined) — and the control line to the
+//! built-in `limit` server (which publishes by itself). Every message carries the send
+//! time and a per-channel message number (see `frame::payload_template`); a publisher
+//! given several channels sends to them in turn. Runs on a publisher thread of the parent
+//! while the main thread watches the workers.
 
-use crate::frame;
+use crate::adapter::{self, TargetKind};
+use crate::{frame, mqtt, nats};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default)]
@@ -22,6 +27,10 @@ impl PublishResult {
     pub fn achieved_rate(&self) -> f64 {
         self.published as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_insert(0) += 1;
+    }
 }
 
 pub trait Publisher: Send {
@@ -29,40 +38,188 @@ pub trait Publisher: Send {
     fn publish_for(&mut self, rate: f64, duration: Duration) -> Result<PublishResult>;
 }
 
-/// Consecutive failed requests after which publishing gives up.
-const HTTP_FAILURES_MAX: u32 = 5;
-/// A publish answer slower than this is a failure (the gateway should answer in µs).
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consecutive failed requests after which publishing gives up (unless outages are expected).
+const FAILURES_IN_ROW_MAX: u32 = 5;
+/// A server answer slower than this is a failure (every server here answers in µs).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// While an outage is expected (`reconnect`), a connect attempt waits at most this long,
+/// so pacing goes on while the server is down.
+const OUTAGE_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// Messages written per pipelined write (NATS, MQTT): bounds the batch buffer (~64 KiB at
+/// 250 B) while a slow start catches up.
+const PIPELINE_BATCH_MAX: usize = 256;
+/// A pipelined publisher reads the server's side (PING, -ERR) this often.
+const PIPELINE_READ_EVERY: Duration = Duration::from_millis(100);
 
+/// How messages get onto the channels (`--publish`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// `POST /api/publish` on the ringcast node at `--url`.
+    Http,
+    /// NATS `PUB` to subject `{prefix}.{channel}` (no prefix: the channel itself).
+    Nats { addr: SocketAddr, prefix: Option<String> },
+    /// MQTT QoS 0 `PUBLISH` to the channel's topic (`.` → `/`).
+    Mqtt { addr: SocketAddr },
+}
+
+impl Via {
+    pub fn describe(&self) -> String {
+        match self {
+            Via::Http => "http /api/publish".into(),
+            Via::Nats { addr, prefix } => format!("nats://{addr} subject prefix {:?}", prefix.as_deref().unwrap_or("")),
+            Via::Mqtt { addr } => format!("mqtt://{addr}"),
+        }
+    }
+}
+
+/// Parses `--publish`: `http`, `nats://host:port[?prefix=P]` or `mqtt://host:port`.
+/// The NATS prefix defaults to `rc` (the gateway's `--nats-prefix` default) for the
+/// ringcast target and to none for `nats-ws`, whose subscribers use the bare channel.
+pub fn parse_via(text: Option<&str>, kind: TargetKind) -> Result<Via> {
+    let via = match text {
+        None | Some("http") => Via::Http,
+        Some(url) if url.starts_with("nats://") => {
+            let rest = &url["nats://".len()..];
+            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut prefix = (kind == TargetKind::Ringcast).then(|| "rc".to_string());
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("prefix", p)) => prefix = (!p.is_empty()).then(|| p.to_string()),
+                    _ => bail!("--publish {url}: unknown query {pair:?}; the only one is ?prefix=P"),
+                }
+            }
+            Via::Nats { addr: loopback(authority.trim_end_matches('/'), url)?, prefix }
+        }
+        Some(url) if url.starts_with("mqtt://") => Via::Mqtt { addr: loopback(url["mqtt://".len()..].trim_end_matches('/'), url)? },
+        Some(other) => bail!("--publish {other:?}: give http, nats://host:port[?prefix=rc] or mqtt://host:port"),
+    };
+    match (kind, &via) {
+        (TargetKind::Ringcast, Via::Http | Via::Nats { .. }) | (TargetKind::NatsWs, Via::Nats { .. }) | (TargetKind::MqttWs, Via::Mqtt { .. }) => Ok(via),
+        (TargetKind::NatsWs, _) => bail!("--target nats-ws publishes through NATS: add --publish nats://127.0.0.1:PORT (scripts/peers.sh prints it)"),
+        (TargetKind::MqttWs, _) => bail!("--target mqtt-ws publishes through MQTT: add --publish mqtt://127.0.0.1:PORT (scripts/peers.sh prints it)"),
+        (TargetKind::Ringcast, Via::Mqtt { .. }) => bail!("ringcast takes --publish http or nats://; mqtt:// is for --target mqtt-ws"),
+    }
+}
+
+fn loopback(authority: &str, url: &str) -> Result<SocketAddr> {
+    authority
+        .to_socket_addrs()
+        .with_context(|| format!("--publish {url}: resolving {authority:?} (give host:port)"))?
+        .find(|a| a.ip().is_loopback())
+        .with_context(|| format!("--publish {url}: {authority} is not a loopback address"))
+}
+
+/// One channel's pre-encoded wire message, patched in place per send.
+struct Encoded {
+    bytes: Vec<u8>,
+    ts_at: usize,
+    n_at: usize,
+    /// Number of the next message on this channel (1-based); advances only once a message
+    /// is accepted, so a failed HTTP attempt never looks like a gap to subscribers.
+    next_n: u64,
+}
+
+impl Encoded {
+    /// `prefix` + data + `suffix` around the payload template.
+    fn new(prefix: &[u8], payload_bytes: usize, suffix: &[u8], wrap: impl FnOnce(&[u8]) -> (Vec<u8>, usize)) -> Encoded {
+        let t = frame::payload_template(payload_bytes);
+        let mut inner = prefix.to_vec();
+        inner.extend_from_slice(t.text.as_bytes());
+        inner.extend_from_slice(suffix);
+        let (bytes, inner_at) = wrap(&inner);
+        let base = inner_at + prefix.len();
+        Encoded { bytes, ts_at: base + t.ts_at, n_at: base + t.n_at, next_n: 1 }
+    }
+
+    fn stamp(&mut self) -> &[u8] {
+        frame::write_fixed(&mut self.bytes[self.ts_at..self.ts_at + frame::TIMESTAMP_DIGITS], crate::host::now_ns());
+        frame::write_padded(&mut self.bytes[self.n_at..self.n_at + frame::COUNTER_DIGITS], self.next_n);
+        &self.bytes
+    }
+}
+
+/// The channels one publisher sends to, in turn.
+struct RoundRobin {
+    channels: Vec<Encoded>,
+    next: usize,
+}
+
+impl RoundRobin {
+    fn current(&mut self) -> &mut Encoded {
+        &mut self.channels[self.next]
+    }
+
+    /// The current message was accepted: number the next one and move to the next channel.
+    fn accepted(&mut self) {
+        self.channels[self.next].next_n += 1;
+        self.next = (self.next + 1) % self.channels.len();
+    }
+}
+
+/// Paces `send` at `rate` for `duration`. `send(n)` tries to send `n` messages and says how
+/// many were accepted; pacing follows attempts, so an outage does not cause a catch-up burst.
+fn paced(rate: f64, duration: Duration, batch_max: usize, result: &mut PublishResult, mut send: impl FnMut(usize, &mut PublishResult) -> Result<u64>) -> Result<()> {
+    if !(rate > 0.0 && rate.is_finite()) {
+        bail!("publish rate must be above 0 msgs/s (got {rate})");
+    }
+    let start = Instant::now();
+    let total = (rate * duration.as_secs_f64()).ceil().max(1.0) as u64;
+    let mut attempted = 0u64;
+    while attempted < total {
+        let now = Instant::now();
+        if now >= start + duration {
+            break;
+        }
+        let due = (((now - start).as_secs_f64() * rate) as u64 + 1).min(total);
+        if due <= attempted {
+            let next = start + Duration::from_secs_f64(attempted as f64 / rate);
+            std::thread::sleep(next.saturating_duration_since(now).min(Duration::from_millis(50)));
+            continue;
+        }
+        let n = ((due - attempted) as usize).min(batch_max);
+        attempted += n as u64;
+        result.published += send(n, result)?;
+    }
+    result.elapsed = start.elapsed().max(duration);
+    Ok(())
+}
+
+/// `POST /api/publish` with one request in flight.
 pub struct HttpPublisher {
     target: SocketAddr,
     stream: Option<TcpStream>,
-    head: Vec<u8>,
-    body: Vec<u8>,
-    ts_at: usize,
+    messages: RoundRobin,
     response: Vec<u8>,
+    tolerate_outage: bool,
 }
 
 impl HttpPublisher {
-    pub fn new(target: SocketAddr, host: &str, api_key: &str, channel: &str, payload_bytes: usize) -> Self {
-        let (data, data_ts_at) = frame::payload_json(payload_bytes);
-        let prefix = format!("{{\"ch\":{},\"data\":", serde_json::to_string(channel).expect("string serializes"));
-        let body = format!("{prefix}{data}}}").into_bytes();
-        let head = format!(
-            "POST /api/publish HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_key}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        HttpPublisher { target, stream: None, head, body, ts_at: prefix.len() + data_ts_at, response: Vec::with_capacity(1024) }
+    pub fn new(target: SocketAddr, host: &str, api_key: &str, channels: &[String], payload_bytes: usize, tolerate_outage: bool) -> Self {
+        let channels = channels
+            .iter()
+            .map(|ch| {
+                let prefix = format!("{{\"ch\":{},\"data\":", serde_json::to_string(ch).expect("string serializes"));
+                Encoded::new(prefix.as_bytes(), payload_bytes, b"}", |body| {
+                    let head = format!(
+                        "POST /api/publish HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_key}\r\n\
+                         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let mut bytes = head.clone().into_bytes();
+                    bytes.extend_from_slice(body);
+                    (bytes, head.len())
+                })
+            })
+            .collect();
+        HttpPublisher { target, stream: None, messages: RoundRobin { channels, next: 0 }, response: Vec::with_capacity(1024), tolerate_outage }
     }
 
     fn connect(&mut self) -> Result<&mut TcpStream> {
         if self.stream.is_none() {
-            let s = TcpStream::connect_timeout(&self.target, HTTP_TIMEOUT)
-                .with_context(|| format!("connecting the publisher to {}", self.target))?;
+            let wait = if self.tolerate_outage { OUTAGE_CONNECT_TIMEOUT } else { IO_TIMEOUT };
+            let s = TcpStream::connect_timeout(&self.target, wait).with_context(|| format!("connecting the publisher to {}", self.target))?;
             s.set_nodelay(true)?;
-            s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
             self.stream = Some(s);
         }
         Ok(self.stream.as_mut().expect("just connected"))
@@ -70,14 +227,12 @@ impl HttpPublisher {
 
     /// One request/response; returns the HTTP status.
     fn publish_one(&mut self) -> Result<u16> {
-        frame::write_timestamp(&mut self.body[self.ts_at..self.ts_at + frame::TIMESTAMP_DIGITS], crate::host::now_ns());
-        let mut request = Vec::with_capacity(self.head.len() + self.body.len());
-        request.extend_from_slice(&self.head);
-        request.extend_from_slice(&self.body);
         let mut response = std::mem::take(&mut self.response);
         response.clear();
-        let stream = self.connect()?;
-        stream.write_all(&request)?;
+        self.connect()?;
+        let request = self.messages.current().stamp();
+        let stream = self.stream.as_mut().expect("connected above");
+        stream.write_all(request)?;
         let mut chunk = [0u8; 2048];
         let (status, want) = loop {
             let n = stream.read(&mut chunk)?;
@@ -106,61 +261,286 @@ impl HttpPublisher {
 impl Publisher for HttpPublisher {
     fn publish_for(&mut self, rate: f64, duration: Duration) -> Result<PublishResult> {
         let mut result = PublishResult::default();
-        let start = Instant::now();
         let mut failures_in_row = 0;
-        for i in 0u64.. {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            let now = Instant::now();
-            if due >= start + duration {
-                break;
+        paced(rate, duration, 1, &mut result, |_, result| match self.publish_one() {
+            Ok(status) if (200..300).contains(&status) => {
+                self.messages.accepted();
+                failures_in_row = 0;
+                Ok(1)
             }
-            if due > now {
-                std::thread::sleep(due - now);
+            Ok(status) => {
+                result.error(&format!("http_{status}"));
+                if status == 401 || status == 403 {
+                    bail!("publish refused with HTTP {status}: check --api-key");
+                }
+                Ok(0)
             }
-            match self.publish_one() {
-                Ok(status) if (200..300).contains(&status) => {
-                    result.published += 1;
-                    failures_in_row = 0;
+            Err(e) => {
+                self.stream = None;
+                result.error("io");
+                failures_in_row += 1;
+                if failures_in_row >= FAILURES_IN_ROW_MAX && !self.tolerate_outage {
+                    return Err(e.context(format!("{FAILURES_IN_ROW_MAX} publish requests failed in a row")));
                 }
-                Ok(status) => {
-                    *result.errors.entry(format!("http_{status}")).or_insert(0) += 1;
-                    if status == 401 || status == 403 {
-                        bail!("publish refused with HTTP {status}: check --api-key");
-                    }
-                }
-                Err(e) => {
-                    self.stream = None;
-                    *result.errors.entry("io".into()).or_insert(0) += 1;
-                    failures_in_row += 1;
-                    if failures_in_row >= HTTP_FAILURES_MAX {
-                        return Err(e.context(format!("{HTTP_FAILURES_MAX} publish requests failed in a row")));
-                    }
-                }
+                Ok(0)
             }
-        }
-        result.elapsed = start.elapsed().max(duration);
+        })?;
         Ok(result)
     }
 }
 
-/// Several HTTP publishers on their own connections and threads, each at an equal share
-/// of the rate; their results add up.
+/// A pipelined publisher over plain TCP: NATS or MQTT. Everything due is written at once.
+pub struct PipelinePublisher {
+    proto: Pipeline,
+    target: SocketAddr,
+    client_name: String,
+    stream: Option<TcpStream>,
+    messages: RoundRobin,
+    batch: Vec<u8>,
+    inbound: Vec<u8>,
+    tolerate_outage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pipeline {
+    Nats,
+    Mqtt,
+}
+
+impl PipelinePublisher {
+    pub fn nats(addr: SocketAddr, prefix: Option<&str>, channels: &[String], payload_bytes: usize, name: String, tolerate_outage: bool) -> Self {
+        let messages = channels
+            .iter()
+            .map(|ch| {
+                let subject = adapter::wire_name(TargetKind::NatsWs, ch, prefix);
+                Encoded::new(b"", payload_bytes, b"", |payload| {
+                    let mut bytes = Vec::new();
+                    nats::push_pub(&mut bytes, &subject, payload);
+                    let at = bytes.len() - payload.len() - 2;
+                    (bytes, at)
+                })
+            })
+            .collect();
+        Self::new(Pipeline::Nats, addr, messages, name, tolerate_outage)
+    }
+
+    pub fn mqtt(addr: SocketAddr, channels: &[String], payload_bytes: usize, name: String, tolerate_outage: bool) -> Self {
+        let messages = channels
+            .iter()
+            .map(|ch| {
+                let topic = mqtt::topic_of(ch);
+                Encoded::new(b"", payload_bytes, b"", |payload| {
+                    let mut bytes = Vec::new();
+                    mqtt::push_publish(&mut bytes, &topic, payload);
+                    let at = bytes.len() - payload.len();
+                    (bytes, at)
+                })
+            })
+            .collect();
+        Self::new(Pipeline::Mqtt, addr, messages, name, tolerate_outage)
+    }
+
+    fn new(proto: Pipeline, target: SocketAddr, channels: Vec<Encoded>, client_name: String, tolerate_outage: bool) -> Self {
+        PipelinePublisher {
+            proto,
+            target,
+            client_name,
+            stream: None,
+            messages: RoundRobin { channels, next: 0 },
+            batch: Vec::new(),
+            inbound: Vec::new(),
+            tolerate_outage,
+        }
+    }
+
+    /// Connects and logs in: NATS INFO → CONNECT + PING → PONG; MQTT CONNECT → CONNACK.
+    fn connect(&mut self) -> Result<()> {
+        if self.stream.is_some() {
+            return Ok(());
+        }
+        let wait = if self.tolerate_outage { OUTAGE_CONNECT_TIMEOUT } else { IO_TIMEOUT };
+        let mut s = TcpStream::connect_timeout(&self.target, wait).with_context(|| format!("connecting the publisher to {}", self.target))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        self.inbound.clear();
+        match self.proto {
+            Pipeline::Nats => {
+                let mut login = nats::connect_line(&self.client_name).into_bytes();
+                login.extend_from_slice(nats::PING);
+                s.write_all(&login)?;
+            }
+            Pipeline::Mqtt => s.write_all(&mqtt::connect(&self.client_name, 0))?,
+        }
+        self.stream = Some(s);
+        self.await_answer(true).context("logging in")
+    }
+
+    /// Reads until the login answer (`login`) or the answer to our PING / PINGREQ arrives.
+    fn await_answer(&mut self, login: bool) -> Result<()> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if self.consume_inbound(true, login)? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("no answer from {} within {IO_TIMEOUT:?}", self.target);
+            }
+            let stream = self.stream.as_mut().expect("connected");
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                bail!("{} closed the publisher connection", self.target);
+            }
+            self.inbound.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Acts on what the server sent so far; true once the awaited answer is among it.
+    fn consume_inbound(&mut self, awaiting: bool, login: bool) -> Result<bool> {
+        let mut pos = 0;
+        let mut answered = false;
+        let mut reply: Vec<u8> = Vec::new();
+        match self.proto {
+            Pipeline::Nats => {
+                while let Some((op, used)) = nats::parse_op(&self.inbound[pos..]).map_err(anyhow::Error::msg)? {
+                    pos += used;
+                    match op {
+                        nats::ServerOp::Ping => reply.extend_from_slice(nats::PONG),
+                        nats::ServerOp::Pong => answered = true,
+                        nats::ServerOp::Err(e) => bail!("NATS server said -ERR {e}"),
+                        _ => {}
+                    }
+                }
+            }
+            Pipeline::Mqtt => {
+                while let Some((packet, used)) = mqtt::parse_packet(&self.inbound[pos..]).map_err(anyhow::Error::msg)? {
+                    pos += used;
+                    match packet {
+                        mqtt::ServerPacket::ConnAck { return_code: 0 } if login => answered = true,
+                        mqtt::ServerPacket::ConnAck { return_code } => bail!("MQTT broker refused the publisher: CONNACK return code {return_code}"),
+                        mqtt::ServerPacket::PingResp => answered = true,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.inbound.drain(..pos);
+        if !reply.is_empty() {
+            self.stream.as_mut().expect("connected").write_all(&reply)?;
+        }
+        Ok(awaiting && answered)
+    }
+
+    /// Non-blocking look at the server's side between batches (PING, -ERR).
+    fn poll_inbound(&mut self) -> Result<()> {
+        let stream = self.stream.as_mut().expect("connected");
+        stream.set_nonblocking(true)?;
+        let mut chunk = [0u8; 4096];
+        let read = loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => break Err(anyhow::anyhow!("{} closed the publisher connection", self.target)),
+                Ok(n) => self.inbound.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        read?;
+        self.consume_inbound(false, false).map(|_| ())
+    }
+
+    fn send_batch(&mut self, n: usize) -> Result<u64> {
+        self.connect()?;
+        self.batch.clear();
+        for _ in 0..n {
+            let bytes = self.messages.current().stamp();
+            self.batch.extend_from_slice(bytes);
+            self.messages.accepted();
+        }
+        self.stream.as_mut().expect("connected").write_all(&self.batch)?;
+        Ok(n as u64)
+    }
+
+    /// Round trip after the last publish: the server has processed everything before it.
+    fn flush(&mut self) -> Result<()> {
+        let ping: &[u8] = match self.proto {
+            Pipeline::Nats => nats::PING,
+            Pipeline::Mqtt => &mqtt::PINGREQ,
+        };
+        self.stream.as_mut().expect("connected").write_all(ping)?;
+        self.await_answer(false)
+    }
+}
+
+impl Publisher for PipelinePublisher {
+    fn publish_for(&mut self, rate: f64, duration: Duration) -> Result<PublishResult> {
+        let mut result = PublishResult::default();
+        let mut failures_in_row = 0;
+        let mut last_read = Instant::now();
+        self.connect()?;
+        paced(rate, duration, PIPELINE_BATCH_MAX, &mut result, |n, result| {
+            let sent = self.send_batch(n).and_then(|sent| {
+                if last_read.elapsed() >= PIPELINE_READ_EVERY {
+                    last_read = Instant::now();
+                    self.poll_inbound()?;
+                }
+                Ok(sent)
+            });
+            match sent {
+                Ok(sent) => {
+                    failures_in_row = 0;
+                    Ok(sent)
+                }
+                Err(e) => {
+                    self.stream = None;
+                    result.error("io");
+                    failures_in_row += 1;
+                    if failures_in_row >= FAILURES_IN_ROW_MAX && !self.tolerate_outage {
+                        return Err(e.context(format!("{FAILURES_IN_ROW_MAX} publish writes failed in a row")));
+                    }
+                    Ok(0)
+                }
+            }
+        })?;
+        if self.stream.is_some() {
+            self.flush().context("confirming the last publishes (PING round trip)")?;
+        }
+        Ok(result)
+    }
+}
+
+/// Several publishers on their own connections and threads, each with a share of the rate
+/// in proportion to its weight (its number of channels, so every channel gets the same
+/// rate); their results add up.
 pub struct ParallelPublisher {
-    publishers: Vec<HttpPublisher>,
+    publishers: Vec<Box<dyn Publisher>>,
+    weights: Vec<f64>,
 }
 
 impl ParallelPublisher {
-    pub fn new(publishers: Vec<HttpPublisher>) -> Self {
-        assert!(!publishers.is_empty());
-        ParallelPublisher { publishers }
+    pub fn new(publishers: Vec<Box<dyn Publisher>>, weights: Vec<f64>) -> Self {
+        assert!(!publishers.is_empty() && publishers.len() == weights.len());
+        ParallelPublisher { publishers, weights }
     }
 }
 
 impl Publisher for ParallelPublisher {
     fn publish_for(&mut self, rate: f64, duration: Duration) -> Result<PublishResult> {
-        let share = rate / self.publishers.len() as f64;
+        if self.publishers.len() == 1 {
+            return self.publishers[0].publish_for(rate, duration);
+        }
+        let total_weight: f64 = self.weights.iter().sum();
         let results: Vec<Result<PublishResult>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self.publishers.iter_mut().map(|p| scope.spawn(move || p.publish_for(share, duration))).collect();
+            let handles: Vec<_> = self
+                .publishers
+                .iter_mut()
+                .zip(&self.weights)
+                .map(|(p, w)| {
+                    let share = rate * w / total_weight;
+                    scope.spawn(move || p.publish_for(share, duration))
+                })
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("publisher thread panicked")))).collect()
         });
         let mut total = PublishResult::default();
@@ -174,6 +554,53 @@ impl Publisher for ParallelPublisher {
         }
         Ok(total)
     }
+}
+
+/// What `build` needs to make the publishers of a run.
+pub struct PublishPlan<'a> {
+    pub via: &'a Via,
+    /// The ringcast node for `Via::Http`.
+    pub http_target: SocketAddr,
+    pub http_host: &'a str,
+    pub api_key: &'a str,
+    /// One list of channels per publisher connection; each channel in exactly one list
+    /// keeps its message numbers in order.
+    pub channels: Vec<Vec<String>>,
+    pub payload: usize,
+    pub tolerate_outage: bool,
+}
+
+pub fn build(plan: PublishPlan) -> Box<dyn Publisher> {
+    let pid = std::process::id();
+    let publishers: Vec<Box<dyn Publisher>> = plan
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(k, channels)| -> Box<dyn Publisher> {
+            let name = format!("lt-pub-{pid}-{k}");
+            match plan.via {
+                Via::Http => Box::new(HttpPublisher::new(plan.http_target, plan.http_host, plan.api_key, channels, plan.payload, plan.tolerate_outage)),
+                Via::Nats { addr, prefix } => Box::new(PipelinePublisher::nats(*addr, prefix.as_deref(), channels, plan.payload, name, plan.tolerate_outage)),
+                Via::Mqtt { addr } => Box::new(PipelinePublisher::mqtt(*addr, channels, plan.payload, name, plan.tolerate_outage)),
+            }
+        })
+        .collect();
+    let weights = plan.channels.iter().map(|c| c.len() as f64).collect();
+    Box::new(ParallelPublisher::new(publishers, weights))
+}
+
+/// Splits channels over `publishers` connections (channel k → publisher k % P), or gives
+/// every publisher the one channel when there is a single channel (fan-out).
+pub fn split_channels(channels: &[String], publishers: usize) -> Vec<Vec<String>> {
+    if channels.len() == 1 {
+        return vec![channels.to_vec(); publishers];
+    }
+    let p = publishers.min(channels.len()).max(1);
+    let mut out = vec![Vec::new(); p];
+    for (k, ch) in channels.iter().enumerate() {
+        out[k % p].push(ch.clone());
+    }
+    out
 }
 
 /// Drives the `limit` server child, which paces and stamps messages itself.
@@ -200,5 +627,68 @@ impl Publisher for LimitPublisher {
             _ => bail!("limit server answered {line:?}"),
         }
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_urls() {
+        assert_eq!(parse_via(None, TargetKind::Ringcast).unwrap(), Via::Http);
+        let addr: SocketAddr = "127.0.0.1:4222".parse().unwrap();
+        assert_eq!(parse_via(Some("nats://127.0.0.1:4222"), TargetKind::Ringcast).unwrap(), Via::Nats { addr, prefix: Some("rc".into()) });
+        assert_eq!(parse_via(Some("nats://127.0.0.1:4222?prefix=x"), TargetKind::Ringcast).unwrap(), Via::Nats { addr, prefix: Some("x".into()) });
+        assert_eq!(parse_via(Some("nats://127.0.0.1:4222"), TargetKind::NatsWs).unwrap(), Via::Nats { addr, prefix: None });
+        assert!(parse_via(None, TargetKind::NatsWs).unwrap_err().to_string().contains("--publish nats://"));
+        assert!(parse_via(None, TargetKind::MqttWs).is_err());
+        assert!(parse_via(Some("nats://127.0.0.1:4222?bogus=1"), TargetKind::Ringcast).is_err());
+        assert!(parse_via(Some("nats://8.8.8.8:4222"), TargetKind::Ringcast).is_err(), "loopback only");
+        assert!(matches!(parse_via(Some("mqtt://127.0.0.1:1883"), TargetKind::MqttWs).unwrap(), Via::Mqtt { .. }));
+    }
+
+    #[test]
+    fn encoded_messages_patch_time_and_number() {
+        let mut nats = PipelinePublisher::nats("127.0.0.1:1".parse().unwrap(), Some("rc"), &["a.b".into()], 120, "t".into(), false);
+        let first = nats.messages.current().stamp().to_vec();
+        nats.messages.accepted();
+        let second = nats.messages.current().stamp().to_vec();
+        let text = String::from_utf8(second.clone()).unwrap();
+        assert!(text.starts_with("PUB rc.a.b 120\r\n{\"lt_ns\":"), "{text}");
+        assert!(text.ends_with("\"}\r\n"));
+        let payload = &second[second.iter().position(|&b| b == b'{').unwrap()..second.len() - 2];
+        assert_eq!(payload.len(), 120);
+        assert_eq!(frame::find_counter(payload), Some(2));
+        assert_eq!(frame::find_counter(&first), Some(1));
+        assert!(frame::find_timestamp(payload).unwrap() > 1_600_000_000_000_000_000);
+
+        let mut http = HttpPublisher::new("127.0.0.1:1".parse().unwrap(), "h", "k", &["x".into(), "y".into()], 100, false);
+        http.messages.accepted();
+        let req = String::from_utf8(http.messages.current().stamp().to_vec()).unwrap();
+        let (head, body) = req.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!((v["ch"].as_str(), v["data"]["lt_n"].as_u64()), (Some("y"), Some(1)), "round robin, numbered per channel");
+
+        let mut mq = PipelinePublisher::mqtt("127.0.0.1:1".parse().unwrap(), &["dev.1.temp".into()], 150, "t".into(), false);
+        let packet = mq.messages.current().stamp().to_vec();
+        match mqtt::parse_packet(&packet).unwrap().unwrap().0 {
+            mqtt::ServerPacket::Publish { topic, payload } => {
+                assert_eq!(topic, b"dev/1/temp");
+                assert_eq!(payload.len(), 150);
+                assert_eq!(frame::find_counter(payload), Some(1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn channel_split_keeps_each_channel_on_one_publisher() {
+        let chans: Vec<String> = (0..5).map(|i| format!("dev.{i}.temp")).collect();
+        let split = split_channels(&chans, 2);
+        assert_eq!(split, vec![vec!["dev.0.temp", "dev.2.temp", "dev.4.temp"], vec!["dev.1.temp", "dev.3.temp"]]);
+        assert_eq!(split_channels(&chans, 9).len(), 5);
+        assert_eq!(split_channels(&["bench".to_string()], 3).len(), 3, "fan-out: every publisher on the one channel");
     }
 }

@@ -114,10 +114,10 @@ pub fn ms(ns: u64) -> Value {
     json!((ns as f64 / 1e3).round() / 1e3)
 }
 
-/// Writes two stacked panels: deliveries/s over time and p99 latency over time.
+/// Writes three stacked panels over time: deliveries/s, p99 latency, connections ready.
 pub fn svg(title: &str, series: &[Point]) -> String {
     const W: f64 = 900.0;
-    const H: f64 = 560.0;
+    const H: f64 = 820.0;
     let mut s = String::new();
     let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
@@ -127,6 +127,8 @@ pub fn svg(title: &str, series: &[Point]) -> String {
     let p99: Vec<(f64, f64)> = series.iter().map(|p| (p.t_s, p.p99_ns as f64 / 1e6)).collect();
     panel(&mut s, 40.0, "deliveries / s", &rate, t_max, "#1f77b4");
     panel(&mut s, 300.0, "p99 latency (ms)", &p99, t_max, "#d62728");
+    let conns: Vec<(f64, f64)> = series.iter().map(|p| (p.t_s, p.connections as f64)).collect();
+    panel(&mut s, 560.0, "connections ready", &conns, t_max, "#2ca02c");
     let _ = writeln!(s, "</svg>");
     s
 }
@@ -191,9 +193,79 @@ fn escape(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Medians and spread over runs: one Markdown row per (scenario, target, label), one
+/// column per figure, each cell `median [min–max]` (or the value, for a single run).
+pub fn summarize(runs: &[Value], figures: &[String]) -> String {
+    let mut groups: Vec<(String, Vec<&Value>)> = Vec::new();
+    for run in runs {
+        let p = &run["parameters"];
+        let label = p["label"].as_str().map(str::to_string).unwrap_or_else(|| {
+            format!("{} {}", run["scenario"].as_str().unwrap_or("?"), p["target"].as_str().unwrap_or("ringcast"))
+        });
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, v)) => v.push(run),
+            None => groups.push((label, vec![run])),
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "| run | n | {} |", figures.join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---|".repeat(figures.len()));
+    for (label, group) in &groups {
+        let cells: Vec<String> = figures
+            .iter()
+            .map(|f| {
+                let mut values: Vec<f64> = group.iter().filter_map(|r| r["figures"][f].as_f64()).collect();
+                values.sort_by(|a, b| a.total_cmp(b));
+                match values.len() {
+                    0 => "-".into(),
+                    1 => cell(values[0]),
+                    n => {
+                        let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+                        format!("{} [{}–{}]", cell(median), cell(values[0]), cell(values[n - 1]))
+                    }
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| {label} | {} | {} |", group.len(), cells.join(" | "));
+    }
+    out
+}
+
+fn cell(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        group(v.round() as i64)
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Every JSON value in a text: one per line, or pretty-printed one after another.
+pub fn parse_json_stream(text: &str) -> Result<Vec<Value>, serde_json::Error> {
+    serde_json::Deserializer::from_str(text).into_iter::<Value>().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summarize_takes_medians_per_label() {
+        let text = r#"{"scenario":"fanout","parameters":{"label":"a"},"figures":{"x":3,"y":1.5}}
+{"scenario":"fanout","parameters":{"label":"a"},"figures":{"x":1,"y":2.5}}
+{
+  "scenario":"fanout","parameters":{"label":"a"},"figures":{"x":2000}
+}
+{"scenario":"idle","parameters":{"target":"nats-ws"},"figures":{"x":7}}"#;
+        let runs = parse_json_stream(text).unwrap();
+        let table = summarize(&runs, &["x".into(), "y".into()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[2], "| a | 3 | 3 [1–2,000] | 2 [1.500–2.500] |");
+        assert_eq!(lines[3], "| idle nats-ws | 1 | 7 | - |");
+    }
 
     #[test]
     fn grouping_and_ceilings() {
@@ -211,7 +283,7 @@ mod tests {
             (0..10).map(|i| Point { t_s: i as f64, connections: 100, deliveries_per_s: 1000.0 * i as f64, p99_ns: 1_000_000 }).collect();
         let out = svg("fanout <test>", &series);
         assert!(out.starts_with("<svg") && out.trim_end().ends_with("</svg>"));
-        assert_eq!(out.matches("<polyline").count(), 2);
+        assert_eq!(out.matches("<polyline").count(), 3);
         assert!(out.contains("fanout &lt;test&gt;"));
     }
 }

@@ -1,0 +1,68 @@
+//! `idle` (connect N and hold them: server memory per connection) and `burst` (a
+//! connection storm: handshakes/s and failures). Both work on every target; NATS and MQTT
+//! clients log in (CONNECT → PONG / CONNACK) and subscribe to nothing.
+
+use super::*;
+use crate::cli::{BurstArgs, IdleArgs};
+
+pub fn idle(args: &IdleArgs) -> Result<Report> {
+    let client = &args.client;
+    let conns = client.conns();
+    let endpoints = parse_urls(&client.url)?;
+    let mut report = Report::new("idle", merge(common_parameters(client, conns), json!({"duration_s": args.duration.as_secs_f64()})));
+    let baseline = sample_servers(&client.server_pid);
+    let rate = client.connect_rate.unwrap_or(20_000.0);
+    let bound = connect_bound(client, conns, rate);
+    let spec = RunSpec {
+        client,
+        conns,
+        endpoints,
+        nats_prefix: None,
+        classes: Vec::new(),
+        connect_rate: rate,
+        lifetime: bound + args.duration + Duration::from_secs(30),
+        reconnect: None,
+    };
+    let mut run = Run::start(spec)?;
+    let (connected, settled) = run.wait_settled(bound);
+    connect_figures(&mut report, &run, &connected, conns, settled);
+    run.pump_for(args.duration);
+    let held = run.fleet.snap();
+    let loaded = sample_servers(&client.server_pid);
+    report.figure("connections_held_at_end", "connections held at the end", held.ready);
+    if let (Some(b), Some(l)) = (baseline, loaded) {
+        report.figure("server_rss_baseline_mib", "server RSS before (MiB)", round(b.rss_kib as f64 / 1024.0, 1));
+        report.figure("server_rss_loaded_mib", "server RSS held (MiB)", round(l.rss_kib as f64 / 1024.0, 1));
+        if let Some(per) = stats::rss_bytes_per_connection(b, l, held.ready) {
+            report.figure("server_rss_bytes_per_conn", "server RSS per connection (bytes)", json!(per.round()));
+        }
+        if client.server_pid.len() > 1 {
+            report.notes.push(format!("server RSS is the sum over {} processes", client.server_pid.len()));
+        }
+    } else if !client.server_pid.is_empty() {
+        report.notes.push("a --server-pid process was gone before or after the hold: no server memory figure".into());
+    }
+    report.figure("harness_rss_bytes_per_conn", "harness RSS growth per connection (bytes)", held.harness_bytes_per_conn(held.ready));
+    let end = run.finish();
+    report.figure("dropped_after_ready", "connections dropped while held", end.dropped_after_ready);
+    report.series = std::mem::take(&mut run.series);
+    Ok(report)
+}
+
+pub fn burst(args: &BurstArgs) -> Result<Report> {
+    let client = &args.client;
+    let conns = client.conns();
+    let endpoints = parse_urls(&client.url)?;
+    let mut report = Report::new("burst", merge(common_parameters(client, conns), json!({"inflight": client.inflight})));
+    let rate = client.connect_rate.unwrap_or(0.0);
+    let bound = connect_bound(client, conns, rate);
+    let spec = RunSpec { client, conns, endpoints, nats_prefix: None, classes: Vec::new(), connect_rate: rate, lifetime: bound + Duration::from_secs(30), reconnect: None };
+    let mut run = Run::start(spec)?;
+    let (connected, settled) = run.wait_settled(bound);
+    connect_figures(&mut report, &run, &connected, conns, settled);
+    report.figure("handshakes_per_s", "handshakes/s", json!((connected.upgraded as f64 / (connected.last_ready_ms.max(1) as f64 / 1000.0)).round()));
+    let end = run.finish();
+    report.figure("dropped_after_ready", "connections dropped before the end", end.dropped_after_ready);
+    report.series = std::mem::take(&mut run.series);
+    Ok(report)
+}

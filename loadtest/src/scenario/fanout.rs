@@ -1,0 +1,189 @@
+//! `fanout` (N subscribers on one channel, any target) and `limit` (the same against the
+//! built-in ceiling server), each at a fixed --rate or the --max closed loop.
+
+use super::*;
+use crate::cli::{FanoutArgs, LimitArgs, PublishArgs};
+use crate::publish::LimitPublisher;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+
+fn fanout_parameters(client: &ClientArgs, publish: &PublishArgs, via: &str) -> serde_json::Value {
+    merge(
+        common_parameters(client, client.conns()),
+        json!({
+            "rate": publish.rate, "max": publish.max, "duration_s": publish.duration.map(|d| d.as_secs_f64()),
+            "payload": publish.source.payload, "channel": publish.channel, "publish": via,
+            "publishers": publish.source.publishers,
+        }),
+    )
+}
+
+fn phase_figures(report: &mut Report, p: &Phase) {
+    let loss = stats::loss(p.result.published, p.subscribers(), p.delivered);
+    let secs = p.result.elapsed.as_secs_f64().max(1e-9);
+    report.figure("subscribers", "subscribers", p.subscribers());
+    publish_figures(report, p);
+    report.figure("deliveries", "deliveries", p.delivered);
+    report.figure("deliveries_per_s", "deliveries/s", json!((p.delivered as f64 / secs).round()));
+    report.figure("expected", "deliveries expected", loss.expected);
+    report.figure("lost", "deliveries lost", loss.lost);
+    report.figure("lost_percent", "lost (%)", json!((loss.lost_ratio * 1e6).round() / 1e4));
+    latency_figures(report, "", "", &p.latency);
+}
+
+/// The shared body of `fanout` and `limit`: connect, subscribe, publish, measure.
+fn run_fanout(
+    scenario: &'static str,
+    client: &ClientArgs,
+    publish: &PublishArgs,
+    endpoints: Vec<Endpoint>,
+    nats_prefix: Option<String>,
+    publisher: Box<dyn Publisher>,
+    server_pids: &[u32],
+    via: &str,
+) -> Result<Report> {
+    if publish.rate.is_none() && !publish.max {
+        bail!("give --rate R (msgs/s) or --max");
+    }
+    let mut report = Report::new(scenario, fanout_parameters(client, publish, via));
+    let conns = client.conns();
+    let step = publish.duration.unwrap_or(if publish.max { Duration::from_secs(5) } else { Duration::from_secs(30) });
+    let connect_rate = client.connect_rate.unwrap_or(20_000.0);
+    let phases = if publish.max { limits::MAX_STEPS } else { 1 };
+    let lifetime = connect_bound(client, conns, connect_rate) + (step + limits::DRAIN_MAX + Duration::from_secs(3)) * phases as u32 + Duration::from_secs(30);
+    let classes = vec![SubClass { name: "subscribers".into(), conns, channel: publish.channel.clone(), channel_count: 1, track_order: false }];
+    let mut run = Run::start(RunSpec { client, conns, endpoints, nats_prefix, classes, connect_rate, lifetime, reconnect: None })?;
+    let (connected, settled) = run.wait_settled(connect_bound(client, conns, connect_rate));
+    connect_figures(&mut report, &run, &connected, conns, settled);
+    if connected.ready == 0 {
+        run.finish();
+        report.notes.push("no connection became ready: is the server running at --url?".into());
+        return Ok(report);
+    }
+    let before = sample_costs(server_pids, &run.fleet);
+    let mut publisher = publisher;
+    let every_subscriber = |r: &PublishResult, t: &Totals| r.published * t.ready;
+    if let Some(rate) = publish.rate.filter(|_| !publish.max) {
+        let (returned, phase) = publish_phase(&mut run, publisher, rate, step, every_subscriber)?;
+        publisher = returned;
+        let after = sample_costs(server_pids, &run.fleet);
+        phase_figures(&mut report, &phase);
+        cost_figures(&mut report, &before, &after, phase.delivered, "");
+    } else {
+        let (best, delivered_total) = closed_loop(&mut run, &mut publisher, publish, step, &mut report)?;
+        let after = sample_costs(server_pids, &run.fleet);
+        match best {
+            Some(p) => {
+                report.figure("max_sustained_rate", "highest rate without loss, p99 within --max-p99 (msgs/s)", json!(p.rate));
+                phase_figures(&mut report, &p);
+            }
+            None => report.notes.push(format!("even {} msgs/s failed (loss or p99 over --max-p99); lower --max-start", publish.max_start)),
+        }
+        cost_figures(&mut report, &before, &after, delivered_total, "(all steps) ");
+    }
+    let end = run.finish();
+    // Only now: dropping the limit server's control pipe ends that server.
+    drop(publisher);
+    report.figure("dropped_after_ready", "connections dropped during the run", end.dropped_after_ready);
+    report.figure("harness_rss_bytes_per_conn", "harness RSS growth per connection (bytes)", end.harness_bytes_per_conn(connected.ready));
+    report.figure("failures_at_end", "failures by kind at the end", json!(end.failures));
+    report.series = std::mem::take(&mut run.series);
+    Ok(report)
+}
+
+/// `--max`: doubles the rate while a step loses nothing, then bisects; returns the best step.
+fn closed_loop(run: &mut Run, publisher: &mut Box<dyn Publisher>, publish: &PublishArgs, step: Duration, report: &mut Report) -> Result<(Option<Phase>, u64)> {
+    let mut good: Option<Phase> = None;
+    let mut bad_rate: Option<f64> = None;
+    let mut rate = publish.max_start.max(1.0);
+    let mut delivered_total = 0;
+    let initial_subscribers = run.fleet.totals().ready;
+    for _ in 0..limits::MAX_STEPS {
+        let owned = std::mem::replace(publisher, Box::new(NullPublisher));
+        let (returned, phase) = publish_phase(run, owned, rate, step, |r, t| r.published * t.ready)?;
+        *publisher = returned;
+        delivered_total += phase.delivered;
+        let loss = stats::loss(phase.result.published, phase.subscribers(), phase.delivered);
+        let achieved = phase.result.achieved_rate() >= rate * limits::MAX_PUBLISH_ACHIEVED_MIN;
+        let timely = phase.latency.p99_ns <= publish.max_p99.as_nanos() as u64;
+        let pass = loss.lost == 0 && achieved && timely && phase.result.errors.is_empty();
+        report.steps.push(json!({
+            "rate": rate, "published": phase.result.published, "achieved_rate": phase.result.achieved_rate(),
+            "deliveries_per_s": (phase.delivered as f64 / phase.result.elapsed.as_secs_f64()).round(),
+            "lost": loss.lost, "p99_ns": phase.latency.p99_ns, "timely": timely, "pass": pass,
+        }));
+        if !achieved {
+            report.notes.push(format!(
+                "step {rate} msgs/s: publishing reached only {:.0} msgs/s (publisher- or server-bound); counted as a failed step",
+                phase.result.achieved_rate()
+            ));
+        }
+        if pass {
+            good = Some(phase);
+        } else {
+            bad_rate = Some(bad_rate.map_or(rate, |b| b.min(rate)));
+        }
+        let good_rate = good.as_ref().map(|g| g.rate);
+        rate = match (good_rate, bad_rate) {
+            (Some(g), None) => g * 2.0,
+            (Some(g), Some(b)) if (b - g) / g > limits::MAX_RESOLUTION => ((g + b) / 2.0).round(),
+            (None, Some(b)) if b > 2.0 => (b / 2.0).round(),
+            _ => break,
+        };
+        if run.fleet.totals().ready < initial_subscribers * 9 / 10 {
+            report.notes.push("more than 10% of subscribers were dropped: the search stops".into());
+            break;
+        }
+    }
+    Ok((good, delivered_total))
+}
+
+struct NullPublisher;
+impl Publisher for NullPublisher {
+    fn publish_for(&mut self, _: f64, _: Duration) -> Result<PublishResult> {
+        bail!("publisher in use")
+    }
+}
+
+pub fn fanout(args: &FanoutArgs) -> Result<Report> {
+    let client = &args.client;
+    let endpoints = parse_urls(&client.url)?;
+    let src = source(&args.publish.source, client.target)?;
+    let publisher = make_publisher(&args.publish.source, &src, &endpoints[0], std::slice::from_ref(&args.publish.channel), false);
+    let via = src.via.describe();
+    run_fanout("fanout", client, &args.publish, endpoints, src.nats_prefix, publisher, &client.server_pid, &via)
+}
+
+pub fn limit(args: &LimitArgs) -> Result<Report> {
+    if args.client.target != TargetKind::Ringcast {
+        bail!("`limit` speaks ringcast's protocol; drop --target");
+    }
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    let p = &args.publish;
+    cmd.args(["limit-server", "--listen", &args.listen, "--channel", &p.channel, "--payload", &p.source.payload.to_string(), "--lifetime", "2h"]);
+    if let Some(cpu) = &args.server_cpu {
+        cmd.args(["--cpu", cpu]);
+    }
+    let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().context("starting the limit server")?;
+    let stdin = child.stdin.take().expect("piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let addr: SocketAddr = match line.strip_prefix("listening ").map(|a| a.trim().parse()) {
+        Some(Ok(a)) => a,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the limit server did not start (said {line:?})");
+        }
+    };
+    let endpoints = vec![Endpoint { addr, host: addr.to_string(), path: "/ws".into() }];
+    let publisher = Box::new(LimitPublisher { stdin, stdout });
+    let result = run_fanout("limit", &args.client, p, endpoints, None, publisher, &[child.id()], "limit server (self-paced)");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut report = result?;
+    report.notes.push(format!("ceiling server: one thread, epoll + plain write(), pid {} on {addr}", child.id()));
+    Ok(report)
+}
