@@ -445,9 +445,20 @@ impl PipelinePublisher {
                 Err(e) => break Err(e.into()),
             }
         };
-        stream.set_nonblocking(false)?;
-        read?;
-        self.consume_inbound(false, false).map(|_| ())
+        let _ = stream.set_nonblocking(false);
+        // What the server said before closing (a NATS -ERR) explains the close best.
+        self.consume_inbound(false, false)?;
+        read
+    }
+
+    /// After a failed write: the server's own reason (NATS `-ERR ...`), if it gave one. Such
+    /// a refusal is a setup error (payload too big, permissions), never worth retrying.
+    fn server_refusal(&mut self) -> Option<anyhow::Error> {
+        self.stream.as_ref()?;
+        match self.poll_inbound() {
+            Err(e) if format!("{e:#}").contains("-ERR") || format!("{e:#}").contains("refused") => Some(e),
+            _ => None,
+        }
     }
 
     fn send_batch(&mut self, n: usize) -> Result<u64> {
@@ -493,6 +504,9 @@ impl Publisher for PipelinePublisher {
                     Ok(sent)
                 }
                 Err(e) => {
+                    if let Some(refusal) = self.server_refusal() {
+                        return Err(refusal.context("the server refused a publish"));
+                    }
                     self.stream = None;
                     result.error("io");
                     failures_in_row += 1;
@@ -690,5 +704,110 @@ mod tests {
         assert_eq!(split, vec![vec!["dev.0.temp", "dev.2.temp", "dev.4.temp"], vec!["dev.1.temp", "dev.3.temp"]]);
         assert_eq!(split_channels(&chans, 9).len(), 5);
         assert_eq!(split_channels(&["bench".to_string()], 3).len(), 3, "fan-out: every publisher on the one channel");
+    }
+
+    /// A private nats-server on a free port, killed on drop.
+    struct PrivateNats {
+        child: std::process::Child,
+        addr: SocketAddr,
+    }
+
+    impl PrivateNats {
+        fn start() -> PrivateNats {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = std::process::Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("nats-server on PATH (scripts/services.sh installs it)");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "private nats-server did not listen on {addr}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            PrivateNats { child, addr }
+        }
+    }
+
+    impl Drop for PrivateNats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A plain NATS subscriber written against the protocol text, sharing no code with the
+    /// harness: returns (subject, payload) of every MSG until `want` arrived or 10 s passed.
+    fn plain_subscriber(addr: SocketAddr, subject: &str) -> (TcpStream, BufReader<TcpStream>) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut info = String::new();
+        r.read_line(&mut info).unwrap();
+        assert!(info.starts_with("INFO "), "{info}");
+        write!(s, "CONNECT {{\"verbose\":false}}\r\nSUB {subject} 1\r\nPING\r\n").unwrap();
+        let mut pong = String::new();
+        r.read_line(&mut pong).unwrap();
+        assert_eq!(pong, "PONG\r\n");
+        (s, r)
+    }
+
+    fn read_msgs(r: &mut BufReader<TcpStream>, want: usize) -> Vec<(String, Vec<u8>)> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.first() != Some(&"MSG") {
+                continue; // PING from the server is answered by nobody: the test is shorter than its interval
+            }
+            let size: usize = fields.last().unwrap().parse().unwrap();
+            let mut payload = vec![0; size + 2];
+            r.read_exact(&mut payload).unwrap();
+            payload.truncate(size);
+            got.push((fields[1].to_string(), payload));
+        }
+        got
+    }
+
+    #[test]
+    fn nats_publisher_sends_prefixed_subjects_in_order_to_a_real_server() {
+        let nats = PrivateNats::start();
+        let (_keep, mut sub) = plain_subscriber(nats.addr, "rc.>");
+        let via = parse_via(Some(&format!("nats://{}", nats.addr)), TargetKind::Ringcast).unwrap();
+        let Via::Nats { addr, prefix } = via else { panic!("{via:?}") };
+        let channels: Vec<String> = vec!["room.a".into(), "room.b".into()];
+        let mut publisher = PipelinePublisher::nats(addr, prefix.as_deref(), &channels, 200, "test".into(), false);
+        let result = publisher.publish_for(400.0, Duration::from_millis(500)).unwrap();
+        assert!((150..=210).contains(&result.published), "400 msgs/s for 0.5 s published {}", result.published);
+        assert!(result.errors.is_empty(), "{:?}", result.errors);
+        // The PING round trip at the end means the server has every message already.
+        let got = read_msgs(&mut sub, result.published as usize);
+        assert_eq!(got.len() as u64, result.published, "every publish reached a plain subscriber");
+        let mut next = BTreeMap::new();
+        for (subject, payload) in &got {
+            assert!(subject == "rc.room.a" || subject == "rc.room.b", "{subject}");
+            assert_eq!(payload.len(), 200);
+            let v: serde_json::Value = serde_json::from_slice(payload).expect("payload is the JSON data");
+            let n = v["lt_n"].as_u64().unwrap();
+            let expected = next.entry(subject.clone()).or_insert(1u64);
+            assert_eq!(n, *expected, "numbers run 1, 2, 3.. per subject");
+            *expected += 1;
+            assert!(v["lt_ns"].as_u64().unwrap() <= crate::host::now_ns());
+        }
+        assert_eq!(next.len(), 2, "both channels were published to in turn");
+    }
+
+    #[test]
+    fn nats_publisher_names_a_refusal() {
+        let nats = PrivateNats::start();
+        // A payload over the server's max_payload (1 MiB default) is refused with -ERR.
+        let mut publisher = PipelinePublisher::nats(nats.addr, None, &["big".into()], 2 * 1024 * 1024, "test".into(), false);
+        let err = publisher.publish_for(10.0, Duration::from_millis(300)).unwrap_err();
+        assert!(format!("{err:#}").contains("-ERR 'Maximum Payload Violation'"), "{err:#}");
     }
 }
