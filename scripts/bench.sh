@@ -1,45 +1,155 @@
 #!/usr/bin/env bash
-# Regenerates the load-test figures in BENCHMARKS.md: ringcast and the `limit` ceiling
-# with the same harness, server pinned to cpu 0 and harness to cpu 1, each run RUNS
-# times. Prints one JSON object per run (collect with `> results.jsonl`).
-#   RUNS=3 CONNS=2000 RATE=200 DURATION=10s bash scripts/bench.sh
+# Regenerates the load-test tables of BENCHMARKS.md: ringcast, nats-server's WebSocket
+# listener, mosquitto's WebSocket listener and the `limit` ceiling, measured with the same
+# harness, every server pinned to cpu 0 and the harness to cpu 1, each figure RUNS times.
+# Prints Markdown tables (medians [min–max]) with the host load (`uptime`) under each; the
+# raw results stay in $OUT for `ringcast-loadtest summarize`.
+#
+#   RUNS=3 bash scripts/bench.sh                 # everything (~15 min on 2 cores)
+#   TABLES="idle fanout" RUNS=1 bash scripts/bench.sh
+#
+# TABLES     which tables: idle fanout burst loaded scale100k [idle fanout burst loaded scale100k]
+# RUNS (3), IDLE_SMALL (10000), IDLE_MAX (18500: under the 20,000-descriptor limit of any
+# one server process here), FANOUT_CONNS (10000), FANOUT_RATE (20 msgs/s), DURATION (5s),
+# BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), PORT (18080),
+# OUT (target/bench-<time>.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3} CONNS=${CONNS:-2000} RATE=${RATE:-200} DURATION=${DURATION:-10s} IDLE=${IDLE:-15000}
-# The loaded pair: many publishers at once (as from many backends), so messages share
-# inbox batches and sends; `limit` at the same rate.
-LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
+TABLES=${TABLES:-"idle fanout burst loaded scale100k"}
+RUNS=${RUNS:-3} IDLE_SMALL=${IDLE_SMALL:-10000} IDLE_MAX=${IDLE_MAX:-18500}
+FANOUT_CONNS=${FANOUT_CONNS:-10000} FANOUT_RATE=${FANOUT_RATE:-20} DURATION=${DURATION:-5s} BURST=${BURST:-10000}
+LOADED_CONNS=${LOADED_CONNS:-2000} LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
 PORT=${PORT:-18080}
-cargo build --release --workspace --locked -q
+OUT=${OUT:-target/bench-$(date +%Y%m%d-%H%M%S).jsonl}
 bin=target/release
+cargo build --release --workspace --locked -q
 ulimit -n "$(ulimit -Hn)"
+mkdir -p "$(dirname "$OUT")"
+H=(taskset -c 1 "$bin/ringcast-loadtest")
 
-start_gateway() {
-  taskset -c 0 $bin/ringcast gateway --listen 127.0.0.1:$PORT --shards 1 --pin 0 --api-key bench --log warn >/dev/null 2>&1 &
-  GW=$!
-  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0; sleep 0.1; done
-  echo "gateway did not start" >&2; exit 1
+# Private peers pinned to cpu 0, on ports of their own.
+export PEERS_DIR=${PEERS_DIR:-/tmp/ringcast-bench-peers} PEERS_CPU=0
+export NATS_PORT=${NATS_PORT:-15222} NATS_WS_PORT=${NATS_WS_PORT:-15280} MQTT_PORT=${MQTT_PORT:-15883} MQTT_WS_PORT=${MQTT_WS_PORT:-15880}
+LIMIT_PORT=$((PORT + 1))
+
+GW="" LIMIT=""
+stop_gateway() {
+  for p in $GW; do kill "$p" 2>/dev/null || true; done
+  for p in $GW; do for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; kill -9 "$p" 2>/dev/null || true; done
+  GW=""
 }
-stop_gateway() { kill "$GW" 2>/dev/null; wait "$GW" 2>/dev/null || true; }
-trap 'stop_gateway' EXIT
+stop_limit() { if [ -n "$LIMIT" ]; then exec 7>&-; wait "$LIMIT" 2>/dev/null || true; LIMIT=""; fi; }
+stop_peers() { bash scripts/peers.sh stop >/dev/null; }
+cleanup() { stop_gateway; stop_limit; stop_peers; }
+trap cleanup EXIT
 
-for run in $(seq 1 "$RUNS"); do
-  echo "run $run/$RUNS: ringcast fanout" >&2
-  start_gateway
-  taskset -c 1 $bin/ringcast-loadtest fanout --url ws://127.0.0.1:$PORT/ws --conns "$CONNS" --rate "$RATE" \
-    --duration "$DURATION" --api-key bench --server-pid "$GW" --json
-  stop_gateway
-  echo "run $run/$RUNS: limit" >&2
-  taskset -c 1 $bin/ringcast-loadtest limit --conns "$CONNS" --rate "$RATE" --duration "$DURATION" --server-cpu 0 --json
-  echo "run $run/$RUNS: ringcast fanout, $PUBLISHERS publishers at $LOADED_RATE msgs/s" >&2
-  start_gateway
-  taskset -c 1 $bin/ringcast-loadtest fanout --url ws://127.0.0.1:$PORT/ws --conns "$CONNS" --rate "$LOADED_RATE" \
-    --publishers "$PUBLISHERS" --duration "$DURATION" --api-key bench --server-pid "$GW" --json
-  stop_gateway
-  echo "run $run/$RUNS: limit at $LOADED_RATE msgs/s" >&2
-  taskset -c 1 $bin/ringcast-loadtest limit --conns "$CONNS" --rate "$LOADED_RATE" --duration "$DURATION" --server-cpu 0 --json
-  echo "run $run/$RUNS: ringcast idle $IDLE" >&2
-  start_gateway
-  taskset -c 1 $bin/ringcast-loadtest idle --url ws://127.0.0.1:$PORT/ws --conns "$IDLE" --duration 3s --server-pid "$GW" --json
-  stop_gateway
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "bench: nothing on port $1" >&2; exit 1; }
+
+# One ringcast gateway, or N on one port (SO_REUSEPORT), on cpu 0; extra flags after N.
+start_gateway() {
+  local n=${1:-1}; shift || true
+  for _ in $(seq 1 "$n"); do
+    taskset -c 0 $bin/ringcast gateway --listen 127.0.0.1:$PORT --shards 1 --pin 0 --api-key bench --max-connections 19000 --log warn "$@" >/dev/null 2>&1 &
+    GW="$GW $!"
+  done
+  wait_port $PORT
+}
+# The `limit` ceiling server as a standalone process (for idle and burst), on cpu 0.
+start_limit() {
+  rm -f "$PEERS_DIR/limit.in"; mkdir -p "$PEERS_DIR"; mkfifo "$PEERS_DIR/limit.in"
+  $bin/ringcast-loadtest limit-server --listen 127.0.0.1:$LIMIT_PORT --cpu 0 --lifetime 30m <"$PEERS_DIR/limit.in" >/dev/null &
+  LIMIT=$!
+  exec 7>"$PEERS_DIR/limit.in"
+  wait_port $LIMIT_PORT
+}
+peer_pid() { cat "$PEERS_DIR/$1.pid"; }
+
+# Runs one measurement per target for the scenario in "$@" (target flags are added).
+# Targets: ringcast nats-ws mqtt-ws limit.
+each_target() {
+  local label=$1; shift
+  for run in $(seq 1 "$RUNS"); do
+    echo "bench: $label, run $run/$RUNS" >&2
+    start_gateway
+    "${H[@]}" "$@" --url ws://127.0.0.1:$PORT/ws --api-key bench --server-pid "${GW// /}" --label "$label ringcast" --json >>"$OUT" || true
+    stop_gateway
+    "${H[@]}" "$@" --target nats-ws --url ws://127.0.0.1:$NATS_WS_PORT --publish nats://127.0.0.1:$NATS_PORT \
+      --server-pid "$(peer_pid nats)" --label "$label nats-ws" --json >>"$OUT" || true
+    "${H[@]}" "$@" --target mqtt-ws --url ws://127.0.0.1:$MQTT_WS_PORT/mqtt --publish mqtt://127.0.0.1:$MQTT_PORT \
+      --server-pid "$(peer_pid mosquitto)" --label "$label mqtt-ws" --json >>"$OUT" || true
+    # Peers are restarted between runs so each starts from the same memory.
+    stop_peers; bash scripts/peers.sh start >/dev/null
+  done
+}
+
+table() {
+  local title=$1 figures=$2 pattern=$3
+  echo
+  echo "### $title"
+  grep -h "\"label\": \"$pattern" -A0 "$OUT" >/dev/null 2>&1 || true
+  jq -c "select(.parameters.label != null and (.parameters.label | startswith(\"$pattern\")))" "$OUT" >"$OUT.sel" 2>/dev/null || true
+  $bin/ringcast-loadtest summarize "$OUT.sel" --figures "$figures"
+  echo "host load during these runs: $(uptime | sed 's/.*load average/load average/')"
+}
+
+bash scripts/peers.sh start >/dev/null
+echo "bench: results in $OUT; uptime: $(uptime)" >&2
+
+for t in $TABLES; do
+  case $t in
+  idle)
+    for n in "$IDLE_SMALL" "$IDLE_MAX"; do
+      # Idle memory: the harness reads each server's RSS before and after holding n.
+      for run in $(seq 1 "$RUNS"); do
+        start_limit
+        "${H[@]}" idle --url ws://127.0.0.1:$LIMIT_PORT/ws --conns "$n" --duration 3s --server-pid "$LIMIT" --label "idle $n limit" --json >>"$OUT" || true
+        stop_limit
+      done
+      each_target "idle $n" idle --conns "$n" --duration 3s
+      table "Idle: $n connections held (server RSS per connection)" server_rss_bytes_per_conn,server_rss_loaded_mib,connect_rate_per_s,connections_held_at_end,harness_rss_bytes_per_conn "idle $n"
+    done ;;
+  fanout)
+    # Fan-out at FANOUT_CONNS subscribers: the same publish rate for every target.
+    for run in $(seq 1 "$RUNS"); do
+      "${H[@]}" limit --conns "$FANOUT_CONNS" --rate "$FANOUT_RATE" --duration "$DURATION" --server-cpu 0 --label "fanout $FANOUT_CONNS limit" --json >>"$OUT" || true
+    done
+    each_target "fanout $FANOUT_CONNS" fanout --conns "$FANOUT_CONNS" --rate "$FANOUT_RATE" --duration "$DURATION"
+    table "Fan-out: $FANOUT_CONNS subscribers, $FANOUT_RATE msgs/s, 200-byte payload" \
+      deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,latency_max_ms,server_cpu_us_per_delivery,server_cpu_percent,harness_cpu_percent "fanout $FANOUT_CONNS" ;;
+  loaded)
+    # ringcast with many publishers (as from many backends) against the ceiling at the same rate.
+    for run in $(seq 1 "$RUNS"); do
+      start_gateway
+      "${H[@]}" fanout --url ws://127.0.0.1:$PORT/ws --api-key bench --conns "$LOADED_CONNS" --rate "$LOADED_RATE" --publishers "$PUBLISHERS" \
+        --duration "$DURATION" --server-pid "${GW// /}" --label "loaded ringcast" --json >>"$OUT" || true
+      stop_gateway
+      "${H[@]}" limit --conns "$LOADED_CONNS" --rate "$LOADED_RATE" --duration "$DURATION" --server-cpu 0 --label "loaded limit" --json >>"$OUT" || true
+    done
+    table "Loaded fan-out: $LOADED_CONNS subscribers, $LOADED_RATE msgs/s from $PUBLISHERS publishers" \
+      deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,server_cpu_us_per_delivery,server_cpu_percent "loaded" ;;
+  burst)
+    for run in $(seq 1 "$RUNS"); do
+      start_limit
+      "${H[@]}" burst --url ws://127.0.0.1:$LIMIT_PORT/ws --conns "$BURST" --label "burst $BURST limit" --json >>"$OUT" || true
+      stop_limit
+    done
+    each_target "burst $BURST" burst --conns "$BURST"
+    table "Connect burst: $BURST connections as fast as possible" handshakes_per_s,handshake_p50_ms,handshake_p99_ms,connect_failures "burst $BURST" ;;
+  scale100k)
+    # 100,000 subscribers need several gateway processes (20,000 descriptors each here)
+    # and the NATS bridge, so that one publish reaches every process.
+    if ! $bin/ringcast gateway --help | grep -q -- '--nats '; then
+      echo; echo "### Fan-out: 100,000 subscribers"; echo "not measured: this gateway build has no --nats bridge (issue 4); every process must see each publish"
+      continue
+    fi
+    for run in $(seq 1 "$RUNS"); do
+      start_gateway 6 --nats nats://127.0.0.1:$NATS_PORT
+      "${H[@]}" fanout --url ws://127.0.0.1:$PORT/ws --conns 100000 --rate 5 --duration "$DURATION" --connect-rate 5000 \
+        --publish nats://127.0.0.1:$NATS_PORT --server-pid "$(echo $GW | tr ' ' ,)" --label "fanout 100k ringcast" --json >>"$OUT" || true
+      stop_gateway
+    done
+    table "Fan-out: 100,000 subscribers over 6 gateway processes (one port, one NATS), 5 msgs/s" \
+      deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,server_cpu_us_per_delivery,harness_cpu_percent "fanout 100k" ;;
+  *) echo "bench: unknown table $t" >&2; exit 2 ;;
+  esac
 done

@@ -12,7 +12,7 @@ conf="${1:-$(dirname "$0")/sysctl.conf}"
 
 # Ceilings: a host already above the wanted value keeps its higher one.
 raise_only=" fs.file-max fs.nr_open net.ipv4.tcp_max_tw_buckets net.core.somaxconn net.ipv4.tcp_max_syn_backlog \
-net.core.netdev_max_backlog net.core.rmem_max net.core.wmem_max net.ipv4.tcp_max_orphans fs.epoll.max_user_watches vm.max_map_count "
+net.core.netdev_max_backlog net.core.rmem_max net.core.wmem_max net.ipv4.tcp_max_orphans fs.epoll.max_user_watches vm.max_map_count net.netfilter.nf_conntrack_max "
 
 changed=0 same=0 failed=0
 printf '%-34s %-28s %-28s %s\n' key before after result
