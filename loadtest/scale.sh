@@ -19,11 +19,16 @@ RATE=${RATE:-10000} HOLD=${HOLD:-20s} SERVER_CPU=${SERVER_CPU:-0} HARNESS_CPU=${
 bin=target/release
 if [ ! -x $bin/ringcast ] || [ ! -x $bin/ringcast-loadtest ]; then cargo build --release --workspace --locked -q; fi
 ulimit -n "$(ulimit -Hn)"
+
+# SO_REUSEPORT lets a second gateway bind a port one already holds, silently splitting the
+# clients between them: refuse to start on a port something already listens on.
+port_free() { ! (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null || { echo "$(basename "$0"): port $1 is already in use (set PORT=...)" >&2; exit 2; }; }
 if [ $((PROCS * PER_PROC)) -lt "$CONNS" ]; then
   echo "scale: $PROCS processes × $PER_PROC connections cannot hold $CONNS; raise PROCS" >&2; exit 2
 fi
 if [ "${APPLY_TUNING:-1}" = 1 ]; then bash tuning/apply.sh tuning/scale.conf; fi
 
+port_free "$PORT"
 work=$(mktemp -d /tmp/ringcast-scale.XXXXXX)
 pids=()
 cleanup() {

@@ -11,7 +11,7 @@
 # TABLES     which tables: idle fanout burst loaded scale100k [idle fanout burst loaded scale100k]
 # RUNS (3), IDLE_SMALL (10000), IDLE_MAX (18500: under the 20,000-descriptor limit of any
 # one server process here), FANOUT_CONNS (10000), FANOUT_RATE (20 msgs/s), DURATION (5s),
-# BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), PORT (18080),
+# BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), PORT (18780),
 # OUT (target/bench-<time>.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +19,15 @@ TABLES=${TABLES:-"idle fanout burst loaded scale100k"}
 RUNS=${RUNS:-3} IDLE_SMALL=${IDLE_SMALL:-10000} IDLE_MAX=${IDLE_MAX:-18500}
 FANOUT_CONNS=${FANOUT_CONNS:-10000} FANOUT_RATE=${FANOUT_RATE:-20} DURATION=${DURATION:-5s} BURST=${BURST:-10000}
 LOADED_CONNS=${LOADED_CONNS:-2000} LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
-PORT=${PORT:-18080}
+PORT=${PORT:-18780}
 OUT=${OUT:-target/bench-$(date +%Y%m%d-%H%M%S).jsonl}
 bin=target/release
-cargo build --release --workspace --locked -q
+cargo build --release --workspace --all-targets --locked -q  # same build as scripts/test.sh: no rebuild
 ulimit -n "$(ulimit -Hn)"
+
+# SO_REUSEPORT lets a second gateway bind a port one already holds, silently splitting the
+# clients between them: refuse to start on a port something already listens on.
+port_free() { ! (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null || { echo "$(basename "$0"): port $1 is already in use (set PORT=...)" >&2; exit 2; }; }
 mkdir -p "$(dirname "$OUT")"
 H=(taskset -c 1 "$bin/ringcast-loadtest")
 
@@ -48,6 +52,7 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 # One ringcast gateway, or N on one port (SO_REUSEPORT), on cpu 0; extra flags after N.
 start_gateway() {
   local n=${1:-1}; shift || true
+  port_free $PORT
   for _ in $(seq 1 "$n"); do
     taskset -c 0 $bin/ringcast gateway --listen 127.0.0.1:$PORT --shards 1 --pin 0 --api-key bench --max-connections 19000 --log warn "$@" >/dev/null 2>&1 &
     GW="$GW $!"
@@ -56,6 +61,7 @@ start_gateway() {
 }
 # The `limit` ceiling server as a standalone process (for idle and burst), on cpu 0.
 start_limit() {
+  port_free $LIMIT_PORT
   rm -f "$PEERS_DIR/limit.in"; mkdir -p "$PEERS_DIR"; mkfifo "$PEERS_DIR/limit.in"
   $bin/ringcast-loadtest limit-server --listen 127.0.0.1:$LIMIT_PORT --cpu 0 --lifetime 30m <"$PEERS_DIR/limit.in" >/dev/null &
   LIMIT=$!
@@ -65,18 +71,22 @@ start_limit() {
 peer_pid() { cat "$PEERS_DIR/$1.pid"; }
 
 # Runs one measurement per target for the scenario in "$@" (target flags are added).
-# Targets: ringcast nats-ws mqtt-ws limit.
+# Targets: ringcast nats-ws mqtt-ws. PUBLISHES=1 adds each target's way to publish.
 each_target() {
   local label=$1; shift
+  local rc_pub=() nats_pub=() mqtt_pub=()
+  if [ "${PUBLISHES:-0}" = 1 ]; then
+    rc_pub=(--api-key bench); nats_pub=(--publish nats://127.0.0.1:$NATS_PORT); mqtt_pub=(--publish mqtt://127.0.0.1:$MQTT_PORT)
+  fi
   for run in $(seq 1 "$RUNS"); do
     echo "bench: $label, run $run/$RUNS" >&2
     start_gateway
-    "${H[@]}" "$@" --url ws://127.0.0.1:$PORT/ws --api-key bench --server-pid "${GW// /}" --label "$label ringcast" --json >>"$OUT" || true
+    "${H[@]}" "$@" --url ws://127.0.0.1:$PORT/ws "${rc_pub[@]}" --server-pid "${GW// /}" --label "$label ringcast" --json >>"$OUT" || echo "bench: $label ringcast failed" >&2
     stop_gateway
-    "${H[@]}" "$@" --target nats-ws --url ws://127.0.0.1:$NATS_WS_PORT --publish nats://127.0.0.1:$NATS_PORT \
-      --server-pid "$(peer_pid nats)" --label "$label nats-ws" --json >>"$OUT" || true
-    "${H[@]}" "$@" --target mqtt-ws --url ws://127.0.0.1:$MQTT_WS_PORT/mqtt --publish mqtt://127.0.0.1:$MQTT_PORT \
-      --server-pid "$(peer_pid mosquitto)" --label "$label mqtt-ws" --json >>"$OUT" || true
+    "${H[@]}" "$@" --target nats-ws --url ws://127.0.0.1:$NATS_WS_PORT "${nats_pub[@]}" \
+      --server-pid "$(peer_pid nats)" --label "$label nats-ws" --json >>"$OUT" || echo "bench: $label nats-ws failed" >&2
+    "${H[@]}" "$@" --target mqtt-ws --url ws://127.0.0.1:$MQTT_WS_PORT/mqtt "${mqtt_pub[@]}" \
+      --server-pid "$(peer_pid mosquitto)" --label "$label mqtt-ws" --json >>"$OUT" || echo "bench: $label mqtt-ws failed" >&2
     # Peers are restarted between runs so each starts from the same memory.
     stop_peers; bash scripts/peers.sh start >/dev/null
   done
@@ -86,7 +96,6 @@ table() {
   local title=$1 figures=$2 pattern=$3
   echo
   echo "### $title"
-  grep -h "\"label\": \"$pattern" -A0 "$OUT" >/dev/null 2>&1 || true
   jq -c "select(.parameters.label != null and (.parameters.label | startswith(\"$pattern\")))" "$OUT" >"$OUT.sel" 2>/dev/null || true
   $bin/ringcast-loadtest summarize "$OUT.sel" --figures "$figures"
   echo "host load during these runs: $(uptime | sed 's/.*load average/load average/')"
@@ -113,7 +122,7 @@ for t in $TABLES; do
     for run in $(seq 1 "$RUNS"); do
       "${H[@]}" limit --conns "$FANOUT_CONNS" --rate "$FANOUT_RATE" --duration "$DURATION" --server-cpu 0 --label "fanout $FANOUT_CONNS limit" --json >>"$OUT" || true
     done
-    each_target "fanout $FANOUT_CONNS" fanout --conns "$FANOUT_CONNS" --rate "$FANOUT_RATE" --duration "$DURATION"
+    PUBLISHES=1 each_target "fanout $FANOUT_CONNS" fanout --conns "$FANOUT_CONNS" --rate "$FANOUT_RATE" --duration "$DURATION"
     table "Fan-out: $FANOUT_CONNS subscribers, $FANOUT_RATE msgs/s, 200-byte payload" \
       deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,latency_max_ms,server_cpu_us_per_delivery,server_cpu_percent,harness_cpu_percent "fanout $FANOUT_CONNS" ;;
   loaded)

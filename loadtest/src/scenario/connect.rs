@@ -45,6 +45,7 @@ pub fn idle(args: &IdleArgs) -> Result<Report> {
     report.figure("harness_rss_bytes_per_conn", "harness RSS growth per connection (bytes)", held.harness_bytes_per_conn(held.ready));
     let end = run.finish();
     report.figure("dropped_after_ready", "connections dropped while held", end.dropped_after_ready);
+    report.figure("failures_at_end", "failures by kind at the end (dropped_*: lost after ready)", json!(end.failures));
     report.series = std::mem::take(&mut run.series);
     Ok(report)
 }
