@@ -65,7 +65,7 @@ pub struct ClientArgs {
     /// Worker processes to spread connections over [default: ceil(conns / 19000)].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Source addresses 127.0.0.1..127.0.0.K to bind before connect [default: ceil(conns / 25000)].
+    /// Source addresses 127.0.0.1..127.0.0.K to bind before connect [default: ceil(conns / 10000)].
     #[arg(long)]
     pub source_ips: Option<usize>,
     /// New connections per second over all workers; 0 = as fast as possible [default: 20000; burst: 0].

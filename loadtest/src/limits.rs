@@ -25,9 +25,13 @@ pub const IDLE_POLL: Duration = Duration::from_millis(100);
 pub const INFLIGHT_DEFAULT: usize = 1024;
 /// Source addresses available on 127.0.0.0/8 with a fixed last octet scheme (127.0.0.1..254).
 pub const SOURCE_IPS_MAX: usize = 254;
-/// Connections per source address before the default spreads to the next: below the
-/// default ephemeral range (32768..60999 = 28,232 ports).
-pub const CONNS_PER_SOURCE_IP: usize = 25_000;
+/// Connections per source address before the default spreads to the next. Linux's
+/// connect() tries ports of one parity first (half the default range 32768..60999, i.e.
+/// ~14,100) and only then scans the other half, so past ~14k connections per (source,
+/// destination) pair every connect() walks thousands of used ports in the kernel: measured
+/// here as workers stalling at 85k connections over 6 source addresses (and missing the
+/// server's heartbeats meanwhile). 10,000 stays well inside the first half.
+pub const CONNS_PER_SOURCE_IP: usize = 10_000;
 /// After publishing stops, wait for stragglers until deliveries stop growing for this long...
 pub const DRAIN_QUIET: Duration = Duration::from_millis(1000);
 /// ...but never longer than this.
