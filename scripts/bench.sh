@@ -9,6 +9,7 @@
 #   TABLES="idle fanout" RUNS=1 bash scripts/bench.sh
 #
 # TABLES     which tables: idle fanout burst loaded scale100k [idle fanout burst loaded scale100k]
+# TARGETS    which servers: limit ringcast nats-ws mqtt-ws [all four]
 # RUNS (3), IDLE_SMALL (10000), IDLE_MAX (18500: under the 20,000-descriptor limit of any
 # one server process here), FANOUT_CONNS (10000), FANOUT_RATE (20 msgs/s), DURATION (5s),
 # BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), PORT (18780),
@@ -16,6 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TABLES=${TABLES:-"idle fanout burst loaded scale100k"}
+TARGETS=${TARGETS:-"limit ringcast nats-ws mqtt-ws"}
+want() { [[ " $TARGETS " == *" $1 "* ]]; }
 RUNS=${RUNS:-3} IDLE_SMALL=${IDLE_SMALL:-10000} IDLE_MAX=${IDLE_MAX:-18500}
 FANOUT_CONNS=${FANOUT_CONNS:-10000} FANOUT_RATE=${FANOUT_RATE:-20} DURATION=${DURATION:-5s} BURST=${BURST:-10000}
 LOADED_CONNS=${LOADED_CONNS:-2000} LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
@@ -80,13 +83,19 @@ each_target() {
   fi
   for run in $(seq 1 "$RUNS"); do
     echo "bench: $label, run $run/$RUNS" >&2
-    start_gateway
-    "${H[@]}" "$@" --url ws://127.0.0.1:$PORT/ws "${rc_pub[@]}" --server-pid "${GW// /}" --label "$label ringcast" --json >>"$OUT" || echo "bench: $label ringcast failed" >&2
-    stop_gateway
-    "${H[@]}" "$@" --target nats-ws --url ws://127.0.0.1:$NATS_WS_PORT "${nats_pub[@]}" \
-      --server-pid "$(peer_pid nats)" --label "$label nats-ws" --json >>"$OUT" || echo "bench: $label nats-ws failed" >&2
-    "${H[@]}" "$@" --target mqtt-ws --url ws://127.0.0.1:$MQTT_WS_PORT/mqtt "${mqtt_pub[@]}" \
-      --server-pid "$(peer_pid mosquitto)" --label "$label mqtt-ws" --json >>"$OUT" || echo "bench: $label mqtt-ws failed" >&2
+    if want ringcast; then
+      start_gateway
+      "${H[@]}" "$@" --url ws://127.0.0.1:$PORT/ws "${rc_pub[@]}" --server-pid "${GW// /}" --label "$label ringcast" --json >>"$OUT" || echo "bench: $label ringcast failed" >&2
+      stop_gateway
+    fi
+    if want nats-ws; then
+      "${H[@]}" "$@" --target nats-ws --url ws://127.0.0.1:$NATS_WS_PORT "${nats_pub[@]}" \
+        --server-pid "$(peer_pid nats)" --label "$label nats-ws" --json >>"$OUT" || echo "bench: $label nats-ws failed" >&2
+    fi
+    if want mqtt-ws; then
+      "${H[@]}" "$@" --target mqtt-ws --url ws://127.0.0.1:$MQTT_WS_PORT/mqtt "${mqtt_pub[@]}" \
+        --server-pid "$(peer_pid mosquitto)" --label "$label mqtt-ws" --json >>"$OUT" || echo "bench: $label mqtt-ws failed" >&2
+    fi
     # Peers are restarted between runs so each starts from the same memory.
     stop_peers; bash scripts/peers.sh start >/dev/null
   done
@@ -110,6 +119,7 @@ for t in $TABLES; do
     for n in "$IDLE_SMALL" "$IDLE_MAX"; do
       # Idle memory: the harness reads each server's RSS before and after holding n.
       for run in $(seq 1 "$RUNS"); do
+        want limit || break
         start_limit
         "${H[@]}" idle --url ws://127.0.0.1:$LIMIT_PORT/ws --conns "$n" --duration 3s --server-pid "$LIMIT" --label "idle $n limit" --json >>"$OUT" || true
         stop_limit
@@ -120,6 +130,7 @@ for t in $TABLES; do
   fanout)
     # Fan-out at FANOUT_CONNS subscribers: the same publish rate for every target.
     for run in $(seq 1 "$RUNS"); do
+      want limit || break
       "${H[@]}" limit --conns "$FANOUT_CONNS" --rate "$FANOUT_RATE" --duration "$DURATION" --server-cpu 0 --label "fanout $FANOUT_CONNS limit" --json >>"$OUT" || true
     done
     PUBLISHES=1 each_target "fanout $FANOUT_CONNS" fanout --conns "$FANOUT_CONNS" --rate "$FANOUT_RATE" --duration "$DURATION"
@@ -138,6 +149,7 @@ for t in $TABLES; do
       deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,server_cpu_us_per_delivery,server_cpu_percent "loaded" ;;
   burst)
     for run in $(seq 1 "$RUNS"); do
+      want limit || break
       start_limit
       "${H[@]}" burst --url ws://127.0.0.1:$LIMIT_PORT/ws --conns "$BURST" --label "burst $BURST limit" --json >>"$OUT" || true
       stop_limit
