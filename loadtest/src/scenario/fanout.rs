@@ -25,6 +25,10 @@ fn phase_figures(report: &mut Report, p: &Phase) {
     publish_figures(report, p);
     report.figure("deliveries", "deliveries", p.delivered);
     report.figure("deliveries_per_s", "deliveries/s", json!((p.delivered as f64 / secs).round()));
+    // Deliveries that arrive after publishing ended (a server working off a queue) count
+    // over the time they really took.
+    report.figure("deliveries_per_s_until_last", "deliveries/s until the last delivery", json!((p.delivered as f64 / p.span.as_secs_f64().max(1e-9)).round()));
+    report.figure("delivery_span_s", "publishing start to last delivery (s)", round(p.span.as_secs_f64(), 2));
     report.figure("expected", "deliveries expected", loss.expected);
     report.figure("lost", "deliveries lost", loss.lost);
     report.figure("lost_percent", "lost (%)", json!((loss.lost_ratio * 1e6).round() / 1e4));

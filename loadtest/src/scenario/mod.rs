@@ -291,6 +291,9 @@ struct Phase {
     before: Totals,
     after: Totals,
     delivered: u64,
+    /// From the start of publishing until the last delivery arrived (at least the
+    /// publishing time): a server that queues shows its real rate over this span.
+    span: Duration,
     latency: stats::Percentiles,
     class_latency: Vec<stats::Percentiles>,
 }
@@ -312,6 +315,7 @@ fn publish_phase(
 ) -> Result<(Box<dyn Publisher>, Phase)> {
     let before = run.fleet.snap();
     run.fleet.reset_window();
+    let publish_started = Instant::now();
     let handle = std::thread::spawn(move || {
         let mut publisher = publisher;
         let result = publisher.publish_for(rate, duration);
@@ -326,9 +330,13 @@ fn publish_phase(
     let drain_started = Instant::now();
     let mut last = before.deliveries;
     let mut quiet_since = Instant::now();
+    let mut last_growth = Instant::now();
     loop {
         run.pump_for(Duration::from_millis(200));
         let t = run.fleet.snap();
+        if t.deliveries != last {
+            last_growth = Instant::now();
+        }
         if t.deliveries - before.deliveries >= want {
             break;
         }
@@ -343,8 +351,10 @@ fn publish_phase(
         }
     }
     let after = run.fleet.totals();
+    let span = last_growth.duration_since(publish_started).max(result.elapsed);
     let phase = Phase {
         rate,
+        span,
         delivered: after.deliveries - before.deliveries,
         latency: stats::percentiles(&run.fleet.window),
         class_latency: run.fleet.class_window.iter().map(stats::percentiles).collect(),
