@@ -327,7 +327,8 @@ fn ringcast_resume_with_since_after_a_gateway_restart_misses_nothing() {
         stop_pid(text.trim().parse().unwrap());
     }
     assert_eq!((figure(&r, "disrupted"), figure(&r, "reconnected"), figure(&r, "ready_at_end")), (300, 300, 300), "{r:#}");
-    assert_eq!(figure(&r, "resumed"), 300, "every client saw a seq and resubscribed with since: {r:#}");
+    // `resumed` counts `sub` with `since` sent; a retry whose connection failed mid-join sends another.
+    assert!(figure(&r, "resumed") >= 300, "every client saw a seq and resubscribed with since: {r:#}");
     assert_eq!(figure(&r, "resume_refused"), 0);
     assert_eq!(figure(&r, "resumed_with_gap"), 0, "no resumed subscription missed a message: {r:#}");
     assert_eq!((figure(&r, "gaps"), figure(&r, "seq_gaps")), (0, 0), "{r:#}");
