@@ -159,6 +159,8 @@ pub struct ShardMetrics {
     pub replayed: Counter,
     /// Publishes answered 503 because the broker link was down.
     pub publish_refused: Counter,
+    /// Live messages dropped at a resume's seam because the replay already carried them.
+    pub resume_duplicates: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
 }
@@ -257,7 +259,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 15] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 16] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -273,6 +275,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_bridge_full_total", "Publishes or interest changes refused because the bridge inbox was full.", |m| m.bridge_full.get()),
         ("ringcast_replayed_frames_total", "History frames sent to resuming connections (sub with since).", |m| m.replayed.get()),
         ("ringcast_publish_refused_total", "Publishes (pub op or /api/publish) answered 503 because the broker link was down.", |m| m.publish_refused.get()),
+        ("ringcast_resume_duplicates_dropped_total", "Live messages dropped at a resume's seam because the replay already carried them.", |m| m.resume_duplicates.get()),
     ];
     for (name, help, get) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };

@@ -332,10 +332,7 @@ fn ringcast_resume_with_since_after_a_gateway_restart_misses_nothing() {
     assert_eq!(figure(&r, "resume_refused"), 0);
     assert_eq!(figure(&r, "resumed_with_gap"), 0, "no resumed subscription missed a message: {r:#}");
     assert_eq!((figure(&r, "gaps"), figure(&r, "seq_gaps")), (0, 0), "{r:#}");
-    // The protocol promises no duplicate at the replay/live seam either; one run in three
-    // here saw one duplicate on some clients (42 of 300 once): a gateway finding reported
-    // to the integrator. Bounded here so a regression to repeated replays still fails.
-    assert!(figure(&r, "duplicates") <= 300, "more than one duplicate per client: {r:#}");
+    assert_eq!(figure(&r, "duplicates"), 0, "no duplicate at the replay/live seam: {r:#}");
     assert_eq!(figure(&r, "lost"), 0, "messages published while the gateway was down were replayed: {r:#}");
     assert!(r["figures"].get("publish_errors").is_none(), "publishing through NATS never saw the outage");
 }

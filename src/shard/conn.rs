@@ -62,8 +62,11 @@ pub struct ConnState {
     pub replays: Option<Box<Vec<Replaying>>>,
 }
 
-/// A resume in progress: the bridge is replaying `channel`'s history after `since`, and
-/// live messages for it wait here until the replay says where it ended.
+/// A resume: while `upto` is None the bridge is replaying `channel`'s history after
+/// `since`, and live messages for it wait here until the replay says where it ended. Then
+/// `upto` is set and the entry stays as a seam guard: the live feed may still be behind
+/// the replay (JetStream delivers to the node a little later than the replay read the
+/// stream), so live messages with `seq <= upto` are dropped until the first one past it.
 pub struct Replaying {
     /// The shard's id for this resume (a later resume of the same channel gets another).
     pub replay: u32,
@@ -74,6 +77,8 @@ pub struct Replaying {
     /// Live (seq, frame) that arrived during the replay, in order.
     pub held: Vec<(u64, Bytes)>,
     pub held_bytes: usize,
+    /// Set when the replay is done: everything up to here was replayed.
+    pub upto: Option<u64>,
 }
 
 /// What [`Conn::hold_if_replaying`] did with a live message.
@@ -81,6 +86,8 @@ pub enum Hold {
     /// The channel is not being replayed: deliver as usual.
     No,
     Held,
+    /// Already replayed: a duplicate at the seam, dropped.
+    Skip,
     /// Holding it would pass the outbound bound: a slow consumer.
     Overflow,
 }
@@ -92,7 +99,20 @@ impl Conn {
         let mut st = self.state.borrow_mut();
         let outbox_bytes = st.outbox_bytes;
         let Some(replays) = st.replays.as_mut() else { return Hold::No };
-        let Some(replaying) = replays.iter_mut().find(|r| *r.channel == *channel) else { return Hold::No };
+        let Some(index) = replays.iter().position(|r| *r.channel == *channel) else { return Hold::No };
+        let replaying = &mut replays[index];
+        match replaying.upto {
+            Some(upto) if seq <= upto => return Hold::Skip,
+            Some(_) => {
+                // The live feed has passed the seam: the guard is no longer needed.
+                replays.swap_remove(index);
+                if replays.is_empty() {
+                    st.replays = None;
+                }
+                return Hold::No;
+            }
+            None => {}
+        }
         if outbox_bytes + replaying.held_bytes + frame.len() > limit_bytes {
             return Hold::Overflow;
         }
@@ -102,7 +122,7 @@ impl Conn {
     }
 
     pub fn replays_in_progress(&self) -> usize {
-        self.state.borrow().replays.as_ref().map_or(0, |r| r.len())
+        self.state.borrow().replays.as_ref().map_or(0, |r| r.iter().filter(|r| r.upto.is_none()).count())
     }
 
     pub fn start_replay(&self, replaying: Replaying) {
@@ -110,7 +130,18 @@ impl Conn {
     }
 
     pub fn is_replaying(&self, replay: u32) -> bool {
-        self.state.borrow().replays.as_ref().is_some_and(|r| r.iter().any(|r| r.replay == replay))
+        self.state.borrow().replays.as_ref().is_some_and(|r| r.iter().any(|r| r.replay == replay && r.upto.is_none()))
+    }
+
+    /// Ends the replay `replay` (still in progress) at `upto`: returns the `sub`'s id and the
+    /// live messages held meanwhile; the entry stays as the seam guard.
+    pub fn finish_replay(&self, replay: u32, upto: u64, now_ms: u64) -> Option<(Option<u32>, Vec<(u64, Bytes)>)> {
+        let mut st = self.state.borrow_mut();
+        let replaying = st.replays.as_mut()?.iter_mut().find(|r| r.replay == replay && r.upto.is_none())?;
+        replaying.upto = Some(upto);
+        replaying.started_ms = now_ms;
+        replaying.held_bytes = 0;
+        Some((replaying.id, std::mem::take(&mut replaying.held)))
     }
 
     /// Removes the resume with this id (or of this channel), if it is still in progress.
@@ -125,10 +156,17 @@ impl Conn {
         Some(replaying)
     }
 
-    /// Resumes that have been running since before `deadline_ms`.
+    /// Resumes still replaying since before `started_before_ms`; seam guards older than
+    /// that are dropped (the live feed is never that far behind).
     pub fn stale_replays(&self, started_before_ms: u64) -> Vec<u32> {
-        let st = self.state.borrow();
-        st.replays.as_ref().map_or(Vec::new(), |r| r.iter().filter(|r| r.started_ms < started_before_ms).map(|r| r.replay).collect())
+        let mut st = self.state.borrow_mut();
+        let Some(replays) = st.replays.as_mut() else { return Vec::new() };
+        replays.retain(|r| r.upto.is_none() || r.started_ms >= started_before_ms);
+        let stale = replays.iter().filter(|r| r.upto.is_none() && r.started_ms < started_before_ms).map(|r| r.replay).collect();
+        if replays.is_empty() {
+            st.replays = None;
+        }
+        stale
     }
 }
 

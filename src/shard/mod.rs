@@ -202,17 +202,20 @@ impl Shard {
     /// `sub` answered with the error.
     pub fn replay_done(&self, target: ConnRef, replay: u32, outcome: Result<u64, ReplayError>) {
         let Some(conn) = self.conn_at(target) else { return };
-        let Some(replaying) = conn.take_replay(|r| r.replay == replay) else { return };
         match outcome {
             Ok(upto) => {
-                for (seq, frame) in replaying.held {
+                let Some((id, held)) = conn.finish_replay(replay, upto, self.now_ms()) else { return };
+                for (seq, frame) in held {
                     if seq > upto {
                         self.send(&conn, frame);
+                    } else {
+                        self.metrics.resume_duplicates.inc();
                     }
                 }
-                self.send(&conn, ws::encode_text(&crate::protocol::ops::ok(replaying.id)));
+                self.send(&conn, ws::encode_text(&crate::protocol::ops::ok(id)));
             }
             Err(error) => {
+                let Some(replaying) = conn.take_replay(|r| r.replay == replay && r.upto.is_none()) else { return };
                 let removed = {
                     let mut st = conn.state.borrow_mut();
                     let position = st.subscriptions.iter().position(|p| *p == replaying.channel);
@@ -272,6 +275,7 @@ impl Shard {
                 match conn.hold_if_replaying(&delivery.channel, seq, &delivery.frame, limit) {
                     Hold::No => {}
                     Hold::Held => return self.metrics.deliveries.inc(),
+                    Hold::Skip => return self.metrics.resume_duplicates.inc(),
                     Hold::Overflow => {
                         let reason = "outbound backlog over its bound";
                         if conn.close(ws::close_code::SLOW_CONSUMER, reason, CloseReason::SlowConsumer, now, CLOSE_TIMEOUT_MS, &self.metrics) {

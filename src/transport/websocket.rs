@@ -269,7 +269,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
 /// replays history after `since`, and the `sub` is answered when the replay ends.
 fn start_resume(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, channel: &str, since: u64) {
     let replay = shard.next_replay_id();
-    conn.start_replay(Replaying { replay, channel: channel.into(), id, started_ms: shard.now_ms(), held: Vec::new(), held_bytes: 0 });
+    conn.start_replay(Replaying { replay, channel: channel.into(), id, started_ms: shard.now_ms(), held: Vec::new(), held_bytes: 0, upto: None });
     let target = ConnRef { slot: conn.slot, conn: conn.id };
     let message = ToBridge::Replay { shard: shard.id, target, replay, channel: channel.into(), since };
     if shard.node.bridge_inbox.push(message).is_err() {
