@@ -120,6 +120,7 @@ impl Bridge {
         match message {
             ToBridge::Interest { shard, pattern, add } => self.interest_changed(shard, &pattern, add),
             ToBridge::Publish { channel, data } => self.publish(channel, data),
+            ToBridge::PublishFrame { channel, frame } => self.publish_frame(channel, frame),
             ToBridge::Replay { shard, target, replay, channel, since } => self.replay(shard, target, replay, channel, since),
             ToBridge::Stop => return false,
         }
@@ -137,6 +138,17 @@ impl Bridge {
             // Comes back through the node's own subscription, like every other node's.
             Broker::Nats(nats) => {
                 nats.publish(&channel, data);
+            }
+        }
+    }
+
+    /// A complete server frame for `channel`'s subscribers on every node (presence
+    /// `join`/`leave`, Lane `notify`). Not kept in history and carries no `seq`.
+    pub fn publish_frame(&mut self, channel: Box<str>, frame: Bytes) {
+        match &mut self.broker {
+            Broker::Embedded(_) => self.deliver(channel, &frame, true, None),
+            Broker::Nats(nats) => {
+                nats.publish_frame(&channel, frame);
             }
         }
     }

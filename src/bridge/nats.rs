@@ -96,6 +96,8 @@ struct HistoryIn {
 struct Outgoing {
     subject: String,
     payload: Bytes,
+    /// Sent with the `Ringcast-Frame: 1` header: the payload is a complete server frame.
+    raw_frame: bool,
 }
 
 type CoreStream = LocalBoxStream<'static, (u64, async_nats::Message)>;
@@ -255,7 +257,14 @@ pub fn rand_u64() -> u64 {
 
 async fn run_publisher(client: async_nats::Client, mut queue: mpsc::Receiver<Outgoing>, metrics: Arc<BridgeMetrics>) {
     while let Some(out) = queue.recv().await {
-        match client.publish(out.subject, out.payload).await {
+        let sent = if out.raw_frame {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(FRAME_HEADER, "1");
+            client.publish_with_headers(out.subject, headers, out.payload).await
+        } else {
+            client.publish(out.subject, out.payload).await
+        };
+        match sent {
             Ok(()) => metrics.nats_published.inc(),
             Err(error) => {
                 metrics.publish_refused.inc();
@@ -315,11 +324,20 @@ impl NatsBroker {
 
     /// Queues a publish; false when refused (link down or queue full), counted.
     pub fn publish(&mut self, channel: &str, data: Bytes) -> bool {
+        self.publish_as(channel, data, false)
+    }
+
+    /// Queues a complete server frame (sent with the `Ringcast-Frame: 1` header).
+    pub fn publish_frame(&mut self, channel: &str, frame: Bytes) -> bool {
+        self.publish_as(channel, frame, true)
+    }
+
+    fn publish_as(&mut self, channel: &str, data: Bytes, raw_frame: bool) -> bool {
         if !self.is_connected() {
             self.metrics.publish_refused.inc();
             return false;
         }
-        match self.publish_tx.try_send(Outgoing { subject: self.subject(channel), payload: data }) {
+        match self.publish_tx.try_send(Outgoing { subject: self.subject(channel), payload: data, raw_frame }) {
             Ok(()) => true,
             Err(_) => {
                 self.metrics.publish_refused.inc();

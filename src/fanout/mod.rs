@@ -63,6 +63,10 @@ pub enum ToBridge {
     Interest { shard: u16, pattern: Box<str>, add: bool },
     /// Publish `data` (one JSON value, bytes kept verbatim) on a concrete channel.
     Publish { channel: Box<str>, data: Bytes },
+    /// Publish a complete server frame (one JSON object such as a `join` or `notify`) on
+    /// a concrete channel: subscribers receive `frame` verbatim, not wrapped in a `msg`.
+    /// On NATS it travels with the `Ringcast-Frame: 1` header so every node does the same.
+    PublishFrame { channel: Box<str>, frame: Bytes },
     /// Replay history of `channel` after `since` to one connection (it is already
     /// subscribed, so live messages queue behind the replay on its shard).
     /// `replay` is the shard's id for this resume, echoed on every answer.
