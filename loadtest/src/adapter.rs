@@ -117,6 +117,9 @@ pub fn join_frames(kind: TargetKind, join: &Join) -> Vec<u8> {
 pub enum Event<'a> {
     /// A published message; the payload holds `data` (ringcast: the whole `msg` op).
     Delivery(&'a [u8]),
+    /// A ringcast `notify` frame: `nid` is its raw JSON value (quotes included), to be
+    /// echoed in the `ack`; `payload` is the whole frame (its `data` carries the stamp).
+    Notify { nid: &'a [u8], payload: &'a [u8] },
     /// The join finished: subscribed (or logged in, for an idle NATS / MQTT client).
     Joined,
     /// ringcast answered a `sub` with `since` by 409: resume is past retention; resync.
@@ -140,7 +143,10 @@ pub fn on_app_bytes(kind: TargetKind, joining: bool, wants_channel: bool, data: 
 }
 
 fn ringcast_frame(joining: bool, payload: &[u8], sink: &mut impl FnMut(Event)) -> Result<(), String> {
-    if frame::contains(payload, frame::TIMESTAMP_KEY) {
+    if payload.starts_with(NOTIFY_OP) {
+        let nid = raw_json_field(payload, b"\"nid\":").ok_or("notify_without_nid")?;
+        sink(Event::Notify { nid, payload });
+    } else if frame::contains(payload, frame::TIMESTAMP_KEY) {
         sink(Event::Delivery(payload));
     } else if joining && frame::contains(payload, b"\"ok\"") {
         sink(Event::Joined);
@@ -152,6 +158,33 @@ fn ringcast_frame(joining: bool, payload: &[u8], sink: &mut impl FnMut(Event)) -
         }
     }
     Ok(())
+}
+
+/// How the gateway starts every `notify` frame (it writes `op` first).
+const NOTIFY_OP: &[u8] = b"{\"op\":\"notify\"";
+
+/// The raw JSON value after `key` (a string with its quotes, or a bare scalar), without
+/// parsing the whole frame. `None` when absent or cut short.
+pub fn raw_json_field<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &text[at..];
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &rest[start..];
+    if rest.first() == Some(&b'"') {
+        let mut escaped = false;
+        for (i, &b) in rest.iter().enumerate().skip(1) {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => return Some(&rest[..=i]),
+                _ => {}
+            }
+        }
+        None
+    } else {
+        let end = rest.iter().position(|&b| b == b',' || b == b'}' || b.is_ascii_whitespace())?;
+        (end > 0).then(|| &rest[..end])
+    }
 }
 
 fn nats_stream(joining: bool, data: &[u8], sink: &mut impl FnMut(Event)) -> Result<usize, String> {
@@ -213,6 +246,25 @@ mod tests {
         // An idle ringcast client needs no join at all.
         assert!(join_frames(TargetKind::Ringcast, &Join { channel: None, since: None, nats_prefix: None, client_id: "c" }).is_empty());
         assert!(!TargetKind::Ringcast.needs_join(None));
+    }
+
+    #[test]
+    fn ringcast_notify_frames_carry_their_raw_nid() {
+        let frame = br#"{"op":"notify","nid":"ab\"c-7","data":{"lt_ns":0000000000000000001,"lt_n":000000000007,"p":"nid"},"ts":5}"#;
+        let mut seen = Vec::new();
+        on_app_bytes(TargetKind::Ringcast, false, true, frame, &mut |e| {
+            if let Event::Notify { nid, payload } = e {
+                seen.push((nid.to_vec(), payload.len()));
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, [(br#""ab\"c-7""#.to_vec(), frame.len())]);
+        assert_eq!(raw_json_field(br#"{"nid": 42}"#, b"\"nid\":"), Some(&b"42"[..]));
+        assert_eq!(raw_json_field(br#"{"nid":"cut"#, b"\"nid\":"), None);
+        assert!(on_app_bytes(TargetKind::Ringcast, false, true, br#"{"op":"notify","data":{}}"#, &mut |_| {}).is_err());
+        // A msg carrying a stamp is still a plain delivery.
+        let msg = br#"{"op":"msg","ch":"a","data":{"lt_ns":0000000000000000001}}"#;
+        assert_eq!(events(TargetKind::Ringcast, false, true, msg).0.len(), 1);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub enum Scenario {
     /// Kill-and-restart or drain the server mid-run; time until every client is back and
     /// whether any resumed subscription missed a message.
     Reconnect(ReconnectArgs),
+    /// In-app notifications (ringcast Lane): N users, half online from the start, half
+    /// connecting after --offline-for; POST /api/notify at --rate; each `notify` is acked.
+    /// Accepted/s, accept latency, online delivery latency, delay after reconnect,
+    /// duplicates and notifications missing at the end.
+    Notify(NotifyArgs),
     /// The machine's ceiling: the same fan-out against a minimal built-in server.
     Limit(LimitArgs),
     /// Connect N, hold them idle, report connect rate and server RSS per connection.
@@ -236,6 +241,51 @@ pub struct ReconnectArgs {
     /// After the disruption, wait at most this long for every client to be back.
     #[arg(long, value_parser = duration, default_value = "60s")]
     pub back_within: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NotifyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// API key for POST /api/notify (sent as Authorization: Bearer KEY).
+    #[arg(long, default_value = "")]
+    pub api_key: String,
+    /// Users, one WebSocket connection each, subscribed to `user.{sub}`. The first half
+    /// (rounded up) is online from the start, the rest connects after --offline-for.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// HS256 secret for the users' tokens: start the gateway with the same `--jwt-secret`.
+    #[arg(long)]
+    pub jwt_secret: String,
+    /// User ids are `{prefix}{i}` (i = 0..users) [default: `lt{run}u`, unique per run, so a
+    /// durable Lane never hands a previous run's notifications to this run's users].
+    #[arg(long)]
+    pub user_prefix: Option<String>,
+    /// Notifications accepted per second asked (spread round-robin over all users).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// How long to send.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub duration: Duration,
+    /// The second half of the users connects this long after sending starts; what was sent
+    /// to them meanwhile waits in the Lane (delay after reconnect measured from their ready).
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub offline_for: Duration,
+    /// After sending ends (and every user is online), wait at most this long for every
+    /// accepted notification; what has not arrived by then is reported missing.
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    pub settle: Duration,
+    /// Sender connections for POST /api/notify, each with one request in flight and an
+    /// equal share of --rate (a Lane answers only once persisted: more connections, more
+    /// notifications in flight).
+    #[arg(long, default_value_t = 8)]
+    pub senders: usize,
+    /// Size in bytes of each notification's `data` JSON (carries the send time and number).
+    #[arg(long, default_value_t = 200)]
+    pub payload: usize,
+    /// `ttl` of each notification (e.g. 10m) [default: the server's].
+    #[arg(long)]
+    pub ttl: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

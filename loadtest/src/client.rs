@@ -56,6 +56,20 @@ pub struct ReconnectPolicy {
     pub attempts_max: u32,
 }
 
+/// `notify`: one authenticated user per connection. Connection g is user `{sub_prefix}{g}`
+/// (a fresh HS256 token per attempt, `?token=` on the upgrade) and channel `{g}` in a class
+/// is that same number; `notify` frames are acked and counted by notification number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserSpec {
+    pub jwt_secret: String,
+    pub sub_prefix: String,
+    /// Token expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Notification ids of this run are `{nid_prefix}{k}` (k = 1, 2, ...); others are
+    /// acked and counted as foreign (left over from an earlier run).
+    pub nid_prefix: String,
+}
+
 /// Everything a worker needs, sent by the parent as the first line on stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerConfig {
@@ -77,6 +91,13 @@ pub struct WorkerConfig {
     /// The worker exits by itself after this long even if the parent never says stop.
     pub lifetime_ms: u64,
     pub reconnect: Option<ReconnectPolicy>,
+    /// `notify`: per-user tokens and notification bookkeeping.
+    #[serde(default)]
+    pub users: Option<UserSpec>,
+    /// Global connections from this index on wait for the parent's `release` before
+    /// opening (`notify`'s users who come online later).
+    #[serde(default)]
+    pub held_from: Option<usize>,
 }
 
 impl WorkerConfig {
@@ -86,12 +107,32 @@ impl WorkerConfig {
         for (c, class) in self.classes.iter().enumerate() {
             if global < offset + class.conns {
                 let i = (global - offset) % class.channel_count.max(1);
-                return Some((c, class.channel.replace("{i}", &i.to_string())));
+                return Some((c, class.channel.replace("{i}", &i.to_string()).replace("{g}", &global.to_string())));
             }
             offset += class.conns;
         }
         None
     }
+}
+
+/// `notify` counters (cumulative), the pending-delivery delays since the previous report,
+/// and, in the final report only, every notification number this worker received.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotifyCounters {
+    /// Distinct notifications of this run received (first arrivals).
+    pub unique: u64,
+    /// Second and later arrivals of a notification number on its user's connection.
+    pub duplicates: u64,
+    /// `notify` frames whose nid is not of this run (acked, not counted).
+    pub foreign: u64,
+    /// `ack` ops sent (one per `notify` frame).
+    pub acks: u64,
+    /// First arrivals of notifications sent before their user's connection was ready.
+    pub pending: u64,
+    /// Connection ready → delivery of such a pending notification, ns, since the last report.
+    pub pending_delay: Vec<(u64, u64)>,
+    /// Final report only: the numbers received (sorted).
+    pub seen: Vec<u64>,
 }
 
 /// Per-class counters in a report.
@@ -158,6 +199,8 @@ pub struct WorkerReport {
     pub rss_start_kib: u64,
     /// ms after the worker started when a connection last became ready (burst timing).
     pub last_ready_ms: u64,
+    #[serde(default)]
+    pub notify: NotifyCounters,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -195,11 +238,16 @@ struct Conn {
     app: Vec<u8>,
     last_n: u64,
     last_seq: u64,
+    /// CLOCK_REALTIME ns when the connection last became ready (`notify`: a notification
+    /// sent before it was pending, its delay counts from here).
+    ready_ns: u64,
 }
 
 /// Parent → worker commands (`snap N`, `stop` lines on stdin).
 pub enum Command {
     Snap(u64),
+    /// Open the held connections (`held_from` on).
+    Release,
     Stop,
 }
 
@@ -221,6 +269,13 @@ struct Worker {
     /// (due ms, slot) of lost connections waiting to reopen.
     retry_queue: BinaryHeap<Reverse<(u32, u32)>>,
     rng: u64,
+    /// `release` arrived: held connections may open.
+    released: bool,
+    /// Opening stopped at a held connection (no 1 ms polling while waiting for `release`).
+    holding: bool,
+    /// `notify`: notification numbers received so far, and pending-delivery delays.
+    notify_seen: std::collections::HashSet<u64>,
+    pending_delay: Histogram<u64>,
 }
 
 /// Why a connection ended: a failure kind, counted by name.
@@ -280,6 +335,10 @@ impl Worker {
             started: Instant::now(),
             retry_queue: BinaryHeap::new(),
             rng: seed | 1,
+            released: false,
+            holding: false,
+            notify_seen: std::collections::HashSet::new(),
+            pending_delay: stats::new_histogram(),
             cfg,
         })
     }
@@ -303,10 +362,15 @@ impl Worker {
         } else {
             target
         };
+        self.holding = false;
         while self.report.attempted < allowed && self.inflight() < self.cfg.inflight_max as u64 && self.report.host_limit.is_none() {
             let slot = self.report.attempted as usize;
-            self.report.attempted += 1;
             let global = self.cfg.first_conn_index + slot;
+            if !self.released && self.cfg.held_from.is_some_and(|h| global >= h) {
+                self.holding = true;
+                break;
+            }
+            self.report.attempted += 1;
             if let Some((class, _)) = self.cfg.locate(global) {
                 self.conns[slot].class = class as u8;
             }
@@ -451,7 +515,20 @@ impl Worker {
 
     fn finish_connect(&mut self, slot: usize) -> Result<(), Fail> {
         let global = self.cfg.first_conn_index + slot;
-        let request = &self.requests[global % self.requests.len()];
+        let endpoint = global % self.requests.len();
+        let own_request;
+        let request = match &self.cfg.users {
+            None => &self.requests[endpoint],
+            Some(users) => {
+                // A token per attempt: nothing per idle connection, and never an expired one on reconnect.
+                let token = crate::jwt::hs256(users.jwt_secret.as_bytes(), &format!("{}{global}", users.sub_prefix), users.exp);
+                let e = &self.cfg.endpoints[endpoint];
+                let sep = if e.path.contains('?') { '&' } else { '?' };
+                let path = format!("{}{sep}token={token}", e.path);
+                own_request = frame::handshake_request(&e.host, &path, "dGhlIHNhbXBsZSBub25jZQ==", self.cfg.kind.subprotocol()).into_bytes();
+                &own_request
+            }
+        };
         let conn = &mut self.conns[slot];
         let stream = conn.stream.as_mut().expect("checked by caller");
         if let Ok(Some(e)) | Err(e) = stream.take_error() {
@@ -608,6 +685,7 @@ impl Worker {
         let mut handle = |worker: &mut Worker, conn: &mut Conn, bytes: &[u8]| -> Result<usize, Fail> {
             adapter::on_app_bytes(kind, joining, wants_channel, bytes, &mut |event| match event {
                 Event::Delivery(p) => worker.deliver(conn, p, now_ns),
+                Event::Notify { nid, payload } => worker.on_notify(conn, nid, payload, now_ns),
                 Event::Joined => joined = true,
                 Event::ResumeRefused => resume_refused = true,
                 Event::Reply(bytes) => frame::encode_client_frame(&mut worker.out, frame::OPCODE_BINARY, bytes, adapter::MASK),
@@ -683,7 +761,46 @@ impl Worker {
         }
     }
 
+    /// A `notify` frame: ack it at once, then count it by its number (first arrival or
+    /// duplicate) and time it: from the send stamp when it was sent while the connection was
+    /// ready (online delivery), else from the moment the connection became ready (pending).
+    fn on_notify(&mut self, conn: &mut Conn, nid: &[u8], payload: &[u8], now_ns: u64) {
+        let mut ack = Vec::with_capacity(nid.len() + 20);
+        ack.extend_from_slice(b"{\"op\":\"ack\",\"nid\":");
+        ack.extend_from_slice(nid);
+        ack.push(b'}');
+        frame::encode_client_frame(&mut self.out, frame::OPCODE_TEXT, &ack, adapter::MASK);
+        self.report.notify.acks += 1;
+        let prefix = self.cfg.users.as_ref().map_or("", |u| u.nid_prefix.as_str());
+        let Some(k) = notification_number(nid, prefix) else {
+            self.report.notify.foreign += 1;
+            return;
+        };
+        if !self.notify_seen.insert(k) {
+            self.report.notify.duplicates += 1;
+            return;
+        }
+        self.report.notify.unique += 1;
+        self.report.deliveries += 1;
+        let class = conn.class as usize;
+        if let Some(c) = self.report.classes.get_mut(class) {
+            c.deliveries += 1;
+        }
+        let Some(sent) = frame::find_timestamp(payload) else { return };
+        if sent < conn.ready_ns {
+            self.report.notify.pending += 1;
+            self.pending_delay.saturating_record(now_ns.saturating_sub(conn.ready_ns).max(1));
+        } else {
+            let latency = now_ns.saturating_sub(sent);
+            self.latency.saturating_record(latency);
+            if let Some(h) = self.class_latency.get_mut(class) {
+                h.saturating_record(latency);
+            }
+        }
+    }
+
     fn mark_ready(&mut self, conn: &mut Conn) {
+        conn.ready_ns = crate::host::now_ns();
         self.report.ready += 1;
         let now = self.now_us();
         self.report.last_ready_ms = now / 1000;
@@ -727,6 +844,13 @@ impl Worker {
         self.report.latency = stats::histogram_to_pairs(&self.latency);
         self.report.handshake = stats::histogram_to_pairs(&self.handshake);
         self.report.reconnect_ms = stats::histogram_to_pairs(&self.reconnect_latency);
+        self.report.notify.pending_delay = stats::histogram_to_pairs(&self.pending_delay);
+        self.pending_delay.reset();
+        if done && self.cfg.users.is_some() {
+            let mut seen: Vec<u64> = self.notify_seen.iter().copied().collect();
+            seen.sort_unstable();
+            self.report.notify.seen = seen;
+        }
         for (c, h) in self.report.classes.iter_mut().zip(self.class_latency.iter_mut()) {
             c.latency = stats::histogram_to_pairs(h);
             h.reset();
@@ -737,6 +861,16 @@ impl Worker {
         self.reconnect_latency.reset();
         sink(&self.report);
     }
+}
+
+/// The number k of a notification id `"{prefix}{k}"` (the raw JSON string, quotes included).
+fn notification_number(nid: &[u8], prefix: &str) -> Option<u64> {
+    let inner = nid.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    let digits = inner.strip_prefix(prefix.as_bytes())?;
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn set_bind_address_no_port(socket: &Socket) -> std::io::Result<()> {
@@ -765,6 +899,7 @@ fn spawn_command_reader(waker: std::sync::Arc<Waker>) -> mpsc::Receiver<Command>
             let cmd = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
                 ["snap", n] => Command::Snap(n.parse().unwrap_or(1)),
                 ["stop"] => Command::Stop,
+                ["release"] => Command::Release,
                 _ => continue,
             };
             let stop = matches!(cmd, Command::Stop);
@@ -810,7 +945,7 @@ pub fn run_loop(
     let mut next_tick = started + limits::REPORT_INTERVAL;
     loop {
         worker.open_due();
-        let connecting = worker.report.attempted < worker.cfg.conns as u64 && worker.report.host_limit.is_none();
+        let connecting = worker.report.attempted < worker.cfg.conns as u64 && worker.report.host_limit.is_none() && !worker.holding;
         let timeout = if connecting || !worker.retry_queue.is_empty() { Duration::from_millis(1) } else { limits::IDLE_POLL };
         if let Err(e) = worker.poll.poll(&mut events, Some(timeout)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -826,6 +961,7 @@ pub fn run_loop(
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::Snap(n) => worker.emit(n, false, &mut sink),
+                Command::Release => worker.released = true,
                 Command::Stop => stop = true,
             }
         }
@@ -861,6 +997,8 @@ mod tests {
             connect_timeout_ms: 1000,
             lifetime_ms: 1000,
             reconnect: None,
+            users: None,
+            held_from: None,
         }
     }
 
@@ -994,6 +1132,88 @@ mod tests {
         let mut stream = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
         frame::encode_server_frame(&mut stream, frame::OPCODE_BINARY, b"-ERR 'Permissions Violation'\r\n");
         assert!(matches!(worker.process(0, &mut conn, &stream, 0), Err(Fail(k)) if k == "nats_err"));
+    }
+
+    fn notify_frame(out: &mut Vec<u8>, nid: &str, sent: u64) {
+        let t = frame::payload_template(200);
+        let mut data = t.text.into_bytes();
+        frame::write_fixed(&mut data[t.ts_at..t.ts_at + frame::TIMESTAMP_DIGITS], sent);
+        let mut op = format!(r#"{{"op":"notify","nid":"{nid}","data":"#).into_bytes();
+        op.extend_from_slice(&data);
+        op.extend_from_slice(br#","ts":1}"#);
+        frame::encode_server_frame(out, frame::OPCODE_TEXT, &op);
+    }
+
+    /// Client frames in `out`, unmasked.
+    fn sent_frames(out: &[u8]) -> Vec<String> {
+        let mut frames = Vec::new();
+        let mut pos = 0;
+        while let Some(h) = frame::parse_header(&out[pos..]) {
+            let mut body = out[pos + h.header_len..pos + h.frame_len() as usize].to_vec();
+            frame::unmask(&mut body, h.mask.unwrap());
+            frames.push(String::from_utf8(body).unwrap());
+            pos += h.frame_len() as usize;
+        }
+        frames
+    }
+
+    #[test]
+    fn notify_frames_are_acked_counted_once_and_timed_by_kind() {
+        let mut cfg = config(TargetKind::Ringcast, vec![SubClass { name: "users".into(), conns: 1, channel: "user.u{g}".into(), channel_count: 1, track_order: false }]);
+        cfg.users = Some(UserSpec { jwt_secret: "s".into(), sub_prefix: "u".into(), exp: 1, nid_prefix: "r9-".into() });
+        assert_eq!(cfg.locate(0), Some((0, "user.u0".into())), "{{g}} is the global connection number");
+        let mut worker = Worker::new(cfg).unwrap();
+        let mut conn = Conn { state: State::Upgrading, ..Default::default() };
+        let mut stream = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        frame::encode_server_frame(&mut stream, frame::OPCODE_TEXT, br#"{"op":"ok","id":1}"#);
+        feed(&mut worker, &mut conn, &stream, stream.len());
+        assert_eq!(conn.state, State::Ready);
+        assert!(conn.ready_ns > 0);
+        worker.out.clear();
+        let mut stream = Vec::new();
+        notify_frame(&mut stream, "r9-1", conn.ready_ns - 5_000_000_000); // waited 5 s for the user: pending
+        notify_frame(&mut stream, "r9-2", crate::host::now_ns()); // online
+        notify_frame(&mut stream, "r9-2", crate::host::now_ns()); // duplicate
+        notify_frame(&mut stream, "other-3", crate::host::now_ns()); // another run's
+        for cut in [1, stream.len() / 2, stream.len()] {
+            let mut w = Worker::new(worker.cfg.clone()).unwrap();
+            let mut c = Conn { state: State::Ready, ready_ns: conn.ready_ns, ..Default::default() };
+            feed(&mut w, &mut c, &stream, cut);
+            let n = &w.report.notify;
+            assert_eq!((n.unique, n.duplicates, n.foreign, n.acks, n.pending), (2, 1, 1, 4, 1), "cut {cut}");
+            assert_eq!(w.report.deliveries, 2);
+            assert_eq!(w.latency.len(), 1, "only the online delivery is timed from its stamp");
+            assert_eq!(w.pending_delay.len(), 1);
+            assert!(w.pending_delay.max() < 5_000_000_000, "pending delay counts from ready, not from the send");
+            let acks = sent_frames(&w.out);
+            assert_eq!(acks, [r#"{"op":"ack","nid":"r9-1"}"#, r#"{"op":"ack","nid":"r9-2"}"#, r#"{"op":"ack","nid":"r9-2"}"#, r#"{"op":"ack","nid":"other-3"}"#]);
+            let mut reports = Vec::new();
+            w.emit(0, true, &mut |r: &WorkerReport| reports.push(r.clone()));
+            assert_eq!(reports[0].notify.seen, [1, 2], "the final report lists what arrived");
+        }
+        assert_eq!(notification_number(br#""r9-17""#, "r9-"), Some(17));
+        assert_eq!(notification_number(br#""r9-""#, "r9-"), None);
+        assert_eq!(notification_number(b"17", ""), None, "a bare number is not one of ours");
+    }
+
+    #[test]
+    fn held_connections_wait_for_release() {
+        let mut cfg = config(TargetKind::Ringcast, vec![]);
+        cfg.conns = 3;
+        cfg.inflight_max = 10;
+        cfg.held_from = Some(1);
+        // A listener that never answers the upgrade: connections stay in flight.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        cfg.endpoints = vec![Endpoint { addr, host: addr.to_string(), path: "/ws".into() }];
+        let mut worker = Worker::new(cfg).unwrap();
+        worker.open_due();
+        assert_eq!((worker.report.attempted, worker.holding), (1, true));
+        worker.open_due();
+        assert_eq!(worker.report.attempted, 1, "still held");
+        worker.released = true;
+        worker.open_due();
+        assert_eq!((worker.report.attempted, worker.holding), (3, false));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! stdout), merging their reports into totals and histograms, and killing them on drop.
 //! Runs on the parent's main thread; one small reader thread per worker pipe.
 
-use crate::client::{OrderCounters, WorkerConfig, WorkerReport};
+use crate::client::{NotifyCounters, OrderCounters, WorkerConfig, WorkerReport};
 use crate::stats;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
@@ -33,6 +33,8 @@ pub struct Fleet {
     pub class_window: Vec<Histogram<u64>>,
     /// Lost → ready again, over the whole run (`reconnect`).
     pub reconnect: Histogram<u64>,
+    /// `notify`: connection ready → delivery of a pending notification, over the whole run.
+    pub pending_delay: Histogram<u64>,
 }
 
 /// Sums for one subscription class.
@@ -63,6 +65,8 @@ pub struct Totals {
     pub gave_up: u64,
     /// When the last worker got all its connections ready (0 while any is short).
     pub all_ready_at_ns: u64,
+    /// `notify` counters summed (`seen` stays empty here: see `Fleet::notify_seen`).
+    pub notify: NotifyCounters,
     /// Every worker has finished connecting: all attempted or stopped by a host limit, none in flight.
     pub settled: bool,
 }
@@ -97,6 +101,7 @@ impl Fleet {
             handshake: stats::new_histogram(),
             class_window: Vec::new(),
             reconnect: stats::new_histogram(),
+            pending_delay: stats::new_histogram(),
         };
         for (i, cfg) in configs.iter().enumerate() {
             let mut child = Command::new(&exe)
@@ -153,6 +158,7 @@ impl Fleet {
         self.second.add(&latency).expect("same histogram shape");
         stats::add_pairs(&mut self.handshake, &r.handshake);
         stats::add_pairs(&mut self.reconnect, &r.reconnect_ms);
+        stats::add_pairs(&mut self.pending_delay, &r.notify.pending_delay);
         if self.class_window.len() < r.classes.len() {
             self.class_window.resize_with(r.classes.len(), stats::new_histogram);
         }
@@ -216,6 +222,12 @@ impl Fleet {
             o.resumed += r.order.resumed;
             o.resumed_with_gap += r.order.resumed_with_gap;
             o.resume_refused += r.order.resume_refused;
+            let n = &mut t.notify;
+            n.unique += r.notify.unique;
+            n.duplicates += r.notify.duplicates;
+            n.foreign += r.notify.foreign;
+            n.acks += r.notify.acks;
+            n.pending += r.notify.pending;
             t.reconnected += r.reconnected;
             t.waiting += r.waiting;
             t.gave_up += r.gave_up;
@@ -250,6 +262,20 @@ impl Fleet {
             t.all_ready_at_ns = 0;
         }
         t
+    }
+
+    /// Lets every worker open its held connections (`WorkerConfig::held_from`).
+    pub fn release(&mut self) {
+        for (i, stdin) in self.stdins.iter_mut().enumerate() {
+            if !self.exited[i] && writeln!(stdin, "release").is_err() {
+                self.exited[i] = true;
+            }
+        }
+    }
+
+    /// After `stop`: every notification number the workers received (their final reports).
+    pub fn notify_seen(&self) -> impl Iterator<Item = u64> + '_ {
+        self.latest.iter().flat_map(|r| r.notify.seen.iter().copied())
     }
 
     pub fn all_exited(&self) -> bool {

@@ -413,6 +413,8 @@ mod tests {
             inflight_max: 128,
             classes: vec![client::SubClass { name: "subscribers".into(), conns: CONNS, channel: "bench".into(), channel_count: 1, track_order: false }],
             reconnect: None,
+            users: None,
+            held_from: None,
             connect_timeout_ms: 10_000,
             lifetime_ms: 60_000,
         };

@@ -12,7 +12,9 @@
 //! - `fleet`        the parent's side of the workers (spawn, pipes, merge, stop)
 //! - `publish`      paced publishing: HTTP `/api/publish`, NATS, MQTT, or the `limit` server
 //! - `limit_server` the machine's ceiling: a minimal one-thread fan-out server
-//! - `scenario`     fanout, telemetry, reconnect, limit, idle, burst: phases and figures
+//! - `jwt`          HS256 tokens for per-user connections (`notify`)
+//! - `notify_api`   paced `POST /api/notify` senders (`notify`)
+//! - `scenario`     fanout, telemetry, reconnect, notify, limit, idle, burst: phases and figures
 //! - `report`       table, JSON and SVG output
 
 mod adapter;
@@ -21,10 +23,12 @@ mod client;
 mod fleet;
 mod frame;
 mod host;
+mod jwt;
 mod limit_server;
 mod limits;
 mod mqtt;
 mod nats;
+mod notify_api;
 mod publish;
 mod report;
 mod scenario;
@@ -78,6 +82,10 @@ fn run(cli: cli::Cli) -> Result<()> {
         Scenario::Fanout(a) => {
             prepare(&a.client)?;
             output(scenario::fanout(&a)?, &a.client)
+        }
+        Scenario::Notify(a) => {
+            prepare(&a.client)?;
+            output(scenario::notify(&a)?, &a.client)
         }
         Scenario::Limit(a) => {
             prepare(&a.client)?;

@@ -39,9 +39,9 @@ pub trait Publisher: Send {
 }
 
 /// Consecutive failed requests after which publishing gives up (unless outages are expected).
-const FAILURES_IN_ROW_MAX: u32 = 5;
+pub(crate) const FAILURES_IN_ROW_MAX: u32 = 5;
 /// A server answer slower than this is a failure (every server here answers in µs).
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// While an outage is expected (`reconnect`), a connect attempt waits at most this long,
 /// so pacing goes on while the server is down.
 const OUTAGE_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
@@ -158,7 +158,7 @@ impl RoundRobin {
 
 /// Paces `send` at `rate` for `duration`. `send(n)` tries to send `n` messages and says how
 /// many were accepted; pacing follows attempts, so an outage does not cause a catch-up burst.
-fn paced(rate: f64, duration: Duration, batch_max: usize, result: &mut PublishResult, mut send: impl FnMut(usize, &mut PublishResult) -> Result<u64>) -> Result<()> {
+pub(crate) fn paced(rate: f64, duration: Duration, batch_max: usize, result: &mut PublishResult, mut send: impl FnMut(usize, &mut PublishResult) -> Result<u64>) -> Result<()> {
     if !(rate > 0.0 && rate.is_finite()) {
         bail!("publish rate must be above 0 msgs/s (got {rate})");
     }
@@ -233,26 +233,7 @@ impl HttpPublisher {
         let request = self.messages.current().stamp();
         let stream = self.stream.as_mut().expect("connected above");
         stream.write_all(request)?;
-        let mut chunk = [0u8; 2048];
-        let (status, want) = loop {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                bail!("server closed the publish connection");
-            }
-            response.extend_from_slice(&chunk[..n]);
-            if let Some(end) = frame::http_head_end(&response) {
-                let status = frame::http_status(&response[..end]).context("bad HTTP status line")?;
-                let len: usize = frame::http_header(&response[..end], "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                break (status, end + len);
-            }
-        };
-        while response.len() < want {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                bail!("server closed the publish connection mid-body");
-            }
-            response.extend_from_slice(&chunk[..n]);
-        }
+        let status = read_http_response(stream, &mut response)?;
         self.response = response;
         Ok(status)
     }
@@ -287,6 +268,32 @@ impl Publisher for HttpPublisher {
         })?;
         Ok(result)
     }
+}
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) into `response`; returns
+/// its status. The body is `response[head_end..]`.
+pub(crate) fn read_http_response(stream: &mut TcpStream, response: &mut Vec<u8>) -> Result<u16> {
+    let mut chunk = [0u8; 2048];
+    let (status, want) = loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("server closed the publish connection");
+        }
+        response.extend_from_slice(&chunk[..n]);
+        if let Some(end) = frame::http_head_end(response) {
+            let status = frame::http_status(&response[..end]).context("bad HTTP status line")?;
+            let len: usize = frame::http_header(&response[..end], "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            break (status, end + len);
+        }
+    };
+    while response.len() < want {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("server closed the publish connection mid-body");
+        }
+        response.extend_from_slice(&chunk[..n]);
+    }
+    Ok(status)
 }
 
 /// A pipelined publisher over plain TCP: NATS or MQTT. Everything due is written at once.

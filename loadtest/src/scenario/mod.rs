@@ -7,14 +7,17 @@
 //! - `telemetry`: devices, device subscribers and wildcard dashboards
 //! - `reconnect`: disruption and recovery
 //! - `connect`: idle, burst
+//! - `notify`: in-app notifications through the Lane
 
 mod connect;
 mod fanout;
+mod notify;
 mod reconnect;
 mod telemetry;
 
 pub use connect::{burst, idle};
 pub use fanout::{fanout, limit};
+pub use notify::notify;
 pub use reconnect::reconnect;
 pub use telemetry::telemetry;
 
@@ -76,10 +79,17 @@ struct Run {
     last_deliveries: u64,
     series: Vec<Point>,
     terminal: bool,
+    /// Appended to the live line (`notify`: notifications accepted so far).
+    extra: Option<Box<dyn Fn() -> String>>,
 }
 
 impl Run {
     fn start(spec: RunSpec) -> Result<Run> {
+        Run::start_with(spec, |_| {})
+    }
+
+    /// Like `start`, with a last word on the workers' configuration (`notify`'s users).
+    fn start_with(spec: RunSpec, adjust: impl FnOnce(&mut WorkerConfig)) -> Result<Run> {
         let conns = spec.conns;
         if conns == 0 {
             bail!("--conns must be at least 1");
@@ -104,7 +114,11 @@ impl Run {
             connect_timeout_ms: client.connect_timeout.as_millis() as u64,
             lifetime_ms: spec.lifetime.as_millis() as u64,
             reconnect: spec.reconnect,
+            users: None,
+            held_from: None,
         };
+        let mut base = base;
+        adjust(&mut base);
         let fleet = Fleet::spawn(fleet::plan(&base, conns, workers)?)?;
         let now = Instant::now();
         Ok(Run {
@@ -114,6 +128,7 @@ impl Run {
             last_deliveries: 0,
             series: Vec::new(),
             terminal: std::io::stderr().is_terminal(),
+            extra: None,
         })
     }
 
@@ -149,7 +164,7 @@ impl Run {
         self.series.push(point);
         let waiting = if t.waiting > 0 || t.reconnected > 0 { format!(" reconnecting {} back {}", t.waiting, t.reconnected) } else { String::new() };
         let line = format!(
-            "[{:>4}s] conns {}/{} ready {} failed {}{waiting} | deliveries/s {:>10} | p99 {:.3} ms{}",
+            "[{:>4}s] conns {}/{} ready {} failed {}{waiting} | deliveries/s {:>10} | p99 {:.3} ms{}{}",
             point.t_s,
             t.open,
             t.attempted,
@@ -157,6 +172,7 @@ impl Run {
             t.failed(),
             crate::report::group(point.deliveries_per_s as i64),
             p99 as f64 / 1e6,
+            self.extra.as_ref().map(|f| f()).unwrap_or_default(),
             t.host_limits.first().map(|l| format!(" | stopped by {l}")).unwrap_or_default()
         );
         if self.terminal {
