@@ -7,21 +7,26 @@
 #
 #   RUNS=3 bash scripts/bench.sh                 # everything (~15 min on 2 cores)
 #   TABLES="idle fanout" RUNS=1 bash scripts/bench.sh
+#   TABLES=notify RUNS=3 bash scripts/bench.sh   # notifications: embedded Lane, RabbitMQ (+ Redis)
 #
-# TABLES     which tables: idle fanout burst loaded scale100k [idle fanout burst loaded scale100k]
+# TABLES     which tables: idle fanout burst loaded scale100k notify [idle fanout burst loaded scale100k notify]
 # TARGETS    which servers: limit ringcast nats-ws mqtt-ws [all four]
 # RUNS (3), IDLE_SMALL (10000), IDLE_MAX (18500: under the 20,000-descriptor limit of any
 # one server process here), FANOUT_CONNS (10000), FANOUT_RATE (20 msgs/s), DURATION (5s),
-# BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), PORT (18780),
+# BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), NOTIFY_USERS (2000),
+# NOTIFY_RATE (20000: the issue's target with RabbitMQ) NOTIFY_SENDERS (64), AMQP_URL
+# (amqp://guest:guest@127.0.0.1:5672/%2f), REDIS_URL (redis://127.0.0.1:6379), PORT (18780),
 # OUT (target/bench-<time>.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TABLES=${TABLES:-"idle fanout burst loaded scale100k"}
+TABLES=${TABLES:-"idle fanout burst loaded scale100k notify"}
 TARGETS=${TARGETS:-"limit ringcast nats-ws mqtt-ws"}
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 RUNS=${RUNS:-3} IDLE_SMALL=${IDLE_SMALL:-10000} IDLE_MAX=${IDLE_MAX:-18500}
 FANOUT_CONNS=${FANOUT_CONNS:-10000} FANOUT_RATE=${FANOUT_RATE:-20} DURATION=${DURATION:-5s} BURST=${BURST:-10000}
 LOADED_CONNS=${LOADED_CONNS:-2000} LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
+NOTIFY_USERS=${NOTIFY_USERS:-2000} NOTIFY_RATE=${NOTIFY_RATE:-20000} NOTIFY_SENDERS=${NOTIFY_SENDERS:-64}
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f} REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 PORT=${PORT:-18780}
 OUT=${OUT:-target/bench-$(date +%Y%m%d-%H%M%S).jsonl}
 bin=target/release
@@ -178,6 +183,35 @@ for t in $TABLES; do
     done
     table "Fan-out: 100,000 subscribers over 6 gateway processes (one port, one NATS), 5 msgs/s" \
       deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,server_cpu_us_per_delivery,harness_cpu_percent "fanout 100k" ;;
+  notify)
+    # In-app notifications through the Lane: the embedded store (redb, fsync per accept,
+    # worker in-process), and RabbitMQ (publisher confirms; worker in-process) with Redis
+    # presence when this build has them. Half the users connect DURATION/2 after sending
+    # starts; every notification must arrive (missing = 0) within 30 s after sending.
+    if ! $bin/ringcast gateway --help | grep -q -- '--lane-dir'; then
+      echo; echo "### Notifications"; echo "not measured: this gateway build has no Lane (issue 5)"
+      continue
+    fi
+    modes="embedded"
+    if $bin/ringcast gateway --help | grep -q -- '--amqp'; then modes="$modes rabbitmq"; fi
+    redis=()
+    if $bin/ringcast gateway --help | grep -q -- '--redis '; then redis=(--redis "$REDIS_URL"); fi
+    offline=$(( ${DURATION%s} / 2 ))s
+    for run in $(seq 1 "$RUNS"); do
+      for mode in $modes; do
+        lane=(--lane-dir "$PEERS_DIR/lane-$$-$run")
+        [ "$mode" = rabbitmq ] && lane=(--amqp "$AMQP_URL" --lane-prefix "bench.$$.$run" --lane-worker "${redis[@]}")
+        rm -rf "$PEERS_DIR/lane-$$-$run"
+        start_gateway 1 --jwt-secret bench "${lane[@]}"
+        "${H[@]}" notify --url ws://127.0.0.1:$PORT/ws --api-key bench --jwt-secret bench --users "$NOTIFY_USERS" \
+          --rate "$NOTIFY_RATE" --senders "$NOTIFY_SENDERS" --duration "$DURATION" --offline-for "$offline" --settle 30s \
+          --server-pid "${GW// /}" --label "notify $mode" --json >>"$OUT" || echo "bench: notify $mode failed" >&2
+        stop_gateway
+        rm -rf "$PEERS_DIR/lane-$$-$run"
+      done
+    done
+    table "Notifications: $NOTIFY_USERS users (half back after $offline), $NOTIFY_RATE/s asked over $NOTIFY_SENDERS connections" \
+      accepted_per_s,accept_latency_p50_ms,accept_latency_p99_ms,online_latency_p50_ms,online_latency_p99_ms,pending_delay_p50_ms,pending_delay_p99_ms,duplicates,missing,server_cpu_percent "notify" ;;
   *) echo "bench: unknown table $t" >&2; exit 2 ;;
   esac
 done
