@@ -120,6 +120,8 @@ struct GatewayArgs {
     log_json: Option<String>,
     #[command(flatten)]
     broker: BrokerArgs,
+    #[command(flatten)]
+    transport: crate::transport::config::TransportArgs,
 }
 
 /// The broker seam (Beacon): NATS for multi-node fan-out, JetStream for history.
@@ -240,6 +242,7 @@ impl GatewayArgs {
         .map(|(key, value)| (key, value.cloned()))
         .collect();
         given.extend(self.broker.given());
+        given.extend(self.transport.given());
         given
     }
 }
@@ -274,6 +277,7 @@ pub struct GatewayConfig {
     pub log_filter: String,
     pub log_json: bool,
     pub broker: BrokerConfig,
+    pub transport: crate::transport::config::TransportConfig,
 }
 
 /// The broker seam: embedded (no `nats`) or NATS, and which channels keep history.
@@ -503,6 +507,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         log_filter: get("log").unwrap_or("info").to_owned(),
         log_json: flag("log_json")?,
         broker: build_broker(values)?,
+        transport: crate::transport::config::build(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)

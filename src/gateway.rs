@@ -64,10 +64,12 @@ pub fn run(config: GatewayConfig) -> i32 {
         }
     }
     let mode = node.io_mode.get().copied().unwrap_or("unknown");
-    println!("ringcast gateway listening on http://{address} ({} shards, {mode}, node {})", node.config.shards, node.config.node);
+    let scheme = if node.transport.tls.is_some() { "https" } else { "http" };
+    println!("ringcast gateway listening on {scheme}://{address} ({} shards, {mode}, node {})", node.config.shards, node.config.node);
     let _ = std::io::stdout().flush();
     tracing::info!(%address, shards = node.config.shards, io = mode, "gateway started");
     spawn_signal_thread(node.clone());
+    crate::transport::tls::spawn_reload_thread(node.clone());
     for thread in shard_threads {
         let _ = thread.join();
     }

@@ -29,12 +29,18 @@ pub struct Node {
     /// "io_uring" or "epoll", set by the first shard that starts its runtime.
     pub io_mode: OnceLock<&'static str>,
     pub started: Instant,
+    /// TLS certificate and transport counters (TLS, long-poll).
+    pub transport: crate::transport::NodeTransport,
 }
 
 impl Node {
     pub fn new(config: GatewayConfig) -> Arc<Node> {
         let shards = config.shards;
         let jwt = config.jwt_secret.as_ref().map(|secret| JwtVerifier::new(secret.as_bytes()));
+        let transport = crate::transport::NodeTransport::new(&config).unwrap_or_else(|e| {
+            eprintln!("ringcast: config error: {e}");
+            std::process::exit(2)
+        });
         Arc::new(Node {
             shard_inboxes: (0..shards).map(|_| Arc::new(Mailbox::new(config.shard_inbox_messages))).collect(),
             bridge_inbox: Arc::new(Mailbox::new(config.bridge_inbox_messages)),
@@ -46,6 +52,7 @@ impl Node {
             broker_link: Arc::new(AtomicBool::new(false)),
             io_mode: OnceLock::new(),
             started: Instant::now(),
+            transport,
             config,
         })
     }
@@ -94,7 +101,7 @@ impl Node {
                 inbox_dropped: inbox.dropped(),
             })
             .collect();
-        crate::metrics::render(&NodeView {
+        let mut out = crate::metrics::render(&NodeView {
             node: &self.config.node,
             broker: self.broker_name(),
             broker_connected: self.broker_up(),
@@ -106,6 +113,8 @@ impl Node {
             bridge_inbox_capacity: self.bridge_inbox.capacity(),
             bridge_inbox_dropped: self.bridge_inbox.dropped(),
             uptime_seconds: self.started.elapsed().as_secs(),
-        })
+        });
+        self.transport.render_metrics(&mut out);
+        out
     }
 }

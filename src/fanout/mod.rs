@@ -10,6 +10,7 @@
 //! primitive serves both directions.
 
 mod mailbox;
+pub mod poll;
 
 pub use mailbox::{Full, Mailbox};
 
@@ -54,6 +55,8 @@ pub enum ToShard {
     /// so live messages with `seq <= upto` are duplicates. `Err`: the resume failed and
     /// the subscription is undone.
     ReplayDone { target: ConnRef, replay: u32, outcome: Result<u64, ReplayError> },
+    /// A long-poll request for a session this shard owns, from the shard that received it.
+    Poll(Box<poll::PollForward>),
 }
 
 /// Shard → bridge.

@@ -28,7 +28,9 @@ pub struct Identity {
 pub struct Conn {
     pub slot: u32,
     pub id: u64,
-    pub stream: TcpStream,
+    /// None for a long-poll session (its frames leave through HTTP answers).
+    pub stream: Option<TcpStream>,
+    /// -1 for a long-poll session.
     pub fd: RawFd,
     /// Boxed: most deployments are token-authenticated, but the record stays small.
     pub identity: Option<Box<Identity>>,
@@ -60,6 +62,11 @@ pub struct ConnState {
     pub tokens_at_ms: u64,
     /// Resumes (`sub` with `since`) in progress; boxed because almost no connection has one.
     pub replays: Option<Box<Vec<Replaying>>>,
+    /// The TLS session when the listener terminates TLS: the outbox holds plaintext
+    /// frames, encrypted at flush time (see `shard::tls`).
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    /// Set on a long-poll session: the outbox is its resend buffer (see `shard::poll`).
+    pub poll: Option<Box<super::poll::PollState>>,
 }
 
 /// A resume: while `upto` is None the bridge is replaying `channel`'s history after
@@ -184,7 +191,13 @@ impl Conn {
     pub fn new(slot: u32, id: u64, stream: TcpStream, identity: Option<Box<Identity>>, now_ms: u64) -> Conn {
         let fd = stream.as_raw_fd();
         let state = ConnState { last_seen_ms: now_ms, tokens_at_ms: now_ms, ..ConnState::default() };
-        Conn { slot, id, stream, fd, identity, state: RefCell::new(state) }
+        Conn { slot, id, stream: Some(stream), fd, identity, state: RefCell::new(state) }
+    }
+
+    /// A long-poll session's record: no socket.
+    pub fn new_poll(slot: u32, id: u64, identity: Option<Box<Identity>>, now_ms: u64) -> Conn {
+        let state = ConnState { last_seen_ms: now_ms, tokens_at_ms: now_ms, ..ConnState::default() };
+        Conn { slot, id, stream: None, fd: -1, identity, state: RefCell::new(state) }
     }
 
     pub fn user(&self) -> Option<&str> {
@@ -219,6 +232,11 @@ impl Conn {
             return false;
         }
         let keep = if st.head_offset > 0 { 1 } else { 0 };
+        let dropped = st.outbox.len().saturating_sub(keep) as u64;
+        if let Some(poll) = st.poll.as_mut() {
+            // Frame numbers never go back: the dropped frames' numbers stay used.
+            poll.base += dropped;
+        }
         st.outbox.truncate(keep);
         st.outbox_bytes = st.outbox.iter().map(|b| b.len()).sum();
         let frame = ws::encode_close(code, reason);
@@ -236,7 +254,10 @@ impl Conn {
         let mut st = self.state.borrow_mut();
         if st.finished.is_none() {
             st.finished = Some(why);
-            sys::shutdown(self.fd);
+            match st.poll.as_mut() {
+                Some(poll) => poll.wake(true),
+                None => sys::shutdown(self.fd),
+            }
         }
     }
 
@@ -244,6 +265,14 @@ impl Conn {
     pub fn flush(&self, iovecs_max: usize, metrics: &ShardMetrics) -> Flushed {
         let mut st = self.state.borrow_mut();
         st.dirty = false;
+        if st.tls.is_some() {
+            return self.flush_tls(&mut st, iovecs_max, metrics);
+        }
+        if let Some(poll) = st.poll.as_mut() {
+            // A session's frames wait for a GET; wake the one waiting.
+            poll.wake(false);
+            return Flushed::Empty;
+        }
         while !st.outbox.is_empty() {
             match sys::send_queue(self.fd, &st.outbox, st.head_offset, iovecs_max) {
                 Ok(0) => return Flushed::Blocked,
@@ -260,6 +289,44 @@ impl Conn {
             }
         }
         Flushed::Empty
+    }
+}
+
+impl Conn {
+    fn flush_tls(&self, st: &mut ConnState, iovecs_max: usize, metrics: &ShardMetrics) -> Flushed {
+        let ConnState { tls, outbox, head_offset, outbox_bytes, .. } = st;
+        let Some(session) = tls.as_mut() else { return Flushed::Empty };
+        let advance = |queue: &mut VecDeque<Bytes>, offset: &mut usize, n: usize| {
+            *outbox_bytes -= n;
+            advance_queue(queue, offset, n);
+        };
+        let wrote = |n: usize| {
+            metrics.writes.inc();
+            metrics.bytes_out.add(n as u64);
+        };
+        match super::tls::flush(session, self.fd, outbox, head_offset, iovecs_max, advance, wrote) {
+            super::tls::TlsFlushed::Empty => Flushed::Empty,
+            super::tls::TlsFlushed::Blocked => Flushed::Blocked,
+            super::tls::TlsFlushed::Failed => {
+                st.finished.get_or_insert(CloseReason::IoError);
+                sys::shutdown(self.fd);
+                Flushed::Failed
+            }
+        }
+    }
+}
+
+fn advance_queue(queue: &mut VecDeque<Bytes>, offset: &mut usize, mut written: usize) {
+    while written > 0 {
+        let head_left = queue[0].len() - *offset;
+        if written >= head_left {
+            written -= head_left;
+            queue.pop_front();
+            *offset = 0;
+        } else {
+            *offset += written;
+            written = 0;
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 
 pub mod conn;
 mod event;
+pub mod poll;
 pub mod sys;
+pub mod tls;
 
 pub use conn::{Conn, Flushed, Hold, Identity, Replaying};
 pub use event::LocalEvent;
@@ -320,7 +322,8 @@ impl Shard {
             let conn = conn.clone();
             monoio::spawn(async move {
                 loop {
-                    if conn.stream.writable(false).await.is_err() {
+                    let Some(stream) = conn.stream.as_ref() else { break };
+                    if stream.writable(false).await.is_err() {
                         conn.finish(CloseReason::IoError);
                         break;
                     }
@@ -341,6 +344,7 @@ impl Shard {
                 ToShard::Shutdown => self.begin_shutdown(),
                 ToShard::Replay { target, replay, frames } => self.replay_frames(target, replay, frames),
                 ToShard::ReplayDone { target, replay, outcome } => self.replay_done(target, replay, outcome),
+                ToShard::Poll(forward) => crate::transport::longpoll::serve_forwarded(self, *forward),
             }
         }
         self.flush_dirty();
@@ -370,6 +374,10 @@ impl Shard {
             (start..table.len()).step_by(WHEEL_SLOTS as usize).filter_map(|s| table[s].clone()).collect()
         };
         for conn in conns {
+            if conn.is_poll() {
+                self.tick_poll(&conn, now, now_unix);
+                continue;
+            }
             let (idle, pinged, closing) = {
                 let st = conn.state.borrow();
                 (now.saturating_sub(st.last_seen_ms), st.ping_outstanding, st.closing.is_some())

@@ -31,30 +31,36 @@ enum Routed {
 /// Serves one accepted socket until it closes or becomes a WebSocket.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    // TLS (when configured) is negotiated here, on the shard that accepted the socket.
+    let Ok(mut tls) = super::tls::accept(&shard, &stream).await else { return };
     let limits = http_limits(&shard);
     let timeout = shard.node.config.handshake_timeout;
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let read = monoio::time::timeout(timeout, read_request(&shard, &stream, &mut buf, &limits)).await;
+        let read = monoio::time::timeout(timeout, read_request(&shard, &stream, &mut tls, &mut buf, &limits)).await;
         let (request, consumed) = match read {
             Err(_elapsed) => {
                 if !buf.is_empty() {
                     shard.metrics.refused(Refusal::HandshakeTimeout);
                     let body = h::json_error(408, "request head not complete within the handshake timeout", &[], false);
-                    let _ = write_all(&stream, &body).await;
+                    let _ = write_all(&stream, &mut tls, &body).await;
                 }
                 return;
             }
             Ok(Err(ReadError::Closed)) => return,
             Ok(Err(ReadError::Http(error))) => {
                 shard.metrics.refused(Refusal::BadRequest);
-                let _ = write_all(&stream, &h::json_error(error.status, error.msg, &[], false)).await;
+                let _ = write_all(&stream, &mut tls, &h::json_error(error.status, error.msg, &[], false)).await;
                 return;
             }
             Ok(Ok(parsed)) => parsed,
         };
         buf.drain(..consumed);
-        match route(&shard, &request) {
+        let routed = match super::longpoll::route(&shard, &request).await {
+            Some(bytes) => Routed::Respond { bytes, keep_alive: true },
+            None => route(&shard, &request),
+        };
+        match routed {
             Routed::Respond { mut bytes, keep_alive } => {
                 shard.metrics.http_requests.inc();
                 if matches!(request.method, Method::Head) {
@@ -62,19 +68,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |i| i + 4);
                     bytes.truncate(head_end);
                 }
-                if write_all(&stream, &bytes).await.is_err() || !keep_alive || !request.keep_alive {
+                if write_all(&stream, &mut tls, &bytes).await.is_err() || !keep_alive || !request.keep_alive {
                     return;
                 }
             }
             Routed::Upgrade { response, identity } => {
-                if write_all(&stream, &response).await.is_err() {
+                if write_all(&stream, &mut tls, &response).await.is_err() {
                     shard.node.release();
                     return;
                 }
                 let leftover = if buf.is_empty() { None } else { Some(std::mem::take(&mut buf)) };
                 // A task of its own: the session lives for hours, and its future should
                 // not carry the HTTP phase's state (this one is several times larger).
-                let conn = websocket::start(&shard, stream, identity, leftover);
+                let conn = websocket::start(&shard, stream, identity, leftover, tls);
                 let session = websocket::session(shard, conn);
                 if SESSION_FUTURE_SIZE_LOGGED.with(|logged| !logged.replace(true)) {
                     tracing::debug!(bytes = std::mem::size_of_val(&session), "WebSocket session task size");
@@ -101,16 +107,22 @@ enum ReadError {
 /// Reads into the shard's shared buffer and appends to `buf`: no read buffer lives in a
 /// connection's future across an await (a stack array would, making every idle
 /// connection's task that much bigger).
-fn recv_into(fd: std::os::fd::RawFd, buf: &mut Vec<u8>, shard: &Shard) -> std::io::Result<sys::ReadOutcome> {
+fn recv_into(fd: std::os::fd::RawFd, tls: &mut Tls, buf: &mut Vec<u8>, shard: &Shard) -> std::io::Result<sys::ReadOutcome> {
     let mut shared = shard.read_buf.borrow_mut();
-    let outcome = sys::recv(fd, &mut shared)?;
+    let outcome = match tls.as_mut() {
+        Some(session) => {
+            let mut ciphertext = 0;
+            crate::shard::tls::read_plain(session, fd, &mut shared, &mut ciphertext)?
+        }
+        None => sys::recv(fd, &mut shared)?,
+    };
     if let sys::ReadOutcome::Data(n) = outcome {
         buf.extend_from_slice(&shared[..n]);
     }
     Ok(outcome)
 }
 
-async fn read_request(shard: &Shard, stream: &TcpStream, buf: &mut Vec<u8>, limits: &HttpLimits) -> Result<(Request, usize), ReadError> {
+async fn read_request(shard: &Shard, stream: &TcpStream, tls: &mut Tls, buf: &mut Vec<u8>, limits: &HttpLimits) -> Result<(Request, usize), ReadError> {
     let fd = stream.as_raw_fd();
     loop {
         if !buf.is_empty() {
@@ -120,19 +132,32 @@ async fn read_request(shard: &Shard, stream: &TcpStream, buf: &mut Vec<u8>, limi
                 Err(error) => return Err(ReadError::Http(error)),
             }
         }
-        match recv_into(fd, buf, shard) {
+        match recv_into(fd, tls, buf, shard) {
             Ok(sys::ReadOutcome::Data(_)) => {}
             Ok(sys::ReadOutcome::WouldBlock) => {
                 if stream.readable(false).await.is_err() {
                     return Err(ReadError::Closed);
                 }
             }
-            Ok(sys::ReadOutcome::Eof) | Err(_) => return Err(ReadError::Closed),
+            Ok(sys::ReadOutcome::Eof) => return Err(ReadError::Closed),
+            Err(_) => {
+                if let Some(session) = tls.as_mut() {
+                    // A TLS error: send the alert rustls queued, then close.
+                    let _ = super::tls::write_pending(session, stream).await;
+                }
+                return Err(ReadError::Closed);
+            }
         }
     }
 }
 
-pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+/// The connection's TLS session, when the listener terminates TLS.
+pub type Tls = Option<Box<rustls::ServerConnection>>;
+
+pub async fn write_all(stream: &TcpStream, tls: &mut Tls, mut bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(session) = tls.as_mut() {
+        return super::tls::write_all(session, stream, bytes).await;
+    }
     let fd = stream.as_raw_fd();
     while !bytes.is_empty() {
         let n = sys::send(fd, bytes)?;
@@ -179,7 +204,7 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
         path if super::assets::serves(path) => error(405, "method not allowed; use GET", &[("Allow", "GET")]),
         "/ws" | "/healthz" | "/readyz" | "/metrics" => error(405, "method not allowed; use GET", &[("Allow", "GET")]),
         "/api/publish" => error(405, "method not allowed; use POST", &[("Allow", "POST")]),
-        _ => error(404, "no such route; see the README for /, /ringcast.js, /ws, /api/publish, /healthz, /readyz, /metrics", &[]),
+        _ => error(404, "no such route; see the README for /, /ringcast.js, /ws, /poll, /api/publish, /healthz, /readyz, /metrics", &[]),
     }
 }
 
@@ -213,7 +238,7 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
 /// Token from `?token=` or `Authorization: Bearer`. With no secret configured every
 /// connection is anonymous (local quick start); with one, a token is required unless
 /// anonymous access is switched on.
-fn authenticate(shard: &Shard, request: &Request) -> Result<Option<Box<Identity>>, AuthError> {
+pub(super) fn authenticate(shard: &Shard, request: &Request) -> Result<Option<Box<Identity>>, AuthError> {
     let Some(verifier) = shard.node.jwt.as_ref() else { return Ok(None) };
     let token = request.query_param("token").or_else(|| request.bearer_token().map(str::to_owned));
     let Some(token) = token else {

@@ -7,19 +7,31 @@ use crate::metrics::CloseReason;
 use crate::permission::{self, Principal};
 use crate::protocol::ops::{self, ClientOp};
 use crate::protocol::ws::{self, Flow, WsMessage};
-use crate::shard::{sys, Conn, Identity, Replaying, Shard, REPLAYS_PER_CONNECTION_MAX};
+use crate::shard::{sys, tls, Conn, Identity, Replaying, Shard, REPLAYS_PER_CONNECTION_MAX};
 use bytes::Bytes;
 use monoio::net::TcpStream;
 use std::rc::Rc;
 
 /// Registers an upgraded connection, greets it and handles any frames that arrived
 /// with the upgrade request. Synchronous, so none of this lives in the session task.
-pub fn start(shard: &Rc<Shard>, stream: TcpStream, identity: Option<Box<Identity>>, leftover: Option<Vec<u8>>) -> Rc<Conn> {
+pub fn start(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    identity: Option<Box<Identity>>,
+    leftover: Option<Vec<u8>>,
+    tls: Option<Box<rustls::ServerConnection>>,
+) -> Rc<Conn> {
     let conn = shard.register(stream, identity);
+    let tls_on = tls.is_some();
+    conn.state.borrow_mut().tls = tls;
     let hb = shard.node.config.heartbeat.as_secs().max(1);
     shard.send(&conn, ws::encode_text(&ops::welcome(conn.id, &shard.node.config.node, hb)));
     if let Some(mut bytes) = leftover {
         handle_bytes(shard, &conn, &mut bytes);
+    }
+    if tls_on {
+        // rustls may already hold decrypted frames that came with the upgrade request.
+        read_available(shard, &conn);
     }
     if shard.stop.is_set() {
         shard.close(&conn, ws::close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown);
@@ -32,7 +44,8 @@ pub fn start(shard: &Rc<Shard>, stream: TcpStream, identity: Option<Box<Identity
 /// Kept to two pointers and the poll op, because a node holds a million of these.
 pub async fn session(shard: Rc<Shard>, conn: Rc<Conn>) {
     while conn.state.borrow().finished.is_none() {
-        if conn.stream.readable(false).await.is_err() {
+        let Some(stream) = conn.stream.as_ref() else { break };
+        if stream.readable(false).await.is_err() {
             conn.finish(CloseReason::IoError);
             break;
         }
@@ -46,7 +59,19 @@ fn read_available(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     loop {
         let mut buf = shard.read_buf.borrow_mut();
         let capacity = buf.len();
-        let n = match sys::recv(conn.fd, &mut buf) {
+        let (outcome, tls) = {
+            let mut st = conn.state.borrow_mut();
+            match st.tls.as_mut() {
+                Some(session) => {
+                    let mut ciphertext = 0;
+                    let outcome = tls::read_plain(session, conn.fd, &mut buf, &mut ciphertext);
+                    shard.metrics.bytes_in.add(ciphertext);
+                    (outcome, true)
+                }
+                None => (sys::recv(conn.fd, &mut buf), false),
+            }
+        };
+        let n = match outcome {
             Ok(sys::ReadOutcome::Data(n)) => n,
             Ok(sys::ReadOutcome::WouldBlock) => break,
             Ok(sys::ReadOutcome::Eof) => {
@@ -59,7 +84,9 @@ fn read_available(shard: &Rc<Shard>, conn: &Rc<Conn>) {
                 break;
             }
         };
-        shard.metrics.bytes_in.add(n as u64);
+        if !tls {
+            shard.metrics.bytes_in.add(n as u64);
+        }
         {
             let mut st = conn.state.borrow_mut();
             st.last_seen_ms = shard.now_ms();
@@ -79,7 +106,8 @@ fn read_available(shard: &Rc<Shard>, conn: &Rc<Conn>) {
                 }
             }
         }
-        if conn.state.borrow().finished.is_some() || n < capacity {
+        // A short plain read drained the socket; rustls may still hold decrypted bytes.
+        if conn.state.borrow().finished.is_some() || (n < capacity && !tls) {
             break;
         }
     }
@@ -166,7 +194,8 @@ fn take_token(shard: &Shard, conn: &Conn) -> bool {
     true
 }
 
-fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
+/// One client op (a WebSocket text frame, or a frame posted to a long-poll session).
+pub(super) fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
     if !take_token(shard, conn) {
         shard.metrics.rate_limited.inc();
         let id = ops::parse_client_op(text).ok().and_then(|op| op_id(&op));

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocket;
 
+pub mod edge_b;
 pub mod nats;
 
 pub const API_KEY: &str = "test-api-key";
@@ -45,7 +46,7 @@ impl Gateway {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         let port = line
-            .split("http://127.0.0.1:")
+            .split("://127.0.0.1:")
             .nth(1)
             .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|p| p.parse().ok())

@@ -1,0 +1,264 @@
+//! The long-poll transport's HTTP routes (PROTOCOL.md "Transports"):
+//! `POST /poll` opens a session, `GET /poll/{sid}?ack=n` confirms and waits for frames,
+//! `POST /poll/{sid}` takes client frames, `OPTIONS` answers CORS preflights.
+//!
+//! A session lives on the shard that opened it (`shard::poll`); a request that landed on
+//! another shard is forwarded through the owner's mailbox and answered in a oneshot.
+//!
+//! Owns: routing, CORS, forwarding, the long-poll counters. Must not touch: another
+//! shard's state (only its mailbox). Runs on: the shard that received the request, and
+//! the owner for forwarded ones.
+
+use crate::fanout::poll::{PollAnswer, PollForward, PollOp};
+use crate::fanout::ToShard;
+use crate::metrics::{Counter, Refusal};
+use crate::protocol::http::{self as h, Method, Request};
+use crate::shard::poll::parse_sid;
+use crate::shard::Shard;
+use serde_json::value::RawValue;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long a forwarded request may wait for the owner beyond `poll_wait` before the
+/// receiving shard gives up with 503 (the owner answers within `poll_wait` unless stalled).
+const FORWARD_SLACK_MS: u64 = 5_000;
+/// CORS preflight answers may be cached this long by the browser, in seconds.
+const PREFLIGHT_MAX_AGE_SECONDS: &str = "600";
+/// What a refused session open tells the client to wait, in seconds.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// One shard's long-poll counters (written by that shard only).
+#[repr(align(128))]
+#[derive(Default)]
+pub struct PollMetrics {
+    /// Open sessions owned by this shard (also counted in `ringcast_shard_connections`).
+    pub sessions: Counter,
+    pub opened: Counter,
+    /// Sessions nobody polled for `poll_timeout`.
+    pub expired: Counter,
+    pub gets: Counter,
+    pub posts: Counter,
+    /// Requests this shard forwarded to the owning shard.
+    pub forwarded: Counter,
+    /// Forwards refused because the owner's mailbox was full (answered 503).
+    pub forward_refused: Counter,
+}
+
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn json(status: u16, body: Vec<u8>) -> Answer {
+        Answer { status, body, headers: Vec::new() }
+    }
+
+    fn error(status: u16, msg: &str) -> Answer {
+        Answer::json(status, error_body(status, msg))
+    }
+
+    fn with(mut self, name: &'static str, value: &str) -> Answer {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+}
+
+fn error_body(status: u16, msg: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(40 + msg.len());
+    body.extend_from_slice(b"{\"error\":{\"code\":");
+    body.extend_from_slice(status.to_string().as_bytes());
+    body.extend_from_slice(b",\"msg\":\"");
+    crate::protocol::ops::escape_json_str_into(&mut body, msg);
+    body.extend_from_slice(b"\"}}");
+    body
+}
+
+/// Serves `/poll` and `/poll/{sid}`; None for any other path.
+pub async fn route(shard: &Rc<Shard>, request: &Request) -> Option<Vec<u8>> {
+    let session = match request.path.as_str() {
+        "/poll" => None,
+        path => Some(path.strip_prefix("/poll/")?),
+    };
+    let answer = match (request.method, session) {
+        (Method::Options, _) => preflight(),
+        (Method::Post, None) => open(shard, request),
+        (Method::Get, Some(sid)) => match request.query_param("ack").map(|a| a.parse::<u64>()) {
+            None => on_session(shard, sid, PollOp::Get { ack: 0 }).await,
+            Some(Ok(ack)) => on_session(shard, sid, PollOp::Get { ack }).await,
+            Some(Err(_)) => Answer::error(400, "ack must be a frame number (the `next` of the previous answer)"),
+        },
+        (Method::Post, Some(sid)) => on_session(shard, sid, PollOp::Post { body: request.body.clone() }).await,
+        (_, None) => Answer::error(405, "method not allowed; open a session with POST /poll").with("Allow", "POST, OPTIONS"),
+        (_, Some(_)) => Answer::error(405, "method not allowed; use GET /poll/{sid}?ack=n or POST /poll/{sid}").with("Allow", "GET, POST, OPTIONS"),
+    };
+    shard.metrics.http_requests.inc();
+    Some(respond(shard, request, answer))
+}
+
+fn respond(shard: &Shard, request: &Request, mut answer: Answer) -> Vec<u8> {
+    let cors = &shard.node.config.transport.cors;
+    if let Some(origin) = cors.allow(request.header("origin")) {
+        answer.headers.push(("Access-Control-Allow-Origin", origin.to_owned()));
+        if origin != "*" {
+            answer.headers.push(("Vary", "Origin".to_owned()));
+        }
+    }
+    answer.headers.push(("Cache-Control", "no-store".to_owned()));
+    let headers: Vec<(&str, &str)> = answer.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let content_type = if answer.body.is_empty() { "" } else { "application/json" };
+    h::response(answer.status, content_type, &answer.body, &headers, true)
+}
+
+fn preflight() -> Answer {
+    Answer::json(204, Vec::new())
+        .with("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        .with("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        .with("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECONDS)
+}
+
+/// `POST /poll`: the same checks as a WebSocket upgrade, then a session on this shard.
+fn open(shard: &Rc<Shard>, request: &Request) -> Answer {
+    let identity = match super::http::authenticate(shard, request) {
+        Ok(identity) => identity,
+        Err(e) => {
+            shard.metrics.refused(Refusal::Unauthorized);
+            return Answer::error(401, &e.to_string()).with("WWW-Authenticate", "Bearer");
+        }
+    };
+    if shard.node.is_shutting_down() || shard.stop.is_set() {
+        shard.metrics.refused(Refusal::Draining);
+        return Answer::error(503, "server is shutting down; reconnect to another node").with("Retry-After", RETRY_AFTER_SECONDS);
+    }
+    if !shard.node.admit() {
+        shard.metrics.refused(Refusal::Full);
+        return Answer::error(503, "node is at max_connections; retry later or elsewhere").with("Retry-After", RETRY_AFTER_SECONDS);
+    }
+    let (conn, sid) = shard.register_poll(identity);
+    let metrics = &shard.node.transport.poll_metrics[shard.id as usize];
+    metrics.opened.inc();
+    metrics.sessions.inc();
+    let batch = conn.poll_batch(shard.now_ms());
+    let mut body = Vec::with_capacity(batch.body.len() + sid.len() + 12);
+    body.extend_from_slice(b"{\"sid\":\"");
+    body.extend_from_slice(sid.as_bytes());
+    body.extend_from_slice(b"\",");
+    body.extend_from_slice(&batch.body[1..]);
+    Answer::json(200, body)
+}
+
+/// A GET or POST on a session: here if this shard owns it, else forwarded to the owner.
+async fn on_session(shard: &Rc<Shard>, sid: &str, op: PollOp) -> Answer {
+    let Some((owner, slot, secret)) = parse_sid(sid).filter(|(owner, _, _)| (*owner as usize) < shard.node.shard_inboxes.len()) else {
+        return gone();
+    };
+    if owner == shard.id {
+        let answer = local(shard, slot, secret, op).await;
+        return Answer::json(answer.status, answer.body);
+    }
+    let metrics = &shard.node.transport.poll_metrics[shard.id as usize];
+    let (reply, answered) = tokio::sync::oneshot::channel();
+    let forward = ToShard::Poll(Box::new(PollForward { slot, secret, op, reply }));
+    if shard.node.shard_inboxes[owner as usize].push(forward).is_err() {
+        metrics.forward_refused.inc();
+        return Answer::error(503, "the session's shard is overloaded; retry shortly").with("Retry-After", "1");
+    }
+    metrics.forwarded.inc();
+    let patience = shard.node.config.transport.poll_wait + Duration::from_millis(FORWARD_SLACK_MS);
+    match monoio::time::timeout(patience, answered).await {
+        Ok(Ok(answer)) => Answer::json(answer.status, answer.body),
+        _ => Answer::error(503, "the session's shard did not answer; retry shortly").with("Retry-After", "1"),
+    }
+}
+
+fn gone() -> Answer {
+    Answer::error(404, "no such long-poll session (expired, closed or never opened); open a new one with POST /poll")
+}
+
+/// A request forwarded by another shard: answered on a task of its own (a GET waits).
+pub fn serve_forwarded(shard: &Rc<Shard>, forward: PollForward) {
+    let shard = shard.clone();
+    monoio::spawn(async move {
+        let PollForward { slot, secret, op, reply } = forward;
+        let answer = local(&shard, slot, secret, op).await;
+        let _ = reply.send(answer);
+    });
+}
+
+/// Serves a request for a session this shard owns.
+async fn local(shard: &Rc<Shard>, slot: u32, secret: u128, op: PollOp) -> PollAnswer {
+    let Some(conn) = shard.poll_session(slot, secret) else {
+        let answer = gone();
+        return PollAnswer { status: answer.status, body: answer.body };
+    };
+    let metrics = &shard.node.transport.poll_metrics[shard.id as usize];
+    match op {
+        PollOp::Get { ack } => {
+            metrics.gets.inc();
+            if let Err(next) = conn.poll_ack(ack, shard.now_ms()) {
+                let msg = format!("ack {ack} is past the last frame sent ({next}); ack the `next` of the previous answer");
+                return PollAnswer { status: 400, body: error_body(400, &msg) };
+            }
+            if conn.state.borrow().outbox.is_empty() {
+                conn.poll_wait(shard.node.config.transport.poll_wait).await;
+            }
+            if conn.state.borrow().finished.is_some() && conn.state.borrow().outbox.is_empty() {
+                let answer = gone();
+                return PollAnswer { status: answer.status, body: answer.body };
+            }
+            let batch = conn.poll_batch(shard.now_ms());
+            if let Some(why) = batch.closed {
+                // The close reached the client: the session is over.
+                conn.finish(why);
+            }
+            PollAnswer { status: 200, body: batch.body }
+        }
+        PollOp::Post { body } => {
+            metrics.posts.inc();
+            let frames = match split_frames(&body) {
+                Ok(frames) => frames,
+                Err(msg) => return PollAnswer { status: 400, body: error_body(400, &msg) },
+            };
+            for frame in frames {
+                shard.metrics.frames_in.inc();
+                super::websocket::on_text(shard, &conn, frame);
+            }
+            shard.flush(&conn);
+            PollAnswer { status: 202, body: b"{}".to_vec() }
+        }
+    }
+}
+
+/// One JSON object, or an array of them, as the texts of client frames.
+fn split_frames(body: &[u8]) -> Result<Vec<&str>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body must be UTF-8 JSON".to_string())?;
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err("empty body: send one frame ({\"op\":..}) or an array of frames".into());
+    }
+    if !trimmed.starts_with('[') {
+        return Ok(vec![text]);
+    }
+    let frames: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| format!("the body is not a JSON array of frames: {e}"))?;
+    Ok(frames.into_iter().map(RawValue::get).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_split_into_frames() {
+        assert_eq!(split_frames(br#"{"op":"ping"}"#).unwrap(), vec![r#"{"op":"ping"}"#]);
+        assert_eq!(split_frames(br#" [{"op":"ping"}, {"op":"sub","ch":"a"}]"#).unwrap(), vec![r#"{"op":"ping"}"#, r#"{"op":"sub","ch":"a"}"#]);
+        assert!(split_frames(b"").is_err());
+        assert!(split_frames(b"[1,").is_err());
+        assert!(split_frames(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn errors_are_json() {
+        assert_eq!(error_body(404, "no \"such\""), br#"{"error":{"code":404,"msg":"no \"such\""}}"#.to_vec());
+    }
+}
