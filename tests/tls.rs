@@ -166,3 +166,41 @@ fn sighup_reload_serves_the_new_certificate_and_keeps_old_connections() {
     assert_eq!(request(&mut old, json!({"op": "ping"}), 4)["op"], "pong");
     assert!(gateway.child.try_wait().unwrap().is_none(), "SIGHUP must not stop the gateway");
 }
+
+#[test]
+fn long_poll_over_tls_and_handshake_limits() {
+    let dir = TempDir::new();
+    let minted = mint(false);
+    let gateway = start_tls(&dir, &minted, &["--shards", "1", "--handshake-timeout", "1s", "--poll-wait", "1s"]);
+    let port = gateway.port;
+    let config = client_config(&minted.ca_pem, &[&rustls::version::TLS13]);
+
+    // Long-poll over TLS: open, subscribe, poll.
+    let (status, _, body) = http_over(&mut tls_connect(port, config.clone()).unwrap(), "POST", "/poll", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let sid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["sid"].as_str().unwrap().to_string();
+    let sub = json!({"op": "sub", "ch": "tls.poll", "id": 1}).to_string();
+    let (status, _, _) = http_over(&mut tls_connect(port, config.clone()).unwrap(), "POST", &format!("/poll/{sid}"), &[], sub.as_bytes());
+    assert_eq!(status, 202);
+    let (status, _, body) = http_over(&mut tls_connect(port, config.clone()).unwrap(), "GET", &format!("/poll/{sid}?ack=1"), &[], b"");
+    assert_eq!(status, 200);
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["frames"][0], json!({"op": "ok", "id": 1}), "{answer}");
+
+    // A client that offers only h2 has no protocol in common with us: refused with an alert.
+    let mut h2_only = (*client_config(&minted.ca_pem, &[&rustls::version::TLS13])).clone();
+    h2_only.alpn_protocols = vec![b"h2".to_vec()];
+    let error = tls_connect(port, std::sync::Arc::new(h2_only)).err().expect("no common ALPN protocol");
+    assert!(format!("{error:?}").contains("NoApplicationProtocol"), "{error:?}");
+
+    // A socket that never starts the handshake is closed after --handshake-timeout.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = std::io::Read::read(&mut silent, &mut byte);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "closed without a byte: {read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(800), "not before the timeout");
+    eventually("the timeout counted", || metric_sum(&tls_get_metrics(port), "ringcast_tls_handshake_failures_total", "reason=\"timeout\"") >= 1.0);
+    assert!(metric_sum(&tls_get_metrics(port), "ringcast_tls_handshake_failures_total", "reason=\"protocol\"") >= 1.0, "the h2-only client counted");
+}

@@ -6,7 +6,7 @@
 // - The long-poll test runs the client's real HTTP code (node's fetch over loopback)
 //   against a small server written here from PROTOCOL.md's long-poll text, including a
 //   lost response and a redelivered batch. The same client is tested against the real
-//   gateway in browser.test.mjs once the gateway serves /poll.
+//   gateway in browser.test.mjs (fallback when WebSocket is blocked) and tests/longpoll.rs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
