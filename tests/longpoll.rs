@@ -273,3 +273,30 @@ fn cors_for_pages_on_another_origin() {
     let (_, head, _) = http(listed.port, "POST", "/poll", &[("Origin", "https://evil.example")], b"");
     assert!(!head.contains("Access-Control-Allow-Origin"), "an unlisted origin gets no CORS grant: {head}");
 }
+
+#[test]
+fn an_expired_token_closes_the_session_with_1008() {
+    let gateway = Gateway::start(&["--shards", "1", "--jwt-secret", SECRET, "--heartbeat", "1s", "--heartbeat-timeout", "3s", "--poll-wait", "2s", "--poll-timeout", "5s"]);
+    let port = gateway.port;
+    let token = jwt(json!({"sub": "bob", "exp": now_unix() + 2}));
+    let (sid, _) = open(port, &format!("?token={token}"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ack = 1;
+    let close = loop {
+        assert!(Instant::now() < deadline, "the session was not closed when its token expired");
+        let (status, answer) = get(port, &sid, ack);
+        assert_eq!(status, 200, "{answer}");
+        ack = answer["next"].as_u64().unwrap();
+        if let Some(close) = answer["frames"].as_array().unwrap().iter().find(|f| f["op"] == "close") {
+            break close.clone();
+        }
+    };
+    assert_eq!(close["code"], 1008, "{close}");
+    assert!(close["reason"].as_str().unwrap().contains("token expired"), "{close}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sum(&metrics(port), "ringcast_closes_total", "reason=\"token_expired\"") < 1.0 {
+        assert!(Instant::now() < deadline, "the close was not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(port, &sid, ack).0, 404);
+}
