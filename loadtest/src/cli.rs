@@ -261,7 +261,9 @@ pub struct NotifyArgs {
     /// durable Lane never hands a previous run's notifications to this run's users].
     #[arg(long)]
     pub user_prefix: Option<String>,
-    /// Notifications accepted per second asked (spread round-robin over all users).
+    /// Notifications per second asked (spread round-robin over all users); 0 = closed
+    /// loop: every sender connection sends as soon as its last request is answered (the
+    /// Lane's accept capacity with --senders requests in flight).
     #[arg(long, default_value_t = 500.0)]
     pub rate: f64,
     /// How long to send.

@@ -102,7 +102,7 @@ fn send_one(plan: &NotifyPlan, first: u64, step: u64, rate: f64, duration: Durat
     let mut next = first;
     let mut failures_in_row = 0;
     let mut publish = PublishResult::default();
-    paced(rate, duration, 1, &mut publish, |_, _| {
+    let mut attempt = |_: usize, _: &mut PublishResult| -> Result<u64> {
         let k = next;
         next += step;
         out.attempted += 1;
@@ -147,20 +147,31 @@ fn send_one(plan: &NotifyPlan, first: u64, step: u64, rate: f64, duration: Durat
                 Ok(0)
             }
         }
-    })?;
+    };
+    if rate > 0.0 {
+        paced(rate, duration, 1, &mut publish, &mut attempt)?;
+    } else {
+        // Closed loop: each connection sends its next notification as soon as the last is answered.
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            attempt(1, &mut publish)?;
+        }
+        publish.elapsed = start.elapsed();
+    }
     out.elapsed = publish.elapsed;
     Ok(out)
 }
 
-/// Sends at `rate` notifications/s for `duration` over `plan.connections` connections;
-/// `accepted_now` counts acceptances as they happen (for the live line).
+/// Sends at `rate` notifications/s (0: as fast as answers come, one in flight per
+/// connection) for `duration` over `plan.connections` connections; `accepted_now` counts
+/// acceptances as they happen (for the live line).
 pub fn send_for(plan: &NotifyPlan, rate: f64, duration: Duration, accepted_now: &AtomicU64) -> Result<NotifyResult> {
     if plan.users == 0 || plan.connections == 0 {
         bail!("notify needs at least one user and one sender connection");
     }
     let c = plan.connections as u64;
     let results: Vec<Result<NotifyResult>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..c).map(|i| scope.spawn(move || send_one(plan, i + 1, c, rate / c as f64, duration, accepted_now))).collect();
+        let handles: Vec<_> = (0..c).map(|i| scope.spawn(move || send_one(plan, i + 1, c, (rate / c as f64).max(0.0), duration, accepted_now))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("notify sender thread panicked")))).collect()
     });
     let mut total = NotifyResult { attempted: 0, accepted: Vec::new(), refusals: BTreeMap::new(), accept_latency: stats::new_histogram(), elapsed: Duration::ZERO };
