@@ -122,6 +122,8 @@ struct GatewayArgs {
     broker: BrokerArgs,
     #[command(flatten)]
     transport: crate::transport::config::TransportArgs,
+    #[command(flatten)]
+    presence: crate::presence::PresenceArgs,
 }
 
 /// The broker seam (Beacon): NATS for multi-node fan-out, JetStream for history.
@@ -243,6 +245,7 @@ impl GatewayArgs {
         .collect();
         given.extend(self.broker.given());
         given.extend(self.transport.given());
+        given.extend(self.presence.given());
         given
     }
 }
@@ -278,6 +281,7 @@ pub struct GatewayConfig {
     pub log_json: bool,
     pub broker: BrokerConfig,
     pub transport: crate::transport::config::TransportConfig,
+    pub presence: crate::presence::PresenceConfig,
 }
 
 /// The broker seam: embedded (no `nats`) or NATS, and which channels keep history.
@@ -508,6 +512,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         log_json: flag("log_json")?,
         broker: build_broker(values)?,
         transport: crate::transport::config::build(values)?,
+        presence: crate::presence::PresenceConfig::from_values(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)
@@ -690,7 +695,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too large"))
 }
 
-fn parse_count(text: &str) -> Result<usize, String> {
+pub fn parse_count(text: &str) -> Result<usize, String> {
     let t = text.trim().replace('_', "");
     t.parse().map_err(|_| format!("{text:?} is not a whole number"))
 }

@@ -19,6 +19,7 @@
 //! | [`shard`] | one core: connections, outbound queues, heartbeat wheel |
 //! | [`transport`] | HTTP routes and the WebSocket session on top of a shard |
 //! | [`bridge`] | the engine thread: interest, broker, encode-once |
+//! | [`presence`] | members and online users: local state, memory or Redis backend |
 //! | [`gateway`] | start-up wiring: listeners, threads, signals, shutdown |
 //! | [`sysfeed`] | the `$sys.metrics` snapshot, published once a second |
 //! | [`doctor`] | host checks for a target connection count |
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod permission;
+pub mod presence;
 pub mod protocol;
 pub mod shard;
 pub mod sysfeed;

@@ -18,6 +18,8 @@ pub struct Node {
     pub bridge_inbox: Arc<Mailbox<ToBridge>>,
     pub shard_metrics: Vec<Arc<ShardMetrics>>,
     pub bridge_metrics: Arc<BridgeMetrics>,
+    /// Presence counters and the presence store's link state (`/metrics`, `/readyz`).
+    pub presence: Arc<crate::presence::PresenceShared>,
     pub jwt: Option<JwtVerifier>,
     /// WebSocket connections on the node, for `max_connections`. Touched on connect and
     /// disconnect only, never per message.
@@ -46,6 +48,7 @@ impl Node {
             bridge_inbox: Arc::new(Mailbox::new(config.bridge_inbox_messages)),
             shard_metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
             bridge_metrics: Arc::new(BridgeMetrics::default()),
+            presence: crate::presence::PresenceShared::new(&config.presence),
             jwt,
             connections: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
@@ -115,6 +118,7 @@ impl Node {
             uptime_seconds: self.started.elapsed().as_secs(),
         });
         self.transport.render_metrics(&mut out);
+        self.presence.render(&mut out);
         out
     }
 }

@@ -20,6 +20,7 @@ use crate::channel::{Insert, Remove, SubIndex};
 use crate::fanout::{ConnRef, Delivery, Full, Mailbox, ReplayError, ToBridge, ToShard};
 use crate::metrics::BridgeMetrics;
 use crate::node::Node;
+use crate::presence::{PresenceEngine, Presence};
 use crate::protocol::{ops, ws};
 use bytes::Bytes;
 use nats::{Incoming, NatsBroker};
@@ -73,6 +74,8 @@ pub struct Bridge {
     interest: SubIndex<u16>,
     broker: Broker,
     metrics: Arc<BridgeMetrics>,
+    /// Members and online users (memory or Redis); see `crate::presence`.
+    presence: PresenceEngine,
 }
 
 impl Bridge {
@@ -92,7 +95,21 @@ impl Bridge {
                 Broker::Nats(nats::start(config, history, &node.config.node, link, metrics.clone()).await?)
             }
         };
-        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics })
+        let presence = PresenceEngine::start(&node.config.presence, &node.config.node, node.presence.clone())?;
+        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence })
+    }
+
+    /// Reads presence (`is_online`, `members`) from this node's backend; `Send`, so it
+    /// may move to another runtime (the in-process Lane worker).
+    pub fn presence(&self) -> Presence {
+        self.presence.handle()
+    }
+
+    /// "User came online on this node" (its local connection count went 0 → 1): the
+    /// Lane's fast path for pending notifications. Bounded: a receiver that falls
+    /// `presence::ONLINE_EVENTS_CAPACITY` events behind gets `Lagged` and skips ahead.
+    pub fn online_events(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.presence.online_events()
     }
 
     /// Runs until a `ToBridge::Stop` arrives.
@@ -100,7 +117,11 @@ impl Bridge {
         let inbox = self.node.bridge_inbox.clone();
         let mut batch = Vec::with_capacity(BRIDGE_BATCH_MESSAGES_MAX);
         loop {
+            let flush_at = self.presence.flush_deadline();
             tokio::select! {
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    self.presence.flush();
+                }
                 _ = inbox.recv_batch(&mut batch, BRIDGE_BATCH_MESSAGES_MAX) => {
                     for message in batch.drain(..) {
                         if !self.handle(message) {
@@ -122,6 +143,12 @@ impl Bridge {
             ToBridge::Publish { channel, data } => self.publish(channel, data),
             ToBridge::PublishFrame { channel, frame } => self.publish_frame(channel, frame),
             ToBridge::Replay { shard, target, replay, channel, since } => self.replay(shard, target, replay, channel, since),
+            ToBridge::Presence(change) => {
+                for (channel, frame) in self.presence.apply(change) {
+                    self.publish_frame(channel, frame);
+                }
+            }
+            ToBridge::PresenceQuery { channel, reply } => self.presence.query(channel, reply),
             ToBridge::Stop => return false,
         }
         true

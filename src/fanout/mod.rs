@@ -74,6 +74,12 @@ pub enum ToBridge {
     /// subscribed, so live messages queue behind the replay on its shard).
     /// `replay` is the shard's id for this resume, echoed on every answer.
     Replay { shard: u16, target: ConnRef, replay: u32, channel: Box<str>, since: u64 },
+    /// A presence change (connect of an identified user, disconnect, join, leave). Never
+    /// dropped by a shard for a full inbox: it parks and retries (bounded, counted).
+    Presence(crate::presence::Change),
+    /// Members of `channel` (`presence` op, `GET /api/presence/{channel}`), answered on
+    /// `reply`; the shard waits a bounded time for it.
+    PresenceQuery { channel: Arc<str>, reply: crate::presence::MembersReply },
     /// Stop the bridge loop (sent by main after every shard has exited).
     Stop,
 }

@@ -322,18 +322,25 @@ pub fn msg_into(out: &mut Vec<u8>, ch: &str, data_json: &[u8], seq: Option<u64>)
     out.push(b'}');
 }
 
-/// Appends `{"op":"join"|"leave","ch":..,"user":..,"conn":..}` to `out`.
-pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: &str, conn: u64) {
-    out.reserve(FRAME_OVERHEAD_BYTES + ch.len() + user.len());
+/// Appends `{"op":"join"|"leave","ch":..,"user":..,"conn":..}` to `out` (`user` null for
+/// an anonymous connection).
+pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: Option<&str>, conn: u64) {
+    out.reserve(FRAME_OVERHEAD_BYTES + ch.len() + user.map_or(0, str::len));
     out.extend_from_slice(if joined {
         b"{\"op\":\"join\",\"ch\":\""
     } else {
         b"{\"op\":\"leave\",\"ch\":\""
     });
     escape_json_str_into(out, ch);
-    out.extend_from_slice(b"\",\"user\":\"");
-    escape_json_str_into(out, user);
-    out.extend_from_slice(b"\",\"conn\":");
+    match user {
+        Some(user) => {
+            out.extend_from_slice(b"\",\"user\":\"");
+            escape_json_str_into(out, user);
+            out.extend_from_slice(b"\"");
+        }
+        None => out.extend_from_slice(b"\",\"user\":null"),
+    }
+    out.extend_from_slice(b",\"conn\":");
     push_u64(out, conn);
     out.push(b'}');
 }
@@ -728,17 +735,20 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        presence_change_into(&mut out, true, "room", "al\"ice", 3);
+        presence_change_into(&mut out, true, "room", Some("al\"ice"), 3);
         assert_eq!(
             as_json(&out),
             json!({"op":"join","ch":"room","user":"al\"ice","conn":3})
         );
         let mut out = Vec::new();
-        presence_change_into(&mut out, false, "room", "bob", 4);
+        presence_change_into(&mut out, false, "room", Some("bob"), 4);
         assert_eq!(
             as_json(&out),
             json!({"op":"leave","ch":"room","user":"bob","conn":4})
         );
+        let mut out = Vec::new();
+        presence_change_into(&mut out, false, "room", None, 5);
+        assert_eq!(as_json(&out), json!({"op":"leave","ch":"room","user":null,"conn":5}));
         let mut out = Vec::new();
         notify_into(&mut out, "n1", br#"{"a":1}"#, 1700000000000);
         assert_eq!(

@@ -67,6 +67,9 @@ pub struct ConnState {
     pub tls: Option<Box<rustls::ServerConnection>>,
     /// Set on a long-poll session: the outbox is its resend buffer (see `shard::poll`).
     pub poll: Option<Box<super::poll::PollState>>,
+    /// The bridge knows this connection for presence (online or joined): its end must
+    /// be reported.
+    pub presence: bool,
 }
 
 /// A resume: while `upto` is None the bridge is replaying `channel`'s history after

@@ -9,6 +9,7 @@
 pub mod conn;
 mod event;
 pub mod poll;
+mod presence;
 pub mod sys;
 pub mod tls;
 
@@ -67,6 +68,8 @@ pub struct Shard {
     /// Interest changes the full bridge inbox refused; retried each tick. At most one
     /// entry per pattern in `subs`, so bounded by it.
     interest_retry: RefCell<Vec<(Box<str>, bool)>>,
+    /// Presence changes the full bridge inbox refused, in order; see `shard/presence.rs`.
+    presence_retry: RefCell<std::collections::VecDeque<crate::presence::Change>>,
     ping_frame: Bytes,
     pub ws_limits: WsLimits,
 }
@@ -90,6 +93,7 @@ impl Shard {
             closing: RefCell::new(Vec::new()),
             stop: LocalEvent::default(),
             interest_retry: RefCell::new(Vec::new()),
+            presence_retry: RefCell::new(std::collections::VecDeque::new()),
             ping_frame: ws::encode_ping(b""),
             ws_limits: WsLimits { max_frame_bytes: config.max_frame_bytes, max_message_bytes: config.max_message_bytes },
             node,
@@ -124,6 +128,7 @@ impl Shard {
         self.conns.borrow_mut()[slot as usize] = Some(conn.clone());
         self.live.set(self.live.get() + 1);
         self.metrics.connections.inc();
+        self.presence_connected(&conn);
         conn
     }
 
@@ -133,6 +138,7 @@ impl Shard {
         for pattern in subscriptions {
             self.remove_subscription(conn.slot, pattern);
         }
+        self.presence_disconnected(conn);
         self.conns.borrow_mut()[conn.slot as usize] = None;
         self.free_slots.borrow_mut().push(conn.slot);
         self.live.set(self.live.get() - 1);
@@ -347,6 +353,7 @@ impl Shard {
                 ToShard::Poll(forward) => crate::transport::longpoll::serve_forwarded(self, *forward),
             }
         }
+        self.retry_presence();
         self.flush_dirty();
     }
 
@@ -409,6 +416,7 @@ impl Shard {
             }
         }
         self.retry_interest();
+        self.retry_presence();
         self.flush_dirty();
     }
 

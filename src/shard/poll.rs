@@ -114,6 +114,7 @@ impl Shard {
         self.conns.borrow_mut()[slot as usize] = Some(conn.clone());
         self.live.set(self.live.get() + 1);
         self.metrics.connections.inc();
+        self.presence_connected(&conn);
         let hb = self.node.config.heartbeat.as_secs().max(1);
         self.send(&conn, ws::encode_text(&crate::protocol::ops::welcome(conn.id, &self.node.config.node, hb)));
         monoio::spawn(reap(self.clone(), conn.clone()));

@@ -10,6 +10,7 @@ use tungstenite::protocol::WebSocket;
 
 pub mod edge_b;
 pub mod nats;
+pub mod presence;
 
 pub const API_KEY: &str = "test-api-key";
 pub const SECRET: &str = "test-jwt-secret";

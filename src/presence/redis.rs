@@ -1,0 +1,450 @@
+//! Presence in Redis, shared by every node.
+//!
+//! Layout (every key under `{prefix}:`):
+//! - `pres:{channel}`  HASH `{instance}/{conn}` → member JSON
+//! - `online:{user}`   HASH `{instance}/{conn}` → node name
+//! - `node:{instance}` STRING, `PX` = presence TTL, refreshed every TTL/3
+//!
+//! An instance is one node's run of its Redis link (`{node}~{start}`): a node that dies
+//! stops refreshing its key, and readers drop (and lazily `HDEL`) every entry whose
+//! instance key is gone, so a `kill -9`'d node vanishes within the TTL with nobody's help.
+//! A node that loses Redis and comes back starts a new instance, writes all its live
+//! entries again from its local state, then deletes its old instance key, so entries that
+//! changed during the outage vanish at once.
+//!
+//! Owns: the writer task (one connection, batches applied in order as pipelines) and the
+//! reader ([`RedisReader`], usable on any tokio runtime, e.g. by the Lane worker).
+//! Runs on: the bridge thread (writer), anywhere (reader).
+
+use super::local::LocalState;
+use super::{MembersReply, Op, PresenceError, PresenceShared};
+use ::redis::aio::MultiplexedConnection;
+use ::redis::AsyncConnectionConfig;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time to establish a Redis connection before the attempt counts as failed.
+pub const REDIS_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Time one command or pipeline may take before the link is declared down.
+pub const REDIS_RESPONSE_TIMEOUT_MS: u64 = 2_000;
+/// Reconnect delay: doubles from the minimum to the maximum, with jitter.
+pub const REDIS_RECONNECT_DELAY_MS_MIN: u64 = 50;
+pub const REDIS_RECONNECT_DELAY_MS_MAX: u64 = 2_000;
+/// Jobs (batches and queries) waiting for the writer: past it a batch is dropped and
+/// the writer resyncs from local state instead (counted), so memory stays bounded while
+/// Redis is slow.
+pub const WRITER_QUEUE_JOBS: usize = 256;
+
+/// Work for the writer task, done in order on its one connection, so a `presence` query
+/// sees every change this node made before it.
+pub enum Job {
+    Batch(Vec<Op>),
+    Members { channel: Arc<str>, reply: MembersReply },
+}
+
+fn connection_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(REDIS_CONNECT_TIMEOUT_MS)))
+        .set_response_timeout(Some(Duration::from_millis(REDIS_RESPONSE_TIMEOUT_MS)))
+}
+
+fn unavailable(error: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Unavailable(format!("presence store (Redis) unavailable: {error}; retry shortly"))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Key names, in one place.
+#[derive(Clone)]
+pub struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.into() }
+    }
+    pub fn channel(&self, channel: &str) -> String {
+        format!("{}:pres:{channel}", self.prefix)
+    }
+    pub fn online(&self, user: &str) -> String {
+        format!("{}:online:{user}", self.prefix)
+    }
+    pub fn instance(&self, instance: &str) -> String {
+        format!("{}:node:{instance}", self.prefix)
+    }
+}
+
+/// The instance part of a field `{instance}/{conn}`.
+fn instance_of(field: &str) -> &str {
+    field.rsplit_once('/').map_or(field, |(instance, _)| instance)
+}
+
+/// The live entries of one hash: fields whose instance key still exists. Dead ones are
+/// deleted on the way (lazily; any reader does it, no node needs to be alive).
+async fn live_entries(con: &mut MultiplexedConnection, keys: &Keys, key: &str) -> Result<Vec<(String, String)>, ::redis::RedisError> {
+    let entries: Vec<(String, String)> = ::redis::cmd("HGETALL").arg(key).query_async(con).await?;
+    if entries.is_empty() {
+        return Ok(entries);
+    }
+    let mut instances: Vec<String> = entries.iter().map(|(f, _)| instance_of(f).to_owned()).collect();
+    instances.sort_unstable();
+    instances.dedup();
+    let mut mget = ::redis::cmd("MGET");
+    for instance in &instances {
+        mget.arg(keys.instance(instance));
+    }
+    let alive: Vec<Option<String>> = mget.query_async(con).await?;
+    let alive: Vec<&str> = instances.iter().zip(&alive).filter(|(_, a)| a.is_some()).map(|(i, _)| i.as_str()).collect();
+    let (live, dead): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(f, _)| alive.contains(&instance_of(f)));
+    if !dead.is_empty() {
+        let mut hdel = ::redis::cmd("HDEL");
+        hdel.arg(key);
+        for (field, _) in &dead {
+            hdel.arg(field);
+        }
+        hdel.exec_async(con).await?;
+    }
+    Ok(live)
+}
+
+async fn members_on(con: &mut MultiplexedConnection, keys: &Keys, channel: &str) -> Result<Vec<Arc<str>>, ::redis::RedisError> {
+    let mut live = live_entries(con, keys, &keys.channel(channel)).await?;
+    live.sort_unstable();
+    Ok(live.into_iter().map(|(_, member)| member.into()).collect())
+}
+
+/// Reads presence from Redis on any tokio runtime: the gateway's queries and the Lane
+/// worker's `is_online`. Connects lazily and again after an error.
+#[derive(Clone)]
+pub struct RedisReader {
+    client: ::redis::Client,
+    keys: Keys,
+    con: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+}
+
+impl RedisReader {
+    pub fn new(url: &str, prefix: &str) -> Result<RedisReader, String> {
+        let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
+        Ok(RedisReader { client, keys: Keys::new(prefix), con: Arc::new(tokio::sync::Mutex::new(None)) })
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, PresenceError> {
+        let mut slot = self.con.lock().await;
+        if let Some(con) = slot.as_ref() {
+            return Ok(con.clone());
+        }
+        let con = self.client.get_multiplexed_async_connection_with_config(&connection_config()).await.map_err(unavailable)?;
+        *slot = Some(con.clone());
+        Ok(con)
+    }
+
+    async fn forget(&self) {
+        *self.con.lock().await = None;
+    }
+
+    /// At least one live connection of `user` on any node.
+    pub async fn is_online(&self, user: &str) -> Result<bool, PresenceError> {
+        let mut con = self.connection().await?;
+        match live_entries(&mut con, &self.keys, &self.keys.online(user)).await {
+            Ok(live) => Ok(!live.is_empty()),
+            Err(error) => {
+                self.forget().await;
+                Err(unavailable(error))
+            }
+        }
+    }
+
+    /// Member JSON objects of `channel` on every live node.
+    pub async fn members(&self, channel: &str) -> Result<Vec<Arc<str>>, PresenceError> {
+        let mut con = self.connection().await?;
+        match members_on(&mut con, &self.keys, channel).await {
+            Ok(members) => Ok(members),
+            Err(error) => {
+                self.forget().await;
+                Err(unavailable(error))
+            }
+        }
+    }
+}
+
+/// The bridge's handle on the writer task.
+pub struct RedisWriter {
+    queue: tokio::sync::mpsc::Sender<Job>,
+    /// Set when a batch was dropped (queue full): the writer rewrites everything.
+    resync: Rc<Cell<bool>>,
+}
+
+impl RedisWriter {
+    /// Starts the writer task on the current `LocalSet`; it connects in the background.
+    pub fn start(url: &str, prefix: &str, node: &str, ttl: Duration, batch: usize, local: Rc<RefCell<LocalState>>, shared: Arc<PresenceShared>) -> Result<RedisWriter, String> {
+        let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
+        let (queue, jobs) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS);
+        let resync = Rc::new(Cell::new(false));
+        let task = WriterTask {
+            client,
+            keys: Keys::new(prefix),
+            node: node.replace('/', "_"),
+            ttl,
+            batch,
+            local,
+            shared,
+            resync: resync.clone(),
+            instance: None,
+            starts: 0,
+        };
+        tokio::task::spawn_local(task.run(jobs));
+        Ok(RedisWriter { queue, resync })
+    }
+
+    /// Hands a batch to the writer; a full queue drops it and asks for a resync.
+    pub fn write(&self, ops: Vec<Op>, shared: &PresenceShared) {
+        if let Err(error) = self.queue.try_send(Job::Batch(ops)) {
+            shared.metrics.overflows.inc();
+            tracing::warn!(%error, "presence writer queue full (Redis slow): resyncing from local state");
+            self.resync.set(true);
+        }
+    }
+
+    pub fn query(&self, channel: Arc<str>, reply: MembersReply) {
+        if let Err(error) = self.queue.try_send(Job::Members { channel, reply }) {
+            let job = match error {
+                tokio::sync::mpsc::error::TrySendError::Full(job) | tokio::sync::mpsc::error::TrySendError::Closed(job) => job,
+            };
+            if let Job::Members { reply, .. } = job {
+                let _ = reply.send(Err(PresenceError::Unavailable("presence store is overloaded (writer queue full); retry shortly".into())));
+            }
+        }
+    }
+}
+
+struct WriterTask {
+    client: ::redis::Client,
+    keys: Keys,
+    node: String,
+    ttl: Duration,
+    batch: usize,
+    local: Rc<RefCell<LocalState>>,
+    shared: Arc<PresenceShared>,
+    resync: Rc<Cell<bool>>,
+    /// The current instance name, once registered.
+    instance: Option<String>,
+    starts: u64,
+}
+
+impl WriterTask {
+    async fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+        let mut delay_ms = REDIS_RECONNECT_DELAY_MS_MIN;
+        loop {
+            let mut con = match self.client.get_multiplexed_async_connection_with_config(&connection_config()).await {
+                Ok(con) => con,
+                Err(error) => {
+                    self.down(&error, &mut jobs);
+                    tokio::time::sleep(jitter(delay_ms)).await;
+                    delay_ms = (delay_ms * 2).min(REDIS_RECONNECT_DELAY_MS_MAX);
+                    continue;
+                }
+            };
+            if let Err(error) = self.register(&mut con, &mut jobs).await {
+                self.down(&error, &mut jobs);
+                tokio::time::sleep(jitter(delay_ms)).await;
+                delay_ms = (delay_ms * 2).min(REDIS_RECONNECT_DELAY_MS_MAX);
+                continue;
+            }
+            delay_ms = REDIS_RECONNECT_DELAY_MS_MIN;
+            let error = self.serve(&mut con, &mut jobs).await;
+            self.down(&error, &mut jobs);
+        }
+    }
+
+    /// Link lost (or never made): say so once, answer waiting queries, drop batches
+    /// (the resync on recovery rewrites everything from local state).
+    fn down(&mut self, error: &::redis::RedisError, jobs: &mut tokio::sync::mpsc::Receiver<Job>) {
+        self.shared.metrics.errors.inc();
+        if self.shared.link_up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(%error, "presence: Redis link lost; presence answers 503 until it is back");
+        }
+        while let Ok(job) = jobs.try_recv() {
+            if let Job::Members { reply, .. } = job {
+                let _ = reply.send(Err(unavailable(error)));
+            }
+        }
+    }
+
+    /// A new instance: heartbeat key, every local entry, then the old instance's key is
+    /// deleted (its entries, stale or not, vanish for readers at once).
+    async fn register(&mut self, con: &mut MultiplexedConnection, jobs: &mut tokio::sync::mpsc::Receiver<Job>) -> Result<(), ::redis::RedisError> {
+        self.starts += 1;
+        let instance = format!("{}~{:x}{:x}", self.node, unix_ms(), self.starts);
+        let ttl_ms = self.ttl.as_millis() as u64;
+        ::redis::cmd("SET").arg(self.keys.instance(&instance)).arg(&self.node).arg("PX").arg(ttl_ms).exec_async(con).await?;
+        self.shared.metrics.commands.inc();
+        // Batches queued before this point are older than the snapshot: drop them.
+        let mut queries = Vec::new();
+        while let Ok(job) = jobs.try_recv() {
+            if let Job::Members { channel, reply } = job {
+                queries.push((channel, reply));
+            }
+        }
+        self.resync.set(false);
+        let snapshot = self.local.borrow().snapshot();
+        for chunk in snapshot.chunks(self.batch) {
+            self.pipeline(con, &instance, chunk).await?;
+        }
+        if let Some(old) = self.instance.replace(instance) {
+            ::redis::cmd("DEL").arg(self.keys.instance(&old)).exec_async(con).await?;
+            self.shared.metrics.commands.inc();
+        }
+        self.shared.metrics.resyncs.inc();
+        if !self.shared.link_up.swap(true, Ordering::AcqRel) {
+            tracing::info!(entries = snapshot.len(), "presence: Redis link up; local presence registered");
+        }
+        for (channel, reply) in queries {
+            let answer = members_on(con, &self.keys, &channel).await;
+            let _ = reply.send(answer.map_err(unavailable));
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self, con: &mut MultiplexedConnection, jobs: &mut tokio::sync::mpsc::Receiver<Job>) -> ::redis::RedisError {
+        let period = self.ttl / 3;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.resync.get() {
+                if let Err(error) = self.register(con, jobs).await {
+                    return error;
+                }
+            }
+            let instance = self.instance.clone().expect("registered before serving");
+            let result = tokio::select! {
+                job = jobs.recv() => match job {
+                    None => std::future::pending().await,
+                    Some(Job::Batch(ops)) => self.pipeline(con, &instance, &ops).await,
+                    Some(Job::Members { channel, reply }) => {
+                        self.shared.metrics.commands.add(3);
+                        match members_on(con, &self.keys, &channel).await {
+                            Ok(members) => { let _ = reply.send(Ok(members)); Ok(()) }
+                            Err(error) => { let _ = reply.send(Err(unavailable(&error))); Err(error) }
+                        }
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    self.shared.metrics.commands.inc();
+                    let ttl_ms = self.ttl.as_millis() as u64;
+                    // XX: a key that expired (Redis stalled past the TTL) means readers
+                    // already dropped this instance; start a new one with a full resync.
+                    let kept: Option<String> = match ::redis::cmd("SET").arg(self.keys.instance(&instance)).arg(&self.node).arg("PX").arg(ttl_ms).arg("XX").query_async(con).await {
+                        Ok(kept) => kept,
+                        Err(error) => return error,
+                    };
+                    if kept.is_none() {
+                        tracing::warn!("presence: this node's heartbeat key had expired; registering again");
+                        self.resync.set(true);
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(error) = result {
+                return error;
+            }
+        }
+    }
+
+    /// One round trip for `ops`: per key and field only the last change counts, and the
+    /// changes of one key go out as one `HSET` and one `HDEL`.
+    async fn pipeline(&self, con: &mut MultiplexedConnection, instance: &str, ops: &[Op]) -> Result<(), ::redis::RedisError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let commands = build_pipeline(&self.keys, instance, &self.node, ops);
+        self.shared.metrics.commands.add(commands.cmd_iter().count() as u64);
+        self.shared.metrics.pipelines.inc();
+        commands.exec_async(con).await
+    }
+}
+
+/// The pipeline for `ops` (pure, so it is tested without Redis).
+pub fn build_pipeline(keys: &Keys, instance: &str, node: &str, ops: &[Op]) -> ::redis::Pipeline {
+    // key → field → Some(value) to set, None to delete; last change wins. Keys keep their
+    // first-seen order so the pipeline is deterministic.
+    let mut order: Vec<String> = Vec::new();
+    let mut changes: HashMap<String, Vec<(String, Option<Arc<str>>)>> = HashMap::new();
+    let node: Arc<str> = node.into();
+    for op in ops {
+        let (key, conn, value) = match op {
+            Op::Online { user, conn } => (keys.online(user), conn, Some(node.clone())),
+            Op::Offline { user, conn } => (keys.online(user), conn, None),
+            Op::Join { channel, conn, member } => (keys.channel(channel), conn, Some(member.clone())),
+            Op::Leave { channel, conn } => (keys.channel(channel), conn, None),
+        };
+        let field = format!("{instance}/{conn}");
+        let fields = changes.entry(key.clone()).or_insert_with(|| {
+            order.push(key);
+            Vec::new()
+        });
+        match fields.iter_mut().find(|(f, _)| *f == field) {
+            Some(slot) => slot.1 = value,
+            None => fields.push((field, value)),
+        }
+    }
+    let mut pipe = ::redis::pipe();
+    for key in order {
+        let fields = &changes[&key];
+        if fields.iter().any(|(_, v)| v.is_some()) {
+            let hset = pipe.cmd("HSET").arg(&key);
+            for (field, value) in fields {
+                if let Some(value) = value {
+                    hset.arg(field).arg(&**value);
+                }
+            }
+            hset.ignore();
+        }
+        if fields.iter().any(|(_, v)| v.is_none()) {
+            let hdel = pipe.cmd("HDEL").arg(&key);
+            for (field, value) in fields {
+                if value.is_none() {
+                    hdel.arg(field);
+                }
+            }
+            hdel.ignore();
+        }
+    }
+    pipe
+}
+
+/// `base_ms` ± half, from the clock's nanoseconds (no RNG needed for a retry delay).
+fn jitter(base_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    Duration::from_millis(base_ms / 2 + nanos % base_ms.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_becomes_one_command_per_key() {
+        let keys = Keys::new("t");
+        let room: Arc<str> = "room".into();
+        let mut ops = Vec::new();
+        for conn in 0..100u64 {
+            ops.push(Op::Online { user: "ann".into(), conn });
+            ops.push(Op::Join { channel: room.clone(), conn, member: "{}".into() });
+        }
+        ops.push(Op::Leave { channel: room.clone(), conn: 5 });
+        let pipe = build_pipeline(&keys, "n~1", "n", &ops);
+        let commands: Vec<Vec<u8>> = pipe.cmd_iter().map(|c| c.get_packed_command()).collect();
+        assert_eq!(commands.len(), 3, "HSET online:ann, HSET pres:room, HDEL pres:room");
+        let text = String::from_utf8_lossy(&commands[2]);
+        assert!(text.contains("HDEL") && text.contains("t:pres:room") && text.contains("n~1/5"), "{text}");
+        assert!(!String::from_utf8_lossy(&commands[1]).contains("n~1/5\r\n"), "the leave wins over the join");
+        assert_eq!(instance_of("node/with/slash~1/42"), "node/with/slash~1");
+    }
+}
