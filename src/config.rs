@@ -171,7 +171,6 @@ struct GatewayArgs {
     transport: crate::transport::config::TransportArgs,
     #[command(flatten)]
     presence: crate::presence::PresenceArgs,
-    #[command(flatten)]
     lane: crate::lane::config::LaneArgs,
 }
 
