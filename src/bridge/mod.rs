@@ -76,8 +76,6 @@ pub struct Bridge {
     metrics: Arc<BridgeMetrics>,
     /// Members and online users (memory or Redis); see `crate::presence`.
     presence: PresenceEngine,
-    /// Durable notifications (embedded store or RabbitMQ) and the in-process worker.
-    lane: crate::lane::bridge::LaneBridge,
 }
 
 impl Bridge {
@@ -98,8 +96,7 @@ impl Bridge {
             }
         };
         let presence = PresenceEngine::start(&node.config.presence, &node.config.node, node.presence.clone())?;
-        let lane = crate::lane::bridge::LaneBridge::start(&node).await?;
-        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence, lane })
+        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence })
     }
 
     /// Reads presence (`is_online`, `members`) from this node's backend; `Send`, so it
@@ -152,9 +149,6 @@ impl Bridge {
                 }
             }
             ToBridge::PresenceQuery { channel, reply } => self.presence.query(channel, reply),
-            ToBridge::Notify { notification, reply } => self.lane.notify(*notification, reply),
-            ToBridge::NotifyDead { op, reply } => self.lane.dead(op, reply),
-            ToBridge::Ack { user, nid } => self.lane.ack(&user, &nid),
             ToBridge::Stop => return false,
         }
         true
@@ -216,12 +210,10 @@ impl Bridge {
             if self.interest.insert(pattern, shard) == Insert::NewPattern {
                 self.metrics.patterns.inc();
                 self.broker.subscribe(pattern);
-                self.lane.interest(pattern, true);
             }
         } else if self.interest.remove(pattern, shard) == Remove::LastKey {
             self.metrics.patterns.sub(1);
             self.broker.unsubscribe(pattern);
-            self.lane.interest(pattern, false);
         }
     }
 
