@@ -700,7 +700,7 @@ pub fn parse_count(text: &str) -> Result<usize, String> {
     t.parse().map_err(|_| format!("{text:?} is not a whole number"))
 }
 
-fn parse_bool(text: &str) -> Result<bool, String> {
+pub fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),

@@ -23,6 +23,7 @@
 //! | [`gateway`] | start-up wiring: listeners, threads, signals, shutdown |
 //! | [`sysfeed`] | the `$sys.metrics` snapshot, published once a second |
 //! | [`doctor`] | host checks for a target connection count |
+//! | [`lane`] | durable notifications: embedded or RabbitMQ queue, worker, retries, dead letters |
 
 pub mod auth;
 pub mod bridge;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod doctor;
 pub mod fanout;
 pub mod gateway;
+pub mod lane;
 pub mod limits;
 pub mod metrics;
 pub mod node;

@@ -1,0 +1,427 @@
+//! The Lane on RabbitMQ: durable queues, persistent messages, publisher confirms, manual
+//! acks, and retries scheduled by RabbitMQ itself.
+//!
+//! Topology (every name under `--lane-prefix`, default `rc.lane`):
+//! - `{p}.work`: durable; what the workers consume. A message it rejects (unreadable)
+//!   dead-letters to `{p}.dead`.
+//! - `{p}.retry.{ms}`: one durable queue per backoff bucket ([`super::backoff`]) with
+//!   `x-message-ttl = ms` and a dead-letter route back to `{p}.work`: a retry is a
+//!   confirmed publish there, after which the original is acked. No worker ever holds a
+//!   message while it waits.
+//! - `{p}.dead`: durable; attempts or TTL exhausted. Listed with `basic.get` without ack
+//!   (the channel's close puts them back), replayed with confirm-then-ack, purged.
+//!
+//! Owns: AMQP connections, channels, and reconnecting them. Runs on: a tokio current-thread
+//! runtime with a `LocalSet` (the bridge thread, or `ringcast worker`).
+
+use super::backoff::Backoff;
+use super::{Accepted, DeadAnswer, DeadOp, DeadRecord, Notification, Outcome};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Publishing channels per connection on the gateway side: confirms are per channel, so
+/// several let accepts from many requests be confirmed in parallel.
+pub const PUBLISH_CHANNELS: usize = 8;
+/// How often a link checks that its connection is still up.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// Reconnect backoff: from 100 ms doubling to 2 s (RabbitMQ restarts take seconds).
+const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// nids remembered per gateway node for idempotency when no shared store is configured
+/// (~100 bytes each): past it the oldest are forgotten (a very late duplicate is enqueued
+/// again, which at-least-once allows).
+pub const DEDUPE_NIDS_MAX: usize = 200_000;
+
+/// Queue names under one prefix.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub work: String,
+    pub dead: String,
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Topology {
+        Topology { work: format!("{prefix}.work"), dead: format!("{prefix}.dead"), prefix: prefix.to_owned() }
+    }
+
+    pub fn retry(&self, ms: u64) -> String {
+        format!("{}.retry.{ms}", self.prefix)
+    }
+
+    /// Declares every queue (idempotent: the same arguments every time).
+    pub async fn declare(&self, channel: &Channel, backoff: &Backoff) -> lapin::Result<()> {
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        channel.queue_declare(self.dead.as_str().into(), durable, FieldTable::default()).await?;
+        let mut work_args = FieldTable::default();
+        work_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        work_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(self.dead.as_str().into()));
+        channel.queue_declare(self.work.as_str().into(), durable, work_args).await?;
+        for ms in backoff.buckets() {
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*ms as i64));
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(self.work.as_str().into()));
+            channel.queue_declare(self.retry(*ms).as_str().into(), durable, args).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes every queue of a prefix (tests and `ringcast dlq` housekeeping; a running
+/// worker re-declares them).
+pub async fn delete_queues(url: &str, prefix: &str, backoff: &Backoff) -> Result<(), String> {
+    let topology = Topology::new(prefix);
+    let conn = connect(url, "ringcast-cleanup").await.map_err(|e| format!("RabbitMQ: {e}"))?;
+    let channel = conn.create_channel().await.map_err(|e| format!("RabbitMQ: {e}"))?;
+    let mut names = vec![topology.work.clone(), topology.dead.clone()];
+    names.extend(backoff.buckets().iter().map(|ms| topology.retry(*ms)));
+    for name in names {
+        let _ = channel.queue_delete(name.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+fn persistent(nid: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(nid.into())
+        .with_content_type("application/json".into())
+}
+
+/// Publishes to `queue` through the default exchange and waits for the broker's confirm.
+/// `mandatory` turns a missing queue into an error instead of a silent drop.
+pub async fn publish_confirmed(channel: &Channel, queue: &str, nid: &str, body: &[u8]) -> Result<(), String> {
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let confirm = channel
+        .basic_publish("".into(), queue.into(), options, body, persistent(nid))
+        .await
+        .map_err(|e| format!("RabbitMQ publish failed: {e}"))?
+        .await
+        .map_err(|e| format!("RabbitMQ confirm failed: {e}"))?;
+    if confirm.is_nack() {
+        return Err("RabbitMQ refused the message (nack)".into());
+    }
+    if confirm.take_message().is_some() {
+        return Err(format!("RabbitMQ had no queue {queue} for the message"));
+    }
+    Ok(())
+}
+
+async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+/// Keeps one connection up: `setup` builds the link on a fresh connection; the link is
+/// published in `slot` while the connection lives and cleared when it drops. Stops (and
+/// closes the connection, so RabbitMQ hands unacked messages to others) once the owner
+/// of `slot` is gone.
+fn supervise<L: 'static>(
+    url: String,
+    name: &'static str,
+    owner: &Rc<RefCell<Option<Rc<L>>>>,
+    connected: Rc<Cell<bool>>,
+    setup: impl AsyncFn(&Connection) -> lapin::Result<L> + 'static,
+) {
+    let slot = Rc::downgrade(owner);
+    tokio::task::spawn_local(async move {
+        let mut delay = RECONNECT_DELAY_MIN;
+        while slot.strong_count() > 0 {
+            let attempt = async {
+                let conn = connect(&url, name).await?;
+                let link = setup(&conn).await?;
+                Ok::<_, lapin::Error>((conn, link))
+            };
+            match attempt.await {
+                Ok((conn, link)) => {
+                    tracing::info!(link = name, "RabbitMQ connected");
+                    let Some(owner) = slot.upgrade() else { break };
+                    *owner.borrow_mut() = Some(Rc::new(link));
+                    drop(owner);
+                    connected.set(true);
+                    delay = RECONNECT_DELAY_MIN;
+                    while conn.status().connected() && slot.strong_count() > 0 {
+                        tokio::time::sleep(LINK_CHECK_INTERVAL).await;
+                    }
+                    connected.set(false);
+                    if let Some(owner) = slot.upgrade() {
+                        owner.borrow_mut().take();
+                        tracing::warn!(link = name, "RabbitMQ connection lost; reconnecting");
+                    } else {
+                        let _ = conn.close(200, "shutting down".into()).await;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(link = name, error = %e, "cannot reach RabbitMQ; retrying in {delay:?}");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+        }
+    });
+}
+
+struct PublishLink {
+    channels: Vec<Channel>,
+    /// Dead-letter operations, one at a time (confirm mode).
+    dead: tokio::sync::Mutex<Channel>,
+}
+
+/// The gateway side: accepts notifications into `{p}.work` and serves the DLQ API.
+pub struct RabbitLane {
+    topology: Topology,
+    link: Rc<RefCell<Option<Rc<PublishLink>>>>,
+    pub connected: Rc<Cell<bool>>,
+    next_channel: Cell<usize>,
+    /// nid → expiry (unix ms), with insertion order for eviction.
+    seen: RefCell<(HashMap<String, u64>, VecDeque<String>)>,
+}
+
+impl RabbitLane {
+    /// Starts connecting in the background; until connected, accepts answer with an error.
+    pub fn start(url: &str, prefix: &str, backoff: &Backoff) -> RabbitLane {
+        let topology = Topology::new(prefix);
+        let link = Rc::new(RefCell::new(None));
+        let connected = Rc::new(Cell::new(false));
+        let declare = (topology.clone(), backoff.clone());
+        supervise(url.to_owned(), "ringcast-gateway", &link, connected.clone(), async move |conn: &Connection| {
+            let first = conn.create_channel().await?;
+            declare.0.declare(&first, &declare.1).await?;
+            let mut channels = vec![first];
+            while channels.len() < PUBLISH_CHANNELS {
+                channels.push(conn.create_channel().await?);
+            }
+            for channel in &channels {
+                channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            }
+            let dead = conn.create_channel().await?;
+            dead.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok(PublishLink { channels, dead: tokio::sync::Mutex::new(dead) })
+        });
+        RabbitLane { topology, link, connected, next_channel: Cell::new(0), seen: RefCell::new((HashMap::new(), VecDeque::new())) }
+    }
+
+    fn link(&self) -> Result<Rc<PublishLink>, String> {
+        self.link.borrow().clone().ok_or_else(|| "RabbitMQ is unreachable; retry shortly".to_string())
+    }
+
+    fn seen_before(&self, nid: &str, now: u64) -> bool {
+        self.seen.borrow().0.get(nid).is_some_and(|expires| *expires > now)
+    }
+
+    fn remember(&self, nid: &str, expires: u64) {
+        let mut seen = self.seen.borrow_mut();
+        let (map, order) = &mut *seen;
+        if map.insert(nid.to_owned(), expires).is_none() {
+            order.push_back(nid.to_owned());
+        }
+        while order.len() > DEDUPE_NIDS_MAX {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    pub async fn enqueue(&self, notification: Notification) -> Result<Accepted, String> {
+        if self.seen_before(&notification.nid, notification.ts) {
+            return Ok(Accepted::Duplicate);
+        }
+        let link = self.link()?;
+        let i = self.next_channel.get();
+        self.next_channel.set(i.wrapping_add(1));
+        let channel = &link.channels[i % link.channels.len()];
+        let body = serde_json::to_vec(&notification).expect("notifications serialize");
+        publish_confirmed(channel, &self.topology.work, &notification.nid, &body).await?;
+        self.remember(&notification.nid, notification.expires);
+        Ok(Accepted::New)
+    }
+
+    pub async fn dead(&self, op: DeadOp) -> Result<DeadAnswer, String> {
+        let link = self.link()?;
+        let channel = link.dead.lock().await;
+        dead_op(&channel, &self.topology, op).await
+    }
+}
+
+/// Dead-letter operations on one confirm-mode channel. Messages looked at and kept are
+/// handed back (nack + requeue) before returning.
+pub async fn dead_op(channel: &Channel, topology: &Topology, op: DeadOp) -> Result<DeadAnswer, String> {
+    let err = |e: lapin::Error| format!("RabbitMQ: {e}");
+    match op {
+        DeadOp::Purge => {
+            let n = channel.queue_purge(topology.dead.as_str().into(), QueuePurgeOptions::default()).await.map_err(err)?;
+            Ok(DeadAnswer::Count(n as u64))
+        }
+        DeadOp::List { limit } => {
+            let mut list = Vec::new();
+            let mut last: Option<Acker> = None;
+            while list.len() < limit {
+                let Some(message) = channel.basic_get(topology.dead.as_str().into(), BasicGetOptions { no_ack: false }).await.map_err(err)? else { break };
+                match serde_json::from_slice::<DeadRecord>(&message.delivery.data) {
+                    Ok(record) => list.push(record),
+                    Err(_) => tracing::warn!("an unreadable message sits in the dead-letter queue"),
+                }
+                last = Some(message.delivery.acker);
+            }
+            if let Some(last) = last {
+                last.nack(BasicNackOptions { multiple: true, requeue: true }).await.map_err(err)?;
+            }
+            Ok(DeadAnswer::List(list))
+        }
+        DeadOp::Replay { nid } => {
+            let mut moved = 0;
+            let mut kept: Vec<Acker> = Vec::new();
+            loop {
+                let Some(message) = channel.basic_get(topology.dead.as_str().into(), BasicGetOptions { no_ack: false }).await.map_err(err)? else { break };
+                let record = match serde_json::from_slice::<DeadRecord>(&message.delivery.data) {
+                    Ok(record) if nid.as_deref().is_none_or(|wanted| wanted == record.notification.nid) => record,
+                    _ => {
+                        kept.push(message.delivery.acker);
+                        continue;
+                    }
+                };
+                let mut notification = record.notification;
+                let now = super::now_ms();
+                let ttl = notification.expires.saturating_sub(notification.ts).max(1);
+                notification.attempts = 0;
+                notification.expires = now + ttl;
+                let body = serde_json::to_vec(&notification).expect("notifications serialize");
+                publish_confirmed(channel, &topology.work, &notification.nid, &body).await?;
+                message.delivery.acker.ack(BasicAckOptions::default()).await.map_err(err)?;
+                moved += 1;
+                if nid.is_some() {
+                    break;
+                }
+            }
+            for acker in kept {
+                acker.nack(BasicNackOptions { multiple: false, requeue: true }).await.map_err(err)?;
+            }
+            Ok(DeadAnswer::Count(moved))
+        }
+    }
+}
+
+/// A notification a worker holds, with what it needs to settle it.
+pub struct RabbitJob {
+    pub notification: Notification,
+    acker: Acker,
+    link: Rc<ConsumeLink>,
+}
+
+struct ConsumeLink {
+    /// Confirm-mode channel for retries and dead letters.
+    publish: Channel,
+}
+
+/// The worker side: a consumer on `{p}.work` with prefetch = in-flight bound.
+pub struct RabbitSource {
+    topology: Topology,
+    backoff: Backoff,
+    jobs: mpsc::Receiver<RabbitJob>,
+    pub connected: Rc<Cell<bool>>,
+    /// Keeps the connection's supervisor going while this source lives.
+    _link: Rc<RefCell<Option<Rc<()>>>>,
+}
+
+impl RabbitSource {
+    pub fn start(url: &str, prefix: &str, backoff: &Backoff, in_flight: usize) -> RabbitSource {
+        let topology = Topology::new(prefix);
+        let (tx, jobs) = mpsc::channel(in_flight.max(1));
+        let slot: Rc<RefCell<Option<Rc<()>>>> = Rc::new(RefCell::new(None));
+        let connected = Rc::new(Cell::new(false));
+        let setup = (topology.clone(), backoff.clone(), tx);
+        supervise(url.to_owned(), "ringcast-worker", &slot, connected.clone(), async move |conn: &Connection| {
+            let (topology, backoff, jobs) = &setup;
+            let consume = conn.create_channel().await?;
+            topology.declare(&consume, backoff).await?;
+            consume.basic_qos(in_flight as u16, BasicQosOptions::default()).await?;
+            let publish = conn.create_channel().await?;
+            publish.confirm_select(ConfirmSelectOptions::default()).await?;
+            let link = Rc::new(ConsumeLink { publish });
+            let mut consumer = consume
+                .basic_consume(topology.work.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await?;
+            let jobs = jobs.clone();
+            tokio::task::spawn_local(async move {
+                while let Some(delivery) = consumer.next().await {
+                    let Ok(delivery) = delivery else { break };
+                    match serde_json::from_slice::<Notification>(&delivery.data) {
+                        Ok(notification) => {
+                            let job = RabbitJob { notification, acker: delivery.acker, link: link.clone() };
+                            if jobs.send(job).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "an unreadable message in the work queue goes to the dead-letter queue");
+                            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                        }
+                    }
+                }
+            });
+            Ok(())
+        });
+        RabbitSource { topology, backoff: backoff.clone(), jobs, connected, _link: slot }
+    }
+
+    /// The next notification to try (waits while none is there or RabbitMQ is away).
+    pub async fn next(&mut self) -> Option<RabbitJob> {
+        self.jobs.recv().await
+    }
+
+    pub fn finisher(&self) -> RabbitFinisher {
+        RabbitFinisher { topology: self.topology.clone(), backoff: self.backoff.clone() }
+    }
+
+    pub async fn finish(&self, job: RabbitJob, outcome: Outcome) -> Result<(), String> {
+        self.finisher().finish(job, outcome).await
+    }
+}
+
+/// Settles jobs from a [`RabbitSource`]; cheap to clone into delivery tasks.
+#[derive(Clone)]
+pub struct RabbitFinisher {
+    topology: Topology,
+    backoff: Backoff,
+}
+
+impl RabbitFinisher {
+    /// Settles a try: ack, or a confirmed publish to a retry queue / the dead-letter
+    /// queue and then ack. A failure leaves the message unacked, so RabbitMQ hands it out
+    /// again (a duplicate at worst).
+    pub async fn finish(&self, job: RabbitJob, outcome: Outcome) -> Result<(), String> {
+        let err = |e: lapin::Error| format!("RabbitMQ: {e}");
+        let published = match &outcome {
+            Outcome::Delivered => Ok(()),
+            Outcome::Retry { notification, delay } => {
+                let queue = self.topology.retry(self.backoff.round_up(delay.as_millis() as u64));
+                let body = serde_json::to_vec(notification).expect("notifications serialize");
+                publish_confirmed(&job.link.publish, &queue, &notification.nid, &body).await
+            }
+            Outcome::Dead { record } => {
+                let body = serde_json::to_vec(record).expect("records serialize");
+                publish_confirmed(&job.link.publish, &self.topology.dead, &record.notification.nid, &body).await
+            }
+        };
+        match published {
+            Ok(()) => job.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(err),
+            Err(e) => {
+                let _ = job.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The delivery worker: takes due notifications from the Lane, sends each to its user as a
+//! `notify` frame on `user.{id}` (through the broker, so it reaches whichever node holds
+//! the user), waits for the client's `ack`, and settles the try: delivered, retried with
+//! backoff, or dead-lettered.
+//!
+//! Owns: the in-flight bound (a semaphore of `lane_in_flight` permits), the acks it waits
+//! for, the set of recently acked notifications (so a copy that comes back from a retry
+//! queue after a fast-path delivery is dropped), and the per-user inbox of notifications
+//! waiting for a retry (the online fast path re-sends them when the user comes back, well
+//! before the next backoff tick). Must not touch: client sockets. Runs on: a tokio
+//! current-thread runtime with a `LocalSet` — the gateway's bridge thread (in-process) or
+//! `ringcast worker`.
+
+use super::embedded::EmbeddedLane;
+use super::metrics::LaneMetrics;
+use super::rabbitmq::{RabbitJob, RabbitSource};
+use super::{DeadRecord, LaneConfig, Notification, Outcome};
+use bytes::Bytes;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Acked notifications remembered (`user/nid`, ~100 bytes each) so a copy still waiting in a
+/// retry queue is dropped when it returns. Past it the oldest are forgotten: such a copy
+/// is sent again (a duplicate, allowed; the client dedupes by `nid`).
+pub const ACKED_REMEMBERED_MAX: usize = 200_000;
+/// Notifications held for the online fast path across all users (each is also safe in
+/// the queue; past the bound a returning user waits for the next backoff tick, counted).
+pub const INBOX_NOTIFICATIONS_MAX: usize = 100_000;
+/// Longest an idle embedded worker sleeps before looking for due work again (it is also
+/// woken by every accept).
+const EMBEDDED_POLL_MAX: Duration = Duration::from_millis(500);
+/// How long past `ack_timeout` an embedded lease lasts: a try takes at most the ack
+/// wait plus a store round trip, and a worker that dies mid-try leaves the notification
+/// due again this soon after.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Worker events (acks, online users) waiting to be handled; past it they are dropped
+/// (an ack lost here only causes one redelivery).
+pub const WORKER_EVENTS_MAX: usize = 65_536;
+
+/// What the worker hears from gateways.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A client acked `nid` (the user from its token).
+    Ack { user: String, nid: String },
+    /// The user subscribed to `user.{id}` on some node: pending notifications can go now.
+    Online { user: String },
+}
+
+/// Where `notify` frames go.
+pub enum FrameSink {
+    /// In-process: the bridge publishes it (embedded broker or NATS).
+    Bridge(Arc<crate::fanout::Mailbox<crate::fanout::ToBridge>>),
+    /// A separate worker: NATS subject `{prefix}.user.{id}` with `Ringcast-Frame: 1`.
+    Nats { client: async_nats::Client, prefix: String },
+}
+
+impl FrameSink {
+    async fn send(&self, notification: &Notification) -> bool {
+        let frame = Bytes::from(notification.frame_json());
+        match self {
+            FrameSink::Bridge(inbox) => {
+                inbox.push(crate::fanout::ToBridge::PublishFrame { channel: notification.channel().into(), frame }).is_ok()
+            }
+            FrameSink::Nats { client, prefix } => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(crate::bridge::nats::FRAME_HEADER, "1");
+                let subject = format!("{prefix}.{}", notification.channel());
+                client.publish_with_headers(subject, headers, frame).await.is_ok()
+            }
+        }
+    }
+}
+
+/// Whether a user can receive a frame right now.
+#[derive(Clone)]
+pub enum OnlineCheck {
+    /// Authoritative: this single node's users with a `user.{id}` subscription (the
+    /// embedded broker: there is no other node).
+    Local(Rc<RefCell<HashSet<String>>>),
+    /// Not known here (several nodes, no shared presence): send and let the ack decide.
+    Unknown,
+}
+
+impl OnlineCheck {
+    fn is_online(&self, user: &str) -> bool {
+        match self {
+            OnlineCheck::Local(users) => users.borrow().contains(user),
+            OnlineCheck::Unknown => true,
+        }
+    }
+}
+
+/// Where due notifications come from.
+pub enum Source {
+    Embedded(EmbeddedLane),
+    Rabbit(RabbitSource),
+}
+
+enum Job {
+    Embedded(Notification),
+    Rabbit(RabbitJob),
+}
+
+impl Job {
+    fn notification(&self) -> &Notification {
+        match self {
+            Job::Embedded(n) => n,
+            Job::Rabbit(job) => &job.notification,
+        }
+    }
+}
+
+/// Settles jobs; cloned into each delivery task.
+#[derive(Clone)]
+enum Settle {
+    Embedded(EmbeddedLane),
+    Rabbit(super::rabbitmq::RabbitFinisher),
+}
+
+impl Settle {
+    async fn finish(&self, job: Job, outcome: Outcome) {
+        match (self, job) {
+            (Settle::Embedded(lane), Job::Embedded(n)) => lane.finish(n.nid, outcome),
+            (Settle::Rabbit(finisher), Job::Rabbit(job)) => {
+                if let Err(e) = finisher.finish(job, outcome).await {
+                    tracing::warn!(error = %e, "could not settle a notification; RabbitMQ will hand it out again");
+                }
+            }
+            _ => unreachable!("a job is settled by the source it came from"),
+        }
+    }
+
+    /// A fast-path ack: drop the stored copy now where the store allows it.
+    fn forget(&self, notification: &Notification) {
+        if let Settle::Embedded(lane) = self {
+            lane.finish(notification.nid.clone(), Outcome::Delivered);
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// `user/nid` → who waits for its ack.
+    waiting: RefCell<HashMap<String, oneshot::Sender<()>>>,
+    acked: RefCell<(HashSet<String>, VecDeque<String>)>,
+    /// user → nid → the notification as it waits for its next try.
+    inbox: RefCell<HashMap<String, HashMap<String, Notification>>>,
+    inbox_len: Cell<usize>,
+}
+
+fn key(user: &str, nid: &str) -> String {
+    format!("{user}/{nid}")
+}
+
+impl State {
+    fn was_acked(&self, n: &Notification) -> bool {
+        self.acked.borrow().0.contains(&key(&n.user, &n.nid))
+    }
+
+    /// Returns true the first time this `user/nid` is acked.
+    fn mark_acked(&self, key: String) -> bool {
+        let mut acked = self.acked.borrow_mut();
+        let (set, order) = &mut *acked;
+        if !set.insert(key.clone()) {
+            return false;
+        }
+        order.push_back(key);
+        while order.len() > ACKED_REMEMBERED_MAX {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn inbox_put(&self, n: &Notification) -> bool {
+        let mut inbox = self.inbox.borrow_mut();
+        let exists = inbox.get(&n.user).is_some_and(|m| m.contains_key(&n.nid));
+        if !exists && self.inbox_len.get() >= INBOX_NOTIFICATIONS_MAX {
+            return false;
+        }
+        if inbox.entry(n.user.clone()).or_default().insert(n.nid.clone(), n.clone()).is_none() {
+            self.inbox_len.set(self.inbox_len.get() + 1);
+        }
+        true
+    }
+
+    fn inbox_take(&self, user: &str, nid: &str) -> Option<Notification> {
+        let mut inbox = self.inbox.borrow_mut();
+        let per_user = inbox.get_mut(user)?;
+        let taken = per_user.remove(nid);
+        if per_user.is_empty() {
+            inbox.remove(user);
+        }
+        if taken.is_some() {
+            self.inbox_len.set(self.inbox_len.get() - 1);
+        }
+        taken
+    }
+}
+
+pub struct Worker {
+    config: LaneConfig,
+    source: Source,
+    settle: Settle,
+    frames: Rc<FrameSink>,
+    online: OnlineCheck,
+    events: mpsc::Receiver<WorkerEvent>,
+    metrics: Arc<LaneMetrics>,
+    state: Rc<State>,
+}
+
+impl Worker {
+    pub fn new(config: LaneConfig, source: Source, frames: FrameSink, online: OnlineCheck, events: mpsc::Receiver<WorkerEvent>, metrics: Arc<LaneMetrics>) -> Worker {
+        let settle = match &source {
+            Source::Embedded(lane) => Settle::Embedded(lane.clone()),
+            Source::Rabbit(rabbit) => Settle::Rabbit(rabbit.finisher()),
+        };
+        Worker { config, source, settle, frames: Rc::new(frames), online, events, metrics, state: Rc::new(State::default()) }
+    }
+
+    /// Runs until the event channel closes (the gateway or worker is stopping).
+    pub async fn run(mut self) {
+        let slots = Arc::new(Semaphore::new(self.config.in_flight));
+        if let Source::Embedded(lane) = &self.source {
+            tokio::task::spawn_local(report_embedded_stats(lane.clone(), self.metrics.clone()));
+        }
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => return,
+                },
+                jobs = next_jobs(&mut self.source, &slots, self.config.ack_timeout + LEASE_MARGIN) => {
+                    for job in jobs {
+                        let permit = slots.clone().try_acquire_owned().ok();
+                        let task = Delivery {
+                            config: self.config.clone(),
+                            settle: self.settle.clone(),
+                            frames: self.frames.clone(),
+                            online: self.online.clone(),
+                            metrics: self.metrics.clone(),
+                            state: self.state.clone(),
+                        };
+                        tokio::task::spawn_local(async move {
+                            task.run(job).await;
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Ack { user, nid } => {
+                LaneMetrics::inc(&self.metrics.acks);
+                let key = key(&user, &nid);
+                if let Some(waiter) = self.state.waiting.borrow_mut().remove(&key) {
+                    let _ = waiter.send(());
+                    return;
+                }
+                let held = self.state.inbox_take(&user, &nid);
+                if self.state.mark_acked(key) {
+                    if let Some(n) = held {
+                        LaneMetrics::inc(&self.metrics.delivered);
+                        self.settle.forget(&n);
+                    }
+                }
+            }
+            WorkerEvent::Online { user } => {
+                let held: Vec<Notification> = self.state.inbox.borrow().get(&user).map(|m| m.values().cloned().collect()).unwrap_or_default();
+                for n in held {
+                    if self.frames.send(&n).await {
+                        LaneMetrics::inc(&self.metrics.frames_sent);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits for due work while a delivery slot is free.
+async fn next_jobs(source: &mut Source, slots: &Semaphore, lease: Duration) -> Vec<Job> {
+    // Only ask for work that can start now: a full worker leaves it in the queue.
+    let free = loop {
+        let free = slots.available_permits();
+        if free > 0 {
+            break free;
+        }
+        drop(slots.acquire().await);
+    };
+    match source {
+        Source::Rabbit(rabbit) => match rabbit.next().await {
+            Some(job) => vec![Job::Rabbit(job)],
+            None => std::future::pending().await,
+        },
+        Source::Embedded(lane) => loop {
+            match lane.lease(free, lease).await {
+                Ok(leased) if !leased.notifications.is_empty() => return leased.notifications.into_iter().map(Job::Embedded).collect(),
+                Ok(leased) => {
+                    let now = super::now_ms();
+                    let wait = leased.next_due_ms.map_or(EMBEDDED_POLL_MAX, |due| Duration::from_millis(due.saturating_sub(now))).min(EMBEDDED_POLL_MAX);
+                    let _ = tokio::time::timeout(wait, lane.work_added.notified()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the lane store");
+                    tokio::time::sleep(EMBEDDED_POLL_MAX).await;
+                }
+            }
+        },
+    }
+}
+
+async fn report_embedded_stats(lane: EmbeddedLane, metrics: Arc<LaneMetrics>) {
+    loop {
+        if let Ok(stats) = lane.stats().await {
+            metrics.pending.store(stats.pending, Ordering::Relaxed);
+            metrics.oldest_pending_ms.store(stats.oldest_ms.unwrap_or(0), Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One try of one notification.
+struct Delivery {
+    config: LaneConfig,
+    settle: Settle,
+    frames: Rc<FrameSink>,
+    online: OnlineCheck,
+    metrics: Arc<LaneMetrics>,
+    state: Rc<State>,
+}
+
+impl Delivery {
+    async fn run(self, job: Job) {
+        let n = job.notification().clone();
+        let now = super::now_ms();
+        // This copy supersedes the one held for the fast path.
+        self.state.inbox_take(&n.user, &n.nid);
+        if self.state.was_acked(&n) {
+            return self.settle.finish(job, Outcome::Delivered).await;
+        }
+        if n.expires <= now {
+            return self.dead(job, n, "expired (ttl passed)".into()).await;
+        }
+        if self.online.is_online(&n.user) && self.try_once(&n).await {
+            LaneMetrics::inc(&self.metrics.delivered);
+            return self.settle.finish(job, Outcome::Delivered).await;
+        }
+        let mut next = n;
+        next.attempts += 1;
+        if next.attempts >= self.config.max_attempts {
+            let reason = format!("attempts exhausted ({} of {})", next.attempts, self.config.max_attempts);
+            return self.dead(job, next, reason).await;
+        }
+        let delay = self.config.backoff.delay(next.attempts, fastrand::f64());
+        if !self.state.inbox_put(&next) {
+            LaneMetrics::inc(&self.metrics.inbox_full);
+        }
+        if next.attempts == 1 {
+            if let Some(webhook) = &self.config.webhook {
+                tokio::task::spawn_local(super::webhook::post(webhook.clone(), next.clone(), self.config.backoff.clone(), self.config.max_attempts, self.metrics.clone()));
+            }
+        }
+        LaneMetrics::inc(&self.metrics.retried);
+        self.settle.finish(job, Outcome::Retry { notification: next, delay }).await;
+    }
+
+    async fn dead(&self, job: Job, notification: Notification, reason: String) {
+        self.state.inbox_take(&notification.user, &notification.nid);
+        LaneMetrics::inc(&self.metrics.dead_lettered);
+        tracing::info!(nid = %notification.nid, user = %notification.user, %reason, "notification dead-lettered");
+        self.settle.finish(job, Outcome::Dead { record: DeadRecord { notification, reason } }).await;
+    }
+
+    /// Sends the frame and waits for its ack; true when acked in time.
+    async fn try_once(&self, n: &Notification) -> bool {
+        let key = key(&n.user, &n.nid);
+        let (tx, rx) = oneshot::channel();
+        self.state.waiting.borrow_mut().insert(key.clone(), tx);
+        if !self.frames.send(n).await {
+            self.state.waiting.borrow_mut().remove(&key);
+            return false;
+        }
+        LaneMetrics::inc(&self.metrics.frames_sent);
+        self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let acked = tokio::time::timeout(self.config.ack_timeout, rx).await.is_ok_and(|r| r.is_ok());
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.waiting.borrow_mut().remove(&key);
+        if acked {
+            self.state.mark_acked(key);
+        }
+        acked
+    }
+}
