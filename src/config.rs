@@ -30,6 +30,53 @@ enum Sub {
     /// Check this host for a target connection count: io_uring, descriptor limits,
     /// kernel queues, memory; prints what to change. Exit 1 when something must change.
     Doctor(DoctorArgs),
+    /// Run the notification worker as a sidecar (RabbitMQ Lane + NATS): consumes the
+    /// Lane, delivers `notify` frames through NATS, retries with backoff, dead-letters.
+    Worker(WorkerArgs),
+    /// The Lane's dead-letter queue: list, replay (back to the work queue with a fresh
+    /// attempt count) or purge.
+    Dlq(DlqArgs),
+}
+
+/// `ringcast worker`: the broker and Lane flags of the gateway, plus its own.
+#[derive(Args, Debug, Default)]
+struct WorkerArgs {
+    /// Serve the worker's Prometheus metrics (`ringcast_lane_*`) on this address, e.g. 127.0.0.1:9101.
+    #[arg(long, env = "RINGCAST_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Log filter (tracing EnvFilter syntax). [default: info]
+    #[arg(long, env = "RINGCAST_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// Log as JSON lines. [default: false]
+    #[arg(long, env = "RINGCAST_LOG_JSON", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    log_json: Option<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    presence: crate::presence::PresenceArgs,
+    #[command(flatten)]
+    lane: crate::lane::config::LaneArgs,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum DlqVerb {
+    /// Print each dead notification as one JSON line.
+    List,
+    /// Move dead notifications (all, or --nid) back to the work queue.
+    Replay,
+    /// Delete every dead notification.
+    Purge,
+}
+
+#[derive(Args, Debug)]
+struct DlqArgs {
+    #[arg(value_enum)]
+    action: DlqVerb,
+    /// With `replay`: only this notification.
+    #[arg(long, value_name = "NID")]
+    nid: Option<String>,
+    #[command(flatten)]
+    lane: crate::lane::config::LaneArgs,
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +171,7 @@ struct GatewayArgs {
     transport: crate::transport::config::TransportArgs,
     #[command(flatten)]
     presence: crate::presence::PresenceArgs,
+    lane: crate::lane::config::LaneArgs,
 }
 
 /// The broker seam (Beacon): NATS for multi-node fan-out, JetStream for history.
@@ -246,6 +294,7 @@ impl GatewayArgs {
         given.extend(self.broker.given());
         given.extend(self.transport.given());
         given.extend(self.presence.given());
+        given.extend(self.lane.given());
         given
     }
 }
@@ -282,6 +331,7 @@ pub struct GatewayConfig {
     pub broker: BrokerConfig,
     pub transport: crate::transport::config::TransportConfig,
     pub presence: crate::presence::PresenceConfig,
+    pub lane: crate::lane::LaneConfig,
 }
 
 /// The broker seam: embedded (no `nats`) or NATS, and which channels keep history.
@@ -373,6 +423,10 @@ pub enum Command {
     Gateway(GatewayConfig),
     /// `ringcast doctor`: the connection count to check the host for.
     Doctor { connections: usize },
+    /// `ringcast worker`.
+    Worker(crate::lane::sidecar::SidecarConfig),
+    /// `ringcast dlq …`.
+    Dlq { lane: crate::lane::LaneConfig, action: crate::lane::dlq::DlqAction },
 }
 
 /// A bad setting: which key, and what is wrong with it.
@@ -408,6 +462,26 @@ where
     let cli = Cli::parse_from(args);
     match cli.command {
         Sub::Doctor(args) => Ok(Command::Doctor { connections: args.connections }),
+        Sub::Worker(args) => {
+            let file = match &cli.config {
+                Some(path) => read_file(path)?,
+                None => BTreeMap::new(),
+            };
+            Ok(Command::Worker(resolve_worker(&args, &file)?))
+        }
+        Sub::Dlq(args) => {
+            let file = match &cli.config {
+                Some(path) => read_file(path)?,
+                None => BTreeMap::new(),
+            };
+            let lane = crate::lane::config::build(&merge(args.lane.given(), &file))?;
+            let action = match args.action {
+                DlqVerb::List => crate::lane::dlq::DlqAction::List,
+                DlqVerb::Replay => crate::lane::dlq::DlqAction::Replay { nid: args.nid.clone() },
+                DlqVerb::Purge => crate::lane::dlq::DlqAction::Purge,
+            };
+            Ok(Command::Dlq { lane, action })
+        }
         Sub::Gateway(args) => {
             let file = match &cli.config {
                 Some(path) => read_file(path)?,
@@ -453,6 +527,44 @@ fn parse_file(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
         values.insert(key, text);
     }
     Ok(values)
+}
+
+/// Given flags over file values, for the keys in `given`.
+fn merge<'k>(given: Vec<(&'k str, Option<String>)>, file: &BTreeMap<String, String>) -> BTreeMap<&'k str, String> {
+    let mut values = BTreeMap::new();
+    for (key, value) in given {
+        if let Some(value) = value.or_else(|| file.get(key).cloned()) {
+            values.insert(key, value);
+        }
+    }
+    values
+}
+
+/// `ringcast worker`: the broker and Lane keys, checked for what a separate worker needs.
+fn resolve_worker(args: &WorkerArgs, file: &BTreeMap<String, String>) -> Result<crate::lane::sidecar::SidecarConfig, ConfigError> {
+    let mut given = args.broker.given();
+    given.extend(args.presence.given());
+    given.extend(args.lane.given());
+    given.push(("log", args.log.clone()));
+    given.push(("log_json", args.log_json.clone()));
+    let values = merge(given, file);
+    let broker = build_broker(&values)?;
+    let lane = crate::lane::config::build(&values)?;
+    crate::lane::sidecar::requirements(&lane, broker.nats.as_ref()).map_err(|(key, msg)| error(key, msg))?;
+    let metrics_addr = args
+        .metrics_addr
+        .as_deref()
+        .map(|v| v.parse().map_err(|_| error("metrics_addr", format!("{v:?} is not an address (write it like 127.0.0.1:9101)"))))
+        .transpose()?;
+    let presence = crate::presence::PresenceConfig::from_values(&values)?;
+    Ok(crate::lane::sidecar::SidecarConfig {
+        presence: presence.redis.is_some().then_some(presence),
+        lane,
+        nats: broker.nats.expect("checked by requirements()"),
+        metrics_addr,
+        log_filter: values.get("log").cloned().unwrap_or_else(|| "info".into()),
+        log_json: values.get("log_json").map_or(Ok(false), |v| parse_bool(v).map_err(|m| error("log_json", m)))?,
+    })
 }
 
 /// Flags and environment (through clap) win over the file; the file over defaults.
@@ -513,6 +625,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         broker: build_broker(values)?,
         transport: crate::transport::config::build(values)?,
         presence: crate::presence::PresenceConfig::from_values(values)?,
+        lane: crate::lane::config::build(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)
@@ -723,7 +836,7 @@ mod tests {
         full.extend_from_slice(args);
         match load_from(full)? {
             Command::Gateway(config) => Ok(config),
-            Command::Doctor { .. } => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

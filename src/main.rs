@@ -1,4 +1,4 @@
-//! Wiring only: config → gateway (or doctor) → exit code.
+//! Wiring only: config → gateway (or doctor, worker, dlq) → exit code.
 
 use mimalloc::MiMalloc;
 
@@ -16,6 +16,8 @@ fn main() {
     let code = match command {
         ringcast::config::Command::Gateway(config) => ringcast::gateway::run(config),
         ringcast::config::Command::Doctor { connections } => ringcast::doctor::run(connections),
+        ringcast::config::Command::Worker(config) => ringcast::lane::sidecar::run(config),
+        ringcast::config::Command::Dlq { lane, action } => ringcast::lane::dlq::run(lane, action),
     };
     std::process::exit(code);
 }

@@ -20,6 +20,7 @@ pub struct Node {
     pub bridge_metrics: Arc<BridgeMetrics>,
     /// Presence counters and the presence store's link state (`/metrics`, `/readyz`).
     pub presence: Arc<crate::presence::PresenceShared>,
+    pub lane_metrics: Arc<crate::lane::metrics::LaneMetrics>,
     pub jwt: Option<JwtVerifier>,
     /// WebSocket connections on the node, for `max_connections`. Touched on connect and
     /// disconnect only, never per message.
@@ -49,6 +50,7 @@ impl Node {
             shard_metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
             bridge_metrics: Arc::new(BridgeMetrics::default()),
             presence: crate::presence::PresenceShared::new(&config.presence),
+            lane_metrics: Arc::default(),
             jwt,
             connections: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
@@ -119,6 +121,7 @@ impl Node {
         });
         self.transport.render_metrics(&mut out);
         self.presence.render(&mut out);
+        self.lane_metrics.render_into(&mut out, crate::lane::now_ms());
         out
     }
 }

@@ -76,6 +76,8 @@ pub struct Bridge {
     metrics: Arc<BridgeMetrics>,
     /// Members and online users (memory or Redis); see `crate::presence`.
     presence: PresenceEngine,
+    /// Durable notifications (embedded store or RabbitMQ) and the in-process worker.
+    lane: crate::lane::bridge::LaneBridge,
 }
 
 impl Bridge {
@@ -96,7 +98,8 @@ impl Bridge {
             }
         };
         let presence = PresenceEngine::start(&node.config.presence, &node.config.node, node.presence.clone())?;
-        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence })
+        let lane = crate::lane::bridge::LaneBridge::start(&node).await?;
+        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence, lane })
     }
 
     /// Reads presence (`is_online`, `members`) from this node's backend; `Send`, so it
@@ -149,6 +152,9 @@ impl Bridge {
                 }
             }
             ToBridge::PresenceQuery { channel, reply } => self.presence.query(channel, reply),
+            ToBridge::Notify { notification, reply } => self.lane.notify(*notification, reply),
+            ToBridge::NotifyDead { op, reply } => self.lane.dead(op, reply),
+            ToBridge::Ack { user, nid } => self.lane.ack(&user, &nid),
             ToBridge::Stop => return false,
         }
         true
@@ -210,10 +216,12 @@ impl Bridge {
             if self.interest.insert(pattern, shard) == Insert::NewPattern {
                 self.metrics.patterns.inc();
                 self.broker.subscribe(pattern);
+                self.lane.interest(pattern, true);
             }
         } else if self.interest.remove(pattern, shard) == Remove::LastKey {
             self.metrics.patterns.sub(1);
             self.broker.unsubscribe(pattern);
+            self.lane.interest(pattern, false);
         }
     }
 

@@ -241,6 +241,13 @@ async fn connect(
     options.connect(addresses).await.map_err(|e| format!("cannot set up the NATS connection: {e}"))
 }
 
+/// A second NATS connection with the node's settings (auth, TLS, reconnect), for a
+/// component that is not the broker (the Lane's worker and its event forwarding).
+pub async fn client(config: &NatsConfig, name: &str) -> Result<async_nats::Client, String> {
+    let (connected, _) = watch::channel(0u64);
+    connect(config, name, Arc::new(AtomicBool::new(false)), Arc::new(BridgeMetrics::default()), connected).await
+}
+
 /// Full jitter: uniform in [0, min(cap, base · 2^attempts)].
 pub fn reconnect_delay(attempts: usize, random: u64) -> Duration {
     let ceiling = RECONNECT_BASE_MS.saturating_mul(1u64 << attempts.min(20)).min(RECONNECT_CAP_MS);

@@ -80,6 +80,12 @@ pub enum ToBridge {
     /// Members of `channel` (`presence` op, `GET /api/presence/{channel}`), answered on
     /// `reply`; the shard waits a bounded time for it.
     PresenceQuery { channel: Arc<str>, reply: crate::presence::MembersReply },
+    /// Persist a notification (`POST /api/notify`); the answer says once it is durable.
+    Notify { notification: Box<crate::lane::Notification>, reply: tokio::sync::oneshot::Sender<Result<crate::lane::Accepted, String>> },
+    /// A dead-letter queue operation (`GET /api/notifications/dead`).
+    NotifyDead { op: crate::lane::DeadOp, reply: tokio::sync::oneshot::Sender<Result<crate::lane::DeadAnswer, String>> },
+    /// A client acked notification `nid` (its user from the token).
+    Ack { user: Box<str>, nid: Box<str> },
     /// Stop the bridge loop (sent by main after every shard has exited).
     Stop,
 }

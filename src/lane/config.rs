@@ -102,6 +102,8 @@ pub struct LaneConfig {
     pub amqp: Option<String>,
     pub prefix: String,
     pub dir: PathBuf,
+    /// `lane_dir` was set (a failure to open it is then an error, not a warning).
+    pub dir_given: bool,
     /// Run the worker as a task on the gateway's bridge thread.
     pub worker_in_process: bool,
     pub ack_timeout: Duration,
@@ -169,6 +171,7 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError>
         amqp,
         prefix,
         dir: PathBuf::from(get("lane_dir").unwrap_or(LANE_DIR)),
+        dir_given: get("lane_dir").is_some(),
         worker_in_process,
         ack_timeout: duration("ack_timeout", ACK_TIMEOUT_MS)?,
         backoff,

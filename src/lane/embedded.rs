@@ -28,6 +28,7 @@ const AGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("age");
 const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 const SEEN_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("seen_expiry");
+const BY_USER: TableDefinition<(&str, &str), ()> = TableDefinition::new("by_user");
 
 /// Requests waiting for the store thread; a full queue answers 503 (`try_send`).
 pub const STORE_QUEUE_REQUESTS_MAX: usize = 65_536;
@@ -43,6 +44,9 @@ const DURABLE_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 struct Stored {
     notification: Notification,
     due: u64,
+    /// Handed to a worker (due = lease end) rather than waiting for a retry.
+    #[serde(default)]
+    leased: bool,
 }
 
 enum Request {
@@ -51,6 +55,8 @@ enum Request {
     Finish { nid: String, outcome: Outcome, now: u64 },
     Dead { op: DeadOp, now: u64, reply: oneshot::Sender<Result<DeadAnswer, String>> },
     Stats { reply: oneshot::Sender<Result<Stats, String>> },
+    /// The user became reachable: everything of theirs waiting for a retry is due now.
+    WakeUser { user: String, now: u64 },
 }
 
 /// Due notifications handed to the worker, and when the next one falls due.
@@ -125,6 +131,12 @@ impl EmbeddedLane {
         self.ask(|reply| Request::Dead { op, now, reply }).await
     }
 
+    /// Makes the user's notifications that wait for a retry due at once (the online fast
+    /// path; leased ones are being tried already).
+    pub fn wake_user(&self, user: &str) {
+        let _ = self.requests.try_send(Request::WakeUser { user: user.to_owned(), now: super::now_ms() });
+    }
+
     pub async fn stats(&self) -> Result<Stats, String> {
         self.ask(|reply| Request::Stats { reply }).await
     }
@@ -146,6 +158,7 @@ impl Store {
         tx.open_table(DEAD)?;
         tx.open_table(SEEN)?;
         tx.open_table(SEEN_EXPIRY)?;
+        tx.open_table(BY_USER)?;
         tx.commit()?;
         Ok(())
     }
@@ -170,7 +183,7 @@ impl Store {
     /// Applies a batch in one transaction and answers every request. Returns whether
     /// due work was added. A failed commit answers every request with the error.
     fn apply(&mut self, batch: &mut Vec<Request>) -> bool {
-        let durable = batch.iter().any(|r| matches!(r, Request::Enqueue { .. } | Request::Dead { .. }))
+        let durable = batch.iter().any(|r| matches!(r, Request::Enqueue { .. } | Request::Dead { .. } | Request::Finish { outcome: Outcome::Dead { .. }, .. }))
             || self.last_durable.elapsed() >= DURABLE_COMMIT_INTERVAL;
         let mut answers: Vec<Box<dyn FnOnce(Result<(), String>)>> = Vec::with_capacity(batch.len());
         let mut added = false;
@@ -211,6 +224,7 @@ struct Tables<'t> {
     dead: redb::Table<'t, &'static str, &'static [u8]>,
     seen: redb::Table<'t, &'static str, u64>,
     seen_expiry: redb::Table<'t, (u64, &'static str), ()>,
+    by_user: redb::Table<'t, (&'static str, &'static str), ()>,
 }
 
 type Answer = Box<dyn FnOnce(Result<(), String>)>;
@@ -239,6 +253,7 @@ impl<'t> Tables<'t> {
             dead: tx.open_table(DEAD)?,
             seen: tx.open_table(SEEN)?,
             seen_expiry: tx.open_table(SEEN_EXPIRY)?,
+            by_user: tx.open_table(BY_USER)?,
         })
     }
 
@@ -260,6 +275,10 @@ impl<'t> Tables<'t> {
                 answer(reply, result)
             }
             Request::Stats { reply } => answer(reply, self.stats()?),
+            Request::WakeUser { user, now } => {
+                *added |= self.wake_user(&user, now)?;
+                no_answer()
+            }
         })
     }
 
@@ -279,14 +298,41 @@ impl<'t> Tables<'t> {
     }
 
     fn put_pending(&mut self, notification: Notification, due: u64) -> TxResult<()> {
+        self.put(notification, due, false)
+    }
+
+    fn put(&mut self, notification: Notification, due: u64, leased: bool) -> TxResult<()> {
         let nid = notification.nid.clone();
         if let Some(old) = self.take_pending(&nid)? {
             self.age.remove((old.notification.ts, nid.as_str()))?;
         }
         self.age.insert((notification.ts, nid.as_str()), ())?;
         self.due.insert((due, nid.as_str()), ())?;
-        self.pending.insert(nid.as_str(), encode(&Stored { notification, due }).as_slice())?;
+        self.by_user.insert((notification.user.as_str(), nid.as_str()), ())?;
+        self.pending.insert(nid.as_str(), encode(&Stored { notification, due, leased }).as_slice())?;
         Ok(())
+    }
+
+    fn wake_user(&mut self, user: &str, now: u64) -> TxResult<bool> {
+        let mut nids = Vec::new();
+        for entry in self.by_user.range((user, "")..)? {
+            let (key, _) = entry?;
+            let (owner, nid) = key.value();
+            if owner != user {
+                break;
+            }
+            nids.push(nid.to_owned());
+        }
+        let mut woke = false;
+        for nid in nids {
+            let Some(stored) = self.pending.get(nid.as_str())?.map(|g| g.value().to_vec()) else { continue };
+            let Ok(stored) = serde_json::from_slice::<Stored>(&stored) else { continue };
+            if !stored.leased && stored.due > now {
+                self.put(stored.notification, now, false)?;
+                woke = true;
+            }
+        }
+        Ok(woke)
     }
 
     /// Removes a pending record and its due entry (the age entry stays for the caller).
@@ -300,6 +346,7 @@ impl<'t> Tables<'t> {
             }
         };
         self.due.remove((stored.due, nid))?;
+        self.by_user.remove((stored.notification.user.as_str(), nid))?;
         Ok(Some(stored))
     }
 
@@ -316,10 +363,9 @@ impl<'t> Tables<'t> {
         let mut notifications = Vec::with_capacity(keys.len());
         for (_, nid) in keys {
             if let Some(stored) = self.take_pending(&nid)? {
-                let until = now + lease_ms;
-                self.due.insert((until, nid.as_str()), ())?;
-                self.pending.insert(nid.as_str(), encode(&Stored { notification: stored.notification.clone(), due: until }).as_slice())?;
-                notifications.push(stored.notification);
+                self.age.remove((stored.notification.ts, nid.as_str()))?;
+                notifications.push(stored.notification.clone());
+                self.put(stored.notification, now + lease_ms, true)?;
             }
         }
         let next_due_ms = self.due.first()?.map(|(k, _)| k.value().0);

@@ -9,13 +9,15 @@
 //! `ringcast worker` process's own runtime; the embedded store has a thread of its own
 //! because redb's commits block on fsync.
 
-// pub mod api;
+pub mod api;
 pub mod backoff;
+pub mod bridge;
 pub mod config;
-// pub mod dlq;
+pub mod dlq;
 pub mod embedded;
 pub mod metrics;
 pub mod rabbitmq;
+pub mod sidecar;
 pub mod webhook;
 pub mod worker;
 

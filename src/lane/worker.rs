@@ -82,14 +82,17 @@ pub enum OnlineCheck {
     /// Authoritative: this single node's users with a `user.{id}` subscription (the
     /// embedded broker: there is no other node).
     Local(Rc<RefCell<HashSet<String>>>),
+    /// Presence (Redis): connected on some node. Unreachable counts as online (try).
+    Presence(crate::presence::Presence),
     /// Not known here (several nodes, no shared presence): send and let the ack decide.
     Unknown,
 }
 
 impl OnlineCheck {
-    fn is_online(&self, user: &str) -> bool {
+    async fn is_online(&self, user: &str) -> bool {
         match self {
             OnlineCheck::Local(users) => users.borrow().contains(user),
+            OnlineCheck::Presence(presence) => presence.is_online(user).await.unwrap_or(true),
             OnlineCheck::Unknown => true,
         }
     }
@@ -133,6 +136,12 @@ impl Settle {
             }
             _ => unreachable!("a job is settled by the source it came from"),
         }
+    }
+
+    /// Whether this store re-schedules a returning user's notifications itself (embedded:
+    /// `wake_user`), so the worker keeps no inbox of them.
+    fn wakes_users(&self) -> bool {
+        matches!(self, Settle::Embedded(_))
     }
 
     /// A fast-path ack: drop the stored copy now where the store allows it.
@@ -275,6 +284,10 @@ impl Worker {
                 }
             }
             WorkerEvent::Online { user } => {
+                if let Settle::Embedded(lane) = &self.settle {
+                    lane.wake_user(&user);
+                    return;
+                }
                 let held: Vec<Notification> = self.state.inbox.borrow().get(&user).map(|m| m.values().cloned().collect()).unwrap_or_default();
                 for n in held {
                     if self.frames.send(&n).await {
@@ -350,7 +363,7 @@ impl Delivery {
         if n.expires <= now {
             return self.dead(job, n, "expired (ttl passed)".into()).await;
         }
-        if self.online.is_online(&n.user) && self.try_once(&n).await {
+        if self.online.is_online(&n.user).await && self.try_once(&n).await {
             LaneMetrics::inc(&self.metrics.delivered);
             return self.settle.finish(job, Outcome::Delivered).await;
         }
@@ -361,7 +374,7 @@ impl Delivery {
             return self.dead(job, next, reason).await;
         }
         let delay = self.config.backoff.delay(next.attempts, fastrand::f64());
-        if !self.state.inbox_put(&next) {
+        if !self.settle.wakes_users() && !self.state.inbox_put(&next) {
             LaneMetrics::inc(&self.metrics.inbox_full);
         }
         if next.attempts == 1 {

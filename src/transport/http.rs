@@ -58,7 +58,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         buf.drain(..consumed);
         let routed = match super::longpoll::route(&shard, &request).await {
             Some(bytes) => Routed::Respond { bytes, keep_alive: true },
-            None => route(&shard, &request),
+            None => match crate::lane::api::handle(&shard, &request).await {
+                Some(bytes) => Routed::Respond { bytes, keep_alive: true },
+                None => route(&shard, &request),
+            },
         };
         match routed {
             Routed::Respond { mut bytes, keep_alive } => {

@@ -210,8 +210,23 @@ pub(super) fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
         ClientOp::Unsub { id, ch } => unsubscribe(shard, conn, id, &ch),
         ClientOp::Pub { id, ch, data } => publish(shard, conn, id, &ch, data.get().as_bytes()),
         ClientOp::Ping { id } => reply(shard, conn, ops::pong(id)),
-        ClientOp::Ack { nid } => reply_err(shard, conn, None, 404, &format!("no pending notification {nid} on this node")),
+        ClientOp::Ack { nid } => ack(shard, conn, &nid),
         ClientOp::Presence { id, .. } => reply_err(shard, conn, id, 404, "presence is not enabled on this node"),
+    }
+}
+
+/// `ack` of a notification: to the bridge and on to the worker. No reply (protocol v1's
+/// `ack` carries no id); only a problem is answered.
+fn ack(shard: &Rc<Shard>, conn: &Rc<Conn>, nid: &str) {
+    let Some(user) = conn.identity.as_deref().and_then(|i| i.user.as_deref()) else {
+        return reply_err(shard, conn, None, 403, "ack needs a token with a sub: notifications belong to a user");
+    };
+    if let Err(e) = crate::lane::validate_nid(nid) {
+        return reply_err(shard, conn, None, 400, &e);
+    }
+    if shard.node.bridge_inbox.push(ToBridge::Ack { user: user.into(), nid: nid.into() }).is_err() {
+        shard.metrics.bridge_full.inc();
+        reply_err(shard, conn, None, 503, "server busy; send the ack again shortly");
     }
 }
 
