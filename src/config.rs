@@ -171,6 +171,7 @@ struct GatewayArgs {
     transport: crate::transport::config::TransportArgs,
     #[command(flatten)]
     presence: crate::presence::PresenceArgs,
+    #[command(flatten)]
     lane: crate::lane::config::LaneArgs,
 }
 
