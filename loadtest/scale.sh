@@ -44,7 +44,7 @@ trap cleanup EXIT
 
 for i in $(seq 1 "$PROCS"); do
   taskset -c "$SERVER_CPU" $bin/ringcast gateway --listen 127.0.0.1:"$PORT" --shards 1 --pin "$SERVER_CPU" \
-    --max-connections "$PER_PROC" --node "scale-$i" --log warn ${GATEWAY_FLAGS:-} >"$work/gw$i.log" 2>&1 &
+    --max-connections "$PER_PROC" --accept-rate 1000000 --share-port --node "scale-$i" --log warn ${GATEWAY_FLAGS:-} >"$work/gw$i.log" 2>&1 &
   pids+=($!)
 done
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done

@@ -49,7 +49,7 @@ PY
 start_gateway() { # port, extra args...
   local port=$1; shift
   taskset -c "$SERVER_CPU" "$bin/ringcast" gateway --listen "127.0.0.1:$port" --shards 1 --pin "$SERVER_CPU" \
-    --api-key bench --log warn --max-connections 100000 "$@" >"$out/gateway-$port-$RANDOM.log" 2>&1 &
+    --api-key bench --log warn --max-connections 100000 --accept-rate 1000000 "$@" >"$out/gateway-$port-$RANDOM.log" 2>&1 &
   pids+=($!)
   echo $!
 }

@@ -62,7 +62,7 @@ start_gateway() {
   local n=${1:-1}; shift || true
   port_free $PORT
   for _ in $(seq 1 "$n"); do
-    taskset -c 0 $bin/ringcast gateway --listen 127.0.0.1:$PORT --shards 1 --pin 0 --api-key bench --max-connections 19000 --log warn "$@" >/dev/null 2>&1 &
+    taskset -c 0 $bin/ringcast gateway --listen 127.0.0.1:$PORT --shards 1 --pin 0 --api-key bench --max-connections 19000 --accept-rate 1000000 --share-port --log warn "$@" >/dev/null 2>&1 &
     GW="$GW $!"
   done
   wait_port $PORT

@@ -173,6 +173,7 @@ struct GatewayArgs {
     presence: crate::presence::PresenceArgs,
     #[command(flatten)]
     lane: crate::lane::config::LaneArgs,
+    admission: crate::admission::AdmissionArgs,
 }
 
 /// The broker seam (Beacon): NATS for multi-node fan-out, JetStream for history.
@@ -296,6 +297,7 @@ impl GatewayArgs {
         given.extend(self.transport.given());
         given.extend(self.presence.given());
         given.extend(self.lane.given());
+        given.extend(self.admission.given());
         given
     }
 }
@@ -333,6 +335,8 @@ pub struct GatewayConfig {
     pub transport: crate::transport::config::TransportConfig,
     pub presence: crate::presence::PresenceConfig,
     pub lane: crate::lane::LaneConfig,
+    /// Accept rate, drain window, port sharing (`admission` module).
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 /// The broker seam: embedded (no `nats`) or NATS, and which channels keep history.
@@ -627,6 +631,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         transport: crate::transport::config::build(values)?,
         presence: crate::presence::PresenceConfig::from_values(values)?,
         lane: crate::lane::config::build(values)?,
+        admission: crate::admission::build(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)

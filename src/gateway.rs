@@ -23,6 +23,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub fn run(config: GatewayConfig) -> i32 {
     init_logging(&config);
     raise_fd_limit();
+    if !config.admission.share_port && crate::admission::port_in_use(config.listen) {
+        eprintln!(
+            "ringcast: another process is already listening on {} (a gateway still running?); SO_REUSEPORT would silently split connections with it. Stop it, pick another --listen, or pass --share-port to run several processes on one port on purpose",
+            config.listen
+        );
+        return 1;
+    }
     let listeners = match bind_listeners(config.listen, config.shards) {
         Ok(listeners) => listeners,
         Err(error) => {
@@ -63,12 +70,13 @@ pub fn run(config: GatewayConfig) -> i32 {
             return 1;
         }
     }
+    // Before the "listening" line: whoever reads it may signal at once.
+    spawn_signal_thread(node.clone());
     let mode = node.io_mode.get().copied().unwrap_or("unknown");
     let scheme = if node.transport.tls.is_some() { "https" } else { "http" };
     println!("ringcast gateway listening on {scheme}://{address} ({} shards, {mode}, node {})", node.config.shards, node.config.node);
     let _ = std::io::stdout().flush();
     tracing::info!(%address, shards = node.config.shards, io = mode, "gateway started");
-    spawn_signal_thread(node.clone());
     crate::transport::tls::spawn_reload_thread(node.clone());
     for thread in shard_threads {
         let _ = thread.join();
@@ -170,18 +178,32 @@ async fn serve(id: u16, node: Arc<Node>, listener: Socket, nonblocking: bool, st
     shard::run(Shard::new(id, node), listener).await;
 }
 
-/// First SIGINT/SIGTERM: stop accepting and close every connection with 1001, then exit
-/// 0. A second one exits at once.
+/// First SIGTERM: drain (readyz 503, 1012 closes spread over `drain_seconds`, exit 0).
+/// First SIGINT: the quick stop (close every connection with 1001, exit 0). Any second
+/// signal exits at once (code 1). A SIGTERM after `POST /admin/drain` started a drain
+/// counts as the first signal: the drain goes on.
 fn spawn_signal_thread(node: Arc<Node>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).expect("cannot install signal handlers");
     std::thread::Builder::new()
         .name("ringcast-signals".into())
         .spawn(move || {
+            let mut seen = 0;
             for signal in signals.forever() {
-                if node.shutting_down.swap(true, Ordering::AcqRel) {
+                seen += 1;
+                if seen > 1 {
                     eprintln!("ringcast: second signal {signal}: exiting now");
                     std::process::exit(1);
+                }
+                if signal == SIGTERM {
+                    if !crate::shard::drain::start(&node) {
+                        tracing::info!("SIGTERM while already stopping: carrying on (another signal exits at once)");
+                    }
+                    continue;
+                }
+                if node.shutting_down.swap(true, Ordering::AcqRel) {
+                    tracing::info!("SIGINT while already stopping: carrying on (another signal exits at once)");
+                    continue;
                 }
                 tracing::info!(signal, "shutting down: closing connections with 1001");
                 for inbox in &node.shard_inboxes {

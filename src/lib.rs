@@ -8,6 +8,7 @@
 //! | module | its one job |
 //! |---|---|
 //! | [`limits`] | every bound, its unit and why |
+//! | [`admission`] | accept rate, max connections, drain and port-sharing settings |
 //! | [`config`] | CLI/env/file → one validated struct |
 //! | [`auth`] | HS256 JWT and API-key checks |
 //! | [`protocol`] | WebSocket frames, HTTP/1.1 requests, protocol v1 JSON ops |
@@ -25,6 +26,7 @@
 //! | [`doctor`] | host checks for a target connection count |
 //! | [`lane`] | durable notifications: embedded or RabbitMQ queue, worker, retries, dead letters |
 
+pub mod admission;
 pub mod auth;
 pub mod bridge;
 pub mod channel;

@@ -5,6 +5,19 @@
 /// WebSocket connections per node. 100k is a safe default for a small host; a tuned
 /// host goes to 1M (see tuning/README.md), each costing one descriptor.
 pub const CONNECTIONS_MAX: usize = 100_000;
+/// New sessions (WebSocket upgrades, long-poll opens) per shard per second, burst one
+/// second's worth. 2,000/s lets a 2-shard node take back 100k clients in ~25 s after a
+/// restart, while handshakes (tens of µs plain, a few hundred with TLS) stay a small share
+/// of the core that also fans out to the connections it already holds.
+pub const ACCEPT_RATE_PER_SHARD: u32 = 2_000;
+/// Highest configurable accept rate: the token bucket's integer math stays exact up to
+/// here, and it is far above what one core can handshake.
+pub const ACCEPT_RATE_PER_SHARD_MAX: u32 = 10_000_000;
+/// Drain window: 1012 closes are spread over it so clients reconnect elsewhere without a
+/// thundering herd. 30 s fits Kubernetes' default grace period pattern (deploy/).
+pub const DRAIN_MS: u64 = 30_000;
+/// Longest drain: beyond an hour an orchestrator has long since killed the process.
+pub const DRAIN_MS_MAX: u64 = 3_600_000;
 /// Shards per node: shard ids travel as u16 and the bridge's shard set is 256 bits.
 pub const SHARD_COUNT_MAX: usize = 256;
 /// One WebSocket frame. 64 KiB covers any sane JSON op while bounding what one read can

@@ -32,10 +32,12 @@ pub enum CloseReason {
     CloseTimeout,
     /// The token's `exp` passed during the session (1008).
     TokenExpired,
+    /// Closed with 1012 by a drain (SIGTERM or `POST /admin/drain`).
+    Drain,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::ProtocolError,
@@ -46,6 +48,7 @@ impl CloseReason {
         CloseReason::IoError,
         CloseReason::CloseTimeout,
         CloseReason::TokenExpired,
+        CloseReason::Drain,
     ];
 
     pub fn label(self) -> &'static str {
@@ -60,6 +63,7 @@ impl CloseReason {
             CloseReason::IoError => "io_error",
             CloseReason::CloseTimeout => "close_timeout",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::Drain => "drain",
         }
     }
 
@@ -67,6 +71,7 @@ impl CloseReason {
     pub fn from_close_code(code: u16) -> CloseReason {
         match code {
             1001 => CloseReason::Shutdown,
+            1012 => CloseReason::Drain,
             1007 => CloseReason::InvalidUtf8,
             1009 => CloseReason::TooBig,
             4008 => CloseReason::SlowConsumer,
@@ -89,15 +94,18 @@ pub enum Refusal {
     Draining,
     /// Request head not complete within the handshake timeout.
     HandshakeTimeout,
+    /// Over the shard's accept rate (503).
+    RateLimited,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::BadRequest,
         Refusal::Unauthorized,
         Refusal::Full,
         Refusal::Draining,
         Refusal::HandshakeTimeout,
+        Refusal::RateLimited,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -106,6 +114,7 @@ impl Refusal {
             Refusal::Full => "full",
             Refusal::Draining => "draining",
             Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct Node {
     /// disconnect only, never per message.
     pub connections: AtomicUsize,
     pub shutting_down: AtomicBool,
+    /// Set with `shutting_down` when the stop is a drain (SIGTERM, `POST /admin/drain`):
+    /// readyz says `draining`, and connections close with 1012 over `drain_seconds`.
+    pub draining: AtomicBool,
     /// The broker link: always up for the embedded broker; NATS's connection state.
     /// Publishes are refused (503) while it is down.
     pub broker_link: Arc<AtomicBool>,
@@ -54,6 +57,7 @@ impl Node {
             jwt,
             connections: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             broker_link: Arc::new(AtomicBool::new(false)),
             io_mode: OnceLock::new(),
             started: Instant::now(),
@@ -76,6 +80,10 @@ impl Node {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn ready(&self) -> bool {

@@ -164,7 +164,7 @@ fn read_until_count(stream: &mut TcpStream, needle: &[u8], count: usize, buf: &m
 #[test]
 fn ten_thousand_connections_all_receive_one_broadcast() {
     const CONNECTIONS: usize = 10_000;
-    let gateway = Gateway::start(&["--shards", "2", "--max-connections", "20000"]);
+    let gateway = Gateway::start(&["--shards", "2", "--max-connections", "20000", "--accept-rate", "1000000"]);
     let channel = format!("t{}.broadcast", unique());
     let started = Instant::now();
     let mut streams: Vec<TcpStream> = (0..CONNECTIONS).map(|_| open_raw(gateway.port, &channel)).collect();

@@ -156,10 +156,11 @@ fn metrics_count_known_traffic() {
 }
 
 #[test]
-fn sigterm_closes_every_connection_with_1001_and_exits_0() {
+fn sigint_closes_every_connection_with_1001_and_exits_0() {
+    // SIGINT is the quick stop; SIGTERM drains with 1012 (tests/drain.rs).
     let mut gateway = Gateway::start(&["--shards", "2"]);
     let mut clients: Vec<Raw> = (0..8).map(|_| Raw::connect(gateway.port, "")).collect();
-    gateway.signal(libc::SIGTERM);
+    gateway.signal(libc::SIGINT);
     for client in clients.iter_mut() {
         assert_eq!(client.expect_close(), 1001);
         // Complete the handshake as a well-behaved client would.

@@ -150,11 +150,16 @@ fn silent_peer_is_dropped_and_answering_peer_is_kept() {
     // The raw client never answers pings.
     let started = std::time::Instant::now();
     let mut pings = 0;
-    while let Some((opcode, _)) = silent.read_frame() {
+    let mut close_code = None;
+    while let Some((opcode, payload)) = silent.read_frame() {
         if opcode == 9 {
             pings += 1;
         }
+        if opcode == 8 {
+            close_code = Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
     }
+    assert_eq!(close_code, Some(1001), "a heartbeat timeout says why with a close frame before the socket closes");
     assert!(started.elapsed() < Duration::from_secs(8), "silent peer never dropped");
     assert!(pings >= 1, "server must ping before giving up");
     assert!(started.elapsed() >= Duration::from_millis(900));

@@ -181,7 +181,7 @@ impl Gateway {
     fn start_with(extra: &[&str]) -> Gateway {
         let port = free_port();
         let child = Command::new(gateway_bin())
-            .args(["gateway", "--listen", &format!("127.0.0.1:{port}"), "--shards", "1", "--api-key", "k", "--log", "warn"])
+            .args(["gateway", "--listen", &format!("127.0.0.1:{port}"), "--shards", "1", "--api-key", "k", "--log", "warn", "--accept-rate", "1000000"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -49,6 +49,8 @@ pub enum ToShard {
     Deliver(Arc<Delivery>),
     /// Stop accepting and close every connection with 1001.
     Shutdown,
+    /// Close every connection with 1012, spread over the drain window, then stop.
+    Drain,
     /// History frames for one connection's resume, in sequence order (a chunk of them).
     Replay { target: ConnRef, replay: u32, frames: Vec<Bytes> },
     /// The resume of `channel` is complete: every message up to `Ok(upto)` was replayed,

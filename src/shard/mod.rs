@@ -7,6 +7,7 @@
 //! outside engines. Runs on: its shard thread.
 
 pub mod conn;
+pub mod drain;
 mod event;
 pub mod poll;
 mod presence;
@@ -72,6 +73,8 @@ pub struct Shard {
     presence_retry: RefCell<std::collections::VecDeque<crate::presence::Change>>,
     ping_frame: Bytes,
     pub ws_limits: WsLimits,
+    /// This shard's accept-rate bucket.
+    pub admission: crate::admission::ShardAdmission,
 }
 
 impl Shard {
@@ -96,6 +99,7 @@ impl Shard {
             presence_retry: RefCell::new(std::collections::VecDeque::new()),
             ping_frame: ws::encode_ping(b""),
             ws_limits: WsLimits { max_frame_bytes: config.max_frame_bytes, max_message_bytes: config.max_message_bytes },
+            admission: crate::admission::ShardAdmission::new(&node),
             node,
         })
     }
@@ -348,6 +352,7 @@ impl Shard {
             match message {
                 ToShard::Deliver(delivery) => self.deliver(&delivery),
                 ToShard::Shutdown => self.begin_shutdown(),
+                ToShard::Drain => drain::begin(self),
                 ToShard::Replay { target, replay, frames } => self.replay_frames(target, replay, frames),
                 ToShard::ReplayDone { target, replay, outcome } => self.replay_done(target, replay, outcome),
                 ToShard::Poll(forward) => crate::transport::longpoll::serve_forwarded(self, *forward),
@@ -409,6 +414,10 @@ impl Shard {
             if expired {
                 self.close(&conn, ws::close_code::POLICY, "token expired; reconnect with a fresh token", CloseReason::TokenExpired);
             } else if idle >= timeout {
+                // Say why (1001 going away, as load balancers do on idle timeouts) in case
+                // only the peer's pongs were lost; a dead peer gets no handshake wait.
+                self.close(&conn, ws::close_code::GOING_AWAY, "heartbeat timeout", CloseReason::HeartbeatTimeout);
+                self.flush(&conn);
                 conn.finish(CloseReason::HeartbeatTimeout);
             } else if idle >= heartbeat && !pinged {
                 conn.state.borrow_mut().ping_outstanding = true;

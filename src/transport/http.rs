@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-/// What a refused upgrade tells the client to wait before retrying, in seconds.
-const RETRY_AFTER_SECONDS: &str = "5";
+/// What readyz tells a load balancer to wait before asking again, in seconds.
+const RETRY_AFTER_SECONDS: &str = crate::admission::RETRY_AFTER_FULL_SECONDS;
 
 thread_local! {
     static SESSION_FUTURE_SIZE_LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -186,6 +186,7 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
     match request.path.as_str() {
         "/ws" if get => upgrade(shard, request),
         "/api/publish" if post => publish(shard, request),
+        "/admin/drain" if post => drain(shard, request),
         "/healthz" if get => respond(200, "application/json", b"{\"status\":\"ok\"}", true),
         "/readyz" if get => {
             let strict = request.query_param("strict").is_some_and(|v| v == "1" || v == "true");
@@ -196,6 +197,8 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
                 respond(if strict { 503 } else { 200 }, "application/json", body, true)
             } else if shard.node.ready() {
                 respond(200, "application/json", b"{\"status\":\"ready\"}", true)
+            } else if shard.node.is_draining() {
+                Routed::Respond { bytes: h::response(503, "application/json", b"{\"status\":\"draining\"}", &[("Retry-After", RETRY_AFTER_SECONDS)], true), keep_alive: true }
             } else if shard.node.is_shutting_down() {
                 error(503, "shutting down", &[("Retry-After", RETRY_AFTER_SECONDS)])
             } else {
@@ -206,8 +209,8 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
         path if get && super::assets::serves(path) => Routed::Respond { bytes: super::assets::respond(request), keep_alive: true },
         path if super::assets::serves(path) => error(405, "method not allowed; use GET", &[("Allow", "GET")]),
         "/ws" | "/healthz" | "/readyz" | "/metrics" => error(405, "method not allowed; use GET", &[("Allow", "GET")]),
-        "/api/publish" => error(405, "method not allowed; use POST", &[("Allow", "POST")]),
-        _ => error(404, "no such route; see the README for /, /ringcast.js, /ws, /poll, /api/publish, /healthz, /readyz, /metrics", &[]),
+        "/api/publish" | "/admin/drain" => error(405, "method not allowed; use POST", &[("Allow", "POST")]),
+        _ => error(404, "no such route; see the README for /, /ringcast.js, /ws, /poll, /api/publish, /admin/drain, /healthz, /readyz, /metrics", &[]),
     }
 }
 
@@ -227,13 +230,11 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
             return error(401, &e.to_string(), &[("WWW-Authenticate", "Bearer")]);
         }
     };
-    if shard.node.is_shutting_down() {
-        shard.metrics.refused(Refusal::Draining);
-        return error(503, "server is shutting down; reconnect to another node", &[("Retry-After", RETRY_AFTER_SECONDS)]);
-    }
-    if !shard.node.admit() {
-        shard.metrics.refused(Refusal::Full);
-        return error(503, "node is at max_connections; retry later or elsewhere", &[("Retry-After", RETRY_AFTER_SECONDS)]);
+    if let Err(refusal) = crate::admission::admit(&shard.node, &shard.admission, shard.now_ms()) {
+        shard.metrics.refused(refusal);
+        let (msg, retry_after) = crate::admission::explain(refusal);
+        // Closed after the answer: a refused client in a burst must not keep a socket.
+        return Routed::Respond { bytes: h::json_error(503, msg, &[("Retry-After", retry_after)], false), keep_alive: false };
     }
     Routed::Upgrade { response: h::upgrade_response(&upgrade), identity }
 }
@@ -307,6 +308,18 @@ fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
         return error(503, "publish queue is full; retry shortly", &[("Retry-After", "1")]);
     }
     respond(202, "application/json", b"{}", true)
+}
+
+/// `POST /admin/drain` (API key): the same drain as SIGTERM. Repeating it changes nothing.
+fn drain(shard: &Rc<Shard>, request: &Request) -> Routed {
+    if let Some(rejected) = check_api_key(shard, request) {
+        return rejected;
+    }
+    if !crate::shard::drain::start(&shard.node) && !shard.node.is_draining() {
+        return error(409, "the node is already shutting down (SIGINT); it cannot drain as well", &[]);
+    }
+    let body = format!("{{\"status\":\"draining\",\"drain_seconds\":{}}}", shard.node.config.admission.drain.as_secs_f64());
+    respond(202, "application/json", body.as_bytes(), true)
 }
 
 fn check_api_key(shard: &Shard, request: &Request) -> Option<Routed> {

@@ -127,13 +127,16 @@ fn open(shard: &Rc<Shard>, request: &Request) -> Answer {
             return Answer::error(401, &e.to_string()).with("WWW-Authenticate", "Bearer");
         }
     };
-    if shard.node.is_shutting_down() || shard.stop.is_set() {
+    if shard.stop.is_set() {
         shard.metrics.refused(Refusal::Draining);
         return Answer::error(503, "server is shutting down; reconnect to another node").with("Retry-After", RETRY_AFTER_SECONDS);
     }
-    if !shard.node.admit() {
-        shard.metrics.refused(Refusal::Full);
-        return Answer::error(503, "node is at max_connections; retry later or elsewhere").with("Retry-After", RETRY_AFTER_SECONDS);
+    // The same admission as a WebSocket upgrade: draining, the shard's accept rate, the
+    // node's max_connections.
+    if let Err(refusal) = crate::admission::admit(&shard.node, &shard.admission, shard.now_ms()) {
+        shard.metrics.refused(refusal);
+        let (msg, retry_after) = crate::admission::explain(refusal);
+        return Answer::error(503, msg).with("Retry-After", retry_after);
     }
     let (conn, sid) = shard.register_poll(identity);
     let metrics = &shard.node.transport.poll_metrics[shard.id as usize];

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocket;
 
 pub mod edge_b;
+pub mod edge_a;
 pub mod lane;
 pub mod nats;
 pub mod presence;
