@@ -16,6 +16,7 @@
 //! | [`permission`] | who may subscribe to or publish on what |
 //! | [`fanout`] | bounded mailboxes between threads and the envelopes in them |
 //! | [`metrics`] | per-shard counters and the Prometheus rendering |
+//! | [`histogram`] | the fan-out latency histogram (broker receipt → socket write) |
 //! | [`node`] | what one node's threads share |
 //! | [`shard`] | one core: connections, outbound queues, heartbeat wheel |
 //! | [`transport`] | HTTP routes and the WebSocket session on top of a shard |
@@ -34,6 +35,7 @@ pub mod config;
 pub mod doctor;
 pub mod fanout;
 pub mod gateway;
+pub mod histogram;
 pub mod lane;
 pub mod limits;
 pub mod metrics;

@@ -172,6 +172,8 @@ pub struct ShardMetrics {
     pub resume_duplicates: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
+    /// Broker receipt → socket write, per delivered copy.
+    pub fanout_latency: crate::histogram::LatencyHistogram,
 }
 
 impl ShardMetrics {
@@ -234,6 +236,9 @@ pub struct NodeView<'a> {
     pub broker_connected: bool,
     pub io_mode: &'a str,
     pub connections_max: usize,
+    /// Draining (SIGTERM or /admin/drain) or shutting down.
+    pub draining: bool,
+    pub accept_rate_per_shard: u32,
     pub shards: Vec<ShardView<'a>>,
     pub bridge: &'a BridgeMetrics,
     pub bridge_inbox_depth: usize,
@@ -299,6 +304,14 @@ pub fn render(view: &NodeView) -> String {
     family(&mut out, "ringcast_slow_consumer_closes_total", "counter", "Connections closed with 4008 (outbound backlog over outbound_limit).");
     let slow: u64 = view.shards.iter().map(|s| s.metrics.closes[CloseReason::SlowConsumer as usize].get()).sum();
     let _ = writeln!(out, "ringcast_slow_consumer_closes_total {slow}");
+    family(&mut out, "ringcast_fanout_latency_seconds", "histogram", "Fan-out latency per delivered copy: broker receipt on the bridge to the shard's socket writes of the loop turn that queued it.");
+    for (shard, s) in view.shards.iter().enumerate() {
+        s.metrics.fanout_latency.snapshot().render(&mut out, "ringcast_fanout_latency_seconds", &format!("shard=\"{shard}\""));
+    }
+    family(&mut out, "ringcast_draining", "gauge", "1 while the node drains or shuts down (readyz 503, upgrades refused).");
+    let _ = writeln!(out, "ringcast_draining {}", view.draining as u8);
+    family(&mut out, "ringcast_accept_rate_per_shard", "gauge", "Configured accept_rate: new sessions per second each shard admits.");
+    let _ = writeln!(out, "ringcast_accept_rate_per_shard {}", view.accept_rate_per_shard);
     family(&mut out, "ringcast_refusals_total", "counter", "Connections or upgrades refused before becoming WebSockets, by reason.");
     for (shard, s) in view.shards.iter().enumerate() {
         for refusal in Refusal::ALL {

@@ -120,6 +120,8 @@ impl Node {
             broker_connected: self.broker_up(),
             io_mode: self.io_mode.get().copied().unwrap_or("starting"),
             connections_max: self.config.max_connections,
+            draining: self.is_shutting_down(),
+            accept_rate_per_shard: self.config.admission.accept_rate_per_second,
             shards,
             bridge: &self.bridge_metrics,
             bridge_inbox_depth: self.bridge_inbox.len(),

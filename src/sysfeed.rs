@@ -58,8 +58,10 @@ pub struct Sample {
     /// Publishes the full bridge inbox refused.
     pub bridge_drops: u64,
     /// p99 of the fan-out latency (broker receipt → socket write) over the last interval,
-    /// in milliseconds, when the node measures it; `None` until a histogram exists.
+    /// in milliseconds; `None` when nothing was delivered in it (or in the first sample).
     pub fanout_p99_ms: Option<f64>,
+    /// The fan-out latency histograms of every shard, summed (cumulative).
+    pub fanout_latency: crate::histogram::HistogramSnapshot,
 }
 
 impl Sample {
@@ -79,6 +81,10 @@ impl Sample {
             bytes_out: node.shard_metrics.iter().map(|m| m.bytes_out.get()).sum(),
             bridge_drops: node.bridge_inbox.dropped(),
             fanout_p99_ms: None,
+            fanout_latency: node.shard_metrics.iter().fold(Default::default(), |mut sum, m| {
+                sum.add(&m.fanout_latency.snapshot());
+                sum
+            }),
         }
     }
 }
@@ -221,7 +227,11 @@ impl Feed {
 
     /// Samples the node and returns the snapshot's JSON bytes.
     pub fn tick(&mut self, now: Instant) -> Vec<u8> {
-        let current = Sample::read(&self.node);
+        let mut current = Sample::read(&self.node);
+        if let Some((_, previous)) = &self.previous {
+            let interval = current.fanout_latency.since(&previous.fanout_latency);
+            current.fanout_p99_ms = interval.quantile_us(0.99).map(|us| us / 1000.0);
+        }
         let facts = NodeFacts {
             node: &self.node.config.node,
             io_mode: self.node.io_mode.get().copied().unwrap_or("starting"),
@@ -291,8 +301,8 @@ mod tests {
 
     #[test]
     fn rates_are_per_second_between_two_samples() {
-        let before = Sample { shards: vec![shard(1, 10, 100, 90, 0), shard(2, 0, 0, 0, 0)], published: 5, bytes_in: 0, bytes_out: 0, bridge_drops: 0, fanout_p99_ms: None };
-        let after = Sample { shards: vec![shard(3, 30, 500, 490, 4), shard(4, 10, 100, 100, 0)], published: 25, bytes_in: 2000, bytes_out: 4000, bridge_drops: 2, fanout_p99_ms: Some(1.234) };
+        let before = Sample { shards: vec![shard(1, 10, 100, 90, 0), shard(2, 0, 0, 0, 0)], published: 5, bytes_in: 0, bytes_out: 0, bridge_drops: 0, fanout_p99_ms: None, ..Sample::default() };
+        let after = Sample { shards: vec![shard(3, 30, 500, 490, 4), shard(4, 10, 100, 100, 0)], published: 25, bytes_in: 2000, bytes_out: 4000, bridge_drops: 2, fanout_p99_ms: Some(1.234), ..Sample::default() };
         let json: serde_json::Value = serde_json::from_slice(&render(&facts(), Some(&before), &after, Duration::from_secs(2))).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["node"], "n1");
@@ -338,7 +348,7 @@ mod tests {
     #[test]
     fn the_largest_snapshot_fits_its_bound() {
         let widest = ShardSample { connections: u64::MAX / 2, frames_in: u64::MAX, frames_out: u64::MAX, deliveries: u64::MAX, queue_depth: u64::MAX, drops: u64::MAX / 1024, slow_consumer_closes: 0 };
-        let sample = Sample { shards: vec![widest; crate::limits::SHARD_COUNT_MAX], published: u64::MAX, bytes_in: u64::MAX, bytes_out: u64::MAX, bridge_drops: 0, fanout_p99_ms: Some(123456.789) };
+        let sample = Sample { shards: vec![widest; crate::limits::SHARD_COUNT_MAX], published: u64::MAX, bytes_in: u64::MAX, bytes_out: u64::MAX, bridge_drops: 0, fanout_p99_ms: Some(123456.789), ..Sample::default() };
         let node = "n".repeat(255);
         let facts = NodeFacts { node: &node, io_mode: "io_uring", connections_max: usize::MAX, uptime_seconds: u64::MAX, unix_ms: u64::MAX };
         let bytes = render(&facts, Some(&Sample { shards: vec![ShardSample::default(); crate::limits::SHARD_COUNT_MAX], ..Sample::default() }), &sample, Duration::from_millis(1));

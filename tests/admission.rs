@@ -71,13 +71,13 @@ fn past_the_accept_rate_upgrades_get_503_with_retry_after_1() {
 fn a_second_gateway_on_a_live_port_refuses_to_start_unless_share_port() {
     let first = Gateway::start(&["--shards", "1"]);
     let listen = format!("127.0.0.1:{}", first.port);
-    let second = spawn_on(&listen, &["--shards", "1"]);
+    let second = spawn_on(&listen, &["--shards", "1", "--log", "warn"]);
     let output = second.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("already listening") && stderr.contains("--share-port"), "{stderr}");
     // On purpose: both serve the port.
-    let mut shared = spawn_on(&listen, &["--shards", "1", "--share-port"]);
+    let mut shared = spawn_on(&listen, &["--shards", "1", "--log", "warn", "--share-port"]);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(shared.stdout.take().unwrap()), &mut line).unwrap();
     assert!(line.contains("listening"), "{line}");

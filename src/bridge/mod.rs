@@ -228,13 +228,14 @@ impl Bridge {
     /// Encodes the message once and hands the same frame to every interested shard. A
     /// full shard queue drops that shard's copy (counted) and never blocks the others.
     pub fn deliver(&mut self, channel: Box<str>, payload: &[u8], raw_frame: bool, seq: Option<u64>) {
+        let received_us = self.node.started.elapsed().as_micros() as u64;
         let mut wanted = ShardSet::default();
         self.interest.for_each_match(&channel, |shard| wanted.insert(shard));
         if wanted.is_empty() {
             return;
         }
         let frame = encode_frame(&channel, payload, raw_frame, seq);
-        let delivery = Arc::new(Delivery { channel, frame, seq });
+        let delivery = Arc::new(Delivery { channel, frame, seq, received_us });
         for shard in wanted.iter() {
             match self.node.shard_inboxes[shard as usize].push(ToShard::Deliver(delivery.clone())) {
                 Ok(()) => self.metrics.deliveries_queued.inc(),

@@ -26,6 +26,9 @@ pub struct Delivery {
     /// Stream sequence on history channels (JetStream, or the embedded rings); a shard
     /// uses it to stitch a connection's replay to live messages without gap or duplicate.
     pub seq: Option<u64>,
+    /// When the bridge received it from the broker, in µs since the node started: the
+    /// shard observes receipt → socket write in `ringcast_fanout_latency_seconds`.
+    pub received_us: u64,
 }
 
 /// One connection on one shard: its slot, and its id so a reused slot is never mistaken

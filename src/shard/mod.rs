@@ -262,7 +262,9 @@ impl Shard {
     }
 
     /// Fans one published message out to every local subscriber, sharing its frame.
-    fn deliver(&self, delivery: &Delivery) {
+    /// Returns the copies counted as deliveries.
+    fn deliver(&self, delivery: &Delivery) -> u32 {
+        let copies = Cell::new(0u32);
         let seq = self.delivery_seq.get().wrapping_add(1);
         self.delivery_seq.set(seq);
         let conns = self.conns.borrow();
@@ -286,7 +288,10 @@ impl Shard {
             if let Some(seq) = delivery.seq {
                 match conn.hold_if_replaying(&delivery.channel, seq, &delivery.frame, limit) {
                     Hold::No => {}
-                    Hold::Held => return self.metrics.deliveries.inc(),
+                    Hold::Held => {
+                        copies.set(copies.get() + 1);
+                        return self.metrics.deliveries.inc();
+                    }
                     Hold::Skip => return self.metrics.resume_duplicates.inc(),
                     Hold::Overflow => {
                         let reason = "outbound backlog over its bound";
@@ -306,7 +311,9 @@ impl Shard {
                 closing.push(slot);
             }
             self.metrics.deliveries.inc();
+            copies.set(copies.get() + 1);
         });
+        copies.get()
     }
 
     /// Writes every connection that had frames queued this turn: one vectored send each.
@@ -348,9 +355,10 @@ impl Shard {
     }
 
     fn handle_inbox(self: &Rc<Self>, batch: &mut Vec<ToShard>) {
+        let mut latency = crate::histogram::PendingLatency::<INBOX_BATCH_MESSAGES_MAX>::new();
         for message in batch.drain(..) {
             match message {
-                ToShard::Deliver(delivery) => self.deliver(&delivery),
+                ToShard::Deliver(delivery) => latency.push(delivery.received_us, self.deliver(&delivery)),
                 ToShard::Shutdown => self.begin_shutdown(),
                 ToShard::Drain => drain::begin(self),
                 ToShard::Replay { target, replay, frames } => self.replay_frames(target, replay, frames),
@@ -360,6 +368,7 @@ impl Shard {
         }
         self.retry_presence();
         self.flush_dirty();
+        latency.observe(&self.metrics.fanout_latency, self.node.started.elapsed().as_micros() as u64);
     }
 
     fn begin_shutdown(self: &Rc<Self>) {

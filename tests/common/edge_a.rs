@@ -52,12 +52,11 @@ pub fn metric(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Starts a gateway on a fixed `listen` address (not through `Gateway::start`, which
-/// picks a free port); returns the child and its combined output once it exits, or the
-/// running child.
+/// Starts a gateway on a fixed `listen` address with exactly `extra` flags besides it
+/// (`Gateway::start` picks a free port and sets `--log warn`); stdout and stderr piped.
 pub fn spawn_on(listen: &str, extra: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["gateway", "--listen", listen, "--log", "warn"])
+        .args(["gateway", "--listen", listen])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
