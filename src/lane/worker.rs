@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Acked notifications remembered (`user/nid`, ~100 bytes each) so a copy still waiting in a
 /// retry queue is dropped when it returns. Past it the oldest are forgotten: such a copy
@@ -215,7 +215,7 @@ impl State {
 
 pub struct Worker {
     config: LaneConfig,
-    source: Source,
+    source: Option<Source>,
     settle: Settle,
     frames: Rc<FrameSink>,
     online: OnlineCheck,
@@ -230,24 +230,30 @@ impl Worker {
             Source::Embedded(lane) => Settle::Embedded(lane.clone()),
             Source::Rabbit(rabbit) => Settle::Rabbit(rabbit.finisher()),
         };
-        Worker { config, source, settle, frames: Rc::new(frames), online, events, metrics, state: Rc::new(State::default()) }
+        Worker { config, source: Some(source), settle, frames: Rc::new(frames), online, events, metrics, state: Rc::new(State::default()) }
     }
 
     /// Runs until the event channel closes (the gateway or worker is stopping).
     pub async fn run(mut self) {
         let slots = Arc::new(Semaphore::new(self.config.in_flight));
-        if let Source::Embedded(lane) = &self.source {
+        let source = self.source.take().expect("a worker runs once");
+        if let Source::Embedded(lane) = &source {
             tokio::task::spawn_local(report_embedded_stats(lane.clone(), self.metrics.clone()));
         }
+        // Due work is fetched by its own task, never inside the `select!` below: a lease
+        // abandoned half way (an ack arriving while the store answers) would leave the
+        // leased notifications stranded until the lease ran out (ack timeout + margin).
+        let (jobs_tx, mut jobs_rx) = mpsc::channel(1);
+        let feeder = tokio::task::spawn_local(feed(source, slots, self.config.ack_timeout + LEASE_MARGIN, jobs_tx));
         loop {
             tokio::select! {
                 event = self.events.recv() => match event {
                     Some(event) => self.on_event(event).await,
-                    None => return,
+                    None => break,
                 },
-                jobs = next_jobs(&mut self.source, &slots, self.config.ack_timeout + LEASE_MARGIN) => {
-                    for job in jobs {
-                        let permit = slots.clone().try_acquire_owned().ok();
+                batch = jobs_rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    for (job, permit) in batch {
                         let task = Delivery {
                             config: self.config.clone(),
                             settle: self.settle.clone(),
@@ -264,6 +270,7 @@ impl Worker {
                 }
             }
         }
+        feeder.abort();
     }
 
     async fn on_event(&mut self, event: WorkerEvent) {
@@ -299,16 +306,35 @@ impl Worker {
     }
 }
 
-/// Waits for due work while a delivery slot is free.
-async fn next_jobs(source: &mut Source, slots: &Semaphore, lease: Duration) -> Vec<Job> {
-    // Only ask for work that can start now: a full worker leaves it in the queue.
-    let free = loop {
-        let free = slots.available_permits();
-        if free > 0 {
-            break free;
+/// Hands due work to the worker, each job with its delivery slot: at most `in_flight`
+/// tries run at once, and a full worker leaves work in the queue.
+async fn feed(mut source: Source, slots: Arc<Semaphore>, lease: Duration, out: mpsc::Sender<Vec<(Job, OwnedSemaphorePermit)>>) {
+    loop {
+        let Ok(first) = slots.clone().acquire_owned().await else { return };
+        // Only this task takes permits, so the free count can only grow until the batch is
+        // handed over.
+        let free = 1 + slots.available_permits();
+        let jobs = next_jobs(&mut source, free, lease).await;
+        let mut spare = Some(first);
+        let mut batch = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let permit = match spare.take() {
+                Some(permit) => permit,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            batch.push((job, permit));
         }
-        drop(slots.acquire().await);
-    };
+        if out.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for up to `free` due jobs.
+async fn next_jobs(source: &mut Source, free: usize, lease: Duration) -> Vec<Job> {
     match source {
         Source::Rabbit(rabbit) => match rabbit.next().await {
             Some(job) => vec![Job::Rabbit(job)],
