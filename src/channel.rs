@@ -9,9 +9,10 @@
 //! `!Sync`-agnostic; a `SubIndex` lives on one thread (a shard, or the bridge) and is
 //! never shared.
 //!
-//! The `$sys` rule (as in NATS for `$`-subjects): a pattern whose first token is a
-//! wildcard never matches a channel whose first token is `$sys`. So `>` or `*.metrics`
-//! never see server channels; a client must name `$sys` explicitly.
+//! The `$` rule (as in NATS for `$`-subjects): a pattern whose first token is a wildcard
+//! never matches a channel whose first token starts with `$` (`$sys`, `$pres`). So `>` or
+//! `*.metrics` never see server channels; a client must name `$sys` explicitly, and
+//! `$pres` (presence frames) is subscribed to by the server only.
 //!
 //! Functions that take a pattern or channel assume it was validated
 //! ([`validate_pattern`] / [`validate_channel`]); on invalid input they do not panic but
@@ -35,6 +36,16 @@ pub const CHANNEL_TOKENS_MAX: usize = 16;
 
 /// The reserved first token of server-published channels.
 pub const SYS_TOKEN: &str = "$sys";
+
+/// The reserved first token of the internal presence channels `$pres.{channel}`, which
+/// carry `join`/`leave` frames; only the server subscribes to them.
+pub const PRES_TOKEN: &str = "$pres";
+
+/// Is `token` (a first token) a server channel's (`$sys`, `$pres`)?
+#[inline]
+pub fn is_server_token(token: &str) -> bool {
+    token.starts_with('$')
+}
 
 /// The first token of private channels `user.{sub}(.…)`.
 pub const USER_TOKEN: &str = "user";
@@ -86,7 +97,7 @@ impl fmt::Display for ChannelError {
             ),
             ChannelError::BadChar { index, ch: '$' } => write!(
                 f,
-                "'$' at byte {index} is only allowed as the whole first token \"$sys\" (server channels)"
+                "'$' at byte {index} is only allowed as the whole first token \"$sys\" or \"$pres\" (server channels)"
             ),
             ChannelError::BadChar { index, ch } => write!(
                 f,
@@ -152,7 +163,7 @@ fn validate_token(
         "*" | ">" if !wildcards_allowed => return Err(ChannelError::WildcardInChannel),
         ">" if !last => return Err(ChannelError::FullWildcardNotLast),
         "*" | ">" => return Ok(()),
-        SYS_TOKEN if index == 0 => return Ok(()),
+        SYS_TOKEN | PRES_TOKEN if index == 0 => return Ok(()),
         _ => {}
     }
     match token.bytes().position(|b| !is_token_byte(b)) {
@@ -194,9 +205,9 @@ pub fn matches(pattern: &str, channel: &str) -> bool {
     loop {
         match (pattern_tokens.next(), channel_tokens.next()) {
             (None, None) => return true,
-            (Some(">"), Some(c)) => return !(first && c == SYS_TOKEN),
+            (Some(">"), Some(c)) => return !(first && is_server_token(c)),
             (Some("*"), Some(c)) => {
-                if first && c == SYS_TOKEN {
+                if first && is_server_token(c) {
                     return false;
                 }
             }
@@ -223,10 +234,10 @@ pub fn covers(outer: &str, inner: &str) -> bool {
         match (outer_tokens.next(), inner_tokens.next()) {
             (None, None) => return true,
             // `>` covers one or more tokens of anything, wildcards included.
-            (Some(">"), Some(i)) => return !(first && i == SYS_TOKEN),
+            (Some(">"), Some(i)) => return !(first && is_server_token(i)),
             // `*` covers exactly one token: a literal or `*`, never the many of `>`.
             (Some("*"), Some(i)) => {
-                if i == ">" || (first && i == SYS_TOKEN) {
+                if i == ">" || (first && is_server_token(i)) {
                     return false;
                 }
             }
@@ -254,9 +265,9 @@ pub fn overlaps(a: &str, b: &str) -> bool {
             (None, None) => return true,
             // `>` takes one or more tokens: whatever the other has left, it can match,
             // unless that is a `$sys` channel and the `>` is the first token.
-            (Some(">"), Some(t)) | (Some(t), Some(">")) => return !(first && t == SYS_TOKEN),
+            (Some(">"), Some(t)) | (Some(t), Some(">")) => return !(first && is_server_token(t)),
             (Some("*"), Some(t)) | (Some(t), Some("*")) => {
-                if first && t == SYS_TOKEN {
+                if first && is_server_token(t) {
                     return false;
                 }
             }
@@ -547,10 +558,10 @@ impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
             count += 1;
         }
         let tokens = &tokens[..count];
-        if tokens[0] == SYS_TOKEN {
-            // The `$sys` rule: only patterns spelling `$sys` literally can match, so
-            // skip the root's `*` and `>` branches.
-            if let Some(child) = self.root.literals.get(SYS_TOKEN) {
+        if is_server_token(tokens[0]) {
+            // The `$` rule: only patterns spelling `$sys`/`$pres` literally can match,
+            // so skip the root's `*` and `>` branches.
+            if let Some(child) = self.root.literals.get(tokens[0]) {
                 match_from(child, &tokens[1..], &mut f);
             }
         } else {
@@ -758,6 +769,9 @@ mod tests {
             ("$sys.*", "$sys.metrics", true),
             ("$sys.metrics", "$sys.metrics", true),
             ("a.>", "a.$sys", true), // only the first token is special (and invalid anyway)
+            (">", "$pres.room", false),
+            ("*.room", "$pres.room", false),
+            ("$pres.room", "$pres.room", true),
             ("user.*", "user.alice", true),
             ("Room", "room", false), // case-sensitive
         ];

@@ -12,7 +12,7 @@
 //! `chans` and `pub` entries are validated when the token is accepted (see
 //! `transport::http::authenticate`): an invalid entry never reaches these checks.
 
-use crate::channel::{covers, SYS_TOKEN, USER_TOKEN};
+use crate::channel::{covers, PRES_TOKEN, SYS_TOKEN, USER_TOKEN};
 
 /// The verified identity of a connection, as far as permissions go.
 pub struct Principal<'a> {
@@ -45,6 +45,9 @@ pub fn check_subscribe(p: &Principal, pattern: &str) -> Result<(), Denied> {
     let mut tokens = pattern.split('.');
     let first = tokens.next().unwrap_or("");
     let second = tokens.next();
+    if first == PRES_TOKEN {
+        return denied("$pres.* channels are internal; subscribe to the channel with \"presence\":true to get its join/leave frames");
+    }
     if first == SYS_TOKEN {
         if p.user.is_none() && !(p.sys_allowed && p.sys_anonymous) {
             return denied("anonymous connections may not subscribe to $sys.* channels; connect with a token");
@@ -77,6 +80,9 @@ pub fn check_subscribe(p: &Principal, pattern: &str) -> Result<(), Denied> {
 pub fn check_publish(p: &Principal, channel: &str) -> Result<(), Denied> {
     if channel.split('.').next() == Some(SYS_TOKEN) {
         return denied("$sys.* channels are published by the server only");
+    }
+    if channel.split('.').next() == Some(PRES_TOKEN) {
+        return denied("$pres.* channels are published by the server only (presence join/leave frames)");
     }
     if p.user.is_none() {
         return denied("anonymous connections may not publish; connect with a token that has a pub claim");

@@ -229,6 +229,11 @@ impl Bridge {
     /// full shard queue drops that shard's copy (counted) and never blocks the others.
     pub fn deliver(&mut self, channel: Box<str>, payload: &[u8], raw_frame: bool, seq: Option<u64>) {
         let received_us = self.node.started.elapsed().as_micros() as u64;
+        if !raw_frame && channel.starts_with(crate::presence::PRESENCE_CHANNEL_PREFIX) {
+            // Only the server's own join/leave frames belong there (a NATS client
+            // publishing on `{prefix}.$pres.x` must not reach presence subscribers).
+            return;
+        }
         let mut wanted = ShardSet::default();
         self.interest.for_each_match(&channel, |shard| wanted.insert(shard));
         if wanted.is_empty() {

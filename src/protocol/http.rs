@@ -302,7 +302,7 @@ fn body_length(request: &Request, limits: &HttpLimits) -> Result<usize, HttpErro
 }
 
 /// `%XX` and `+` decoding for query strings.
-fn percent_decode(input: &str) -> String {
+pub fn percent_decode(input: &str) -> String {
     fn hex(byte: u8) -> Option<u8> {
         match byte {
             b'0'..=b'9' => Some(byte - b'0'),

@@ -60,7 +60,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             Some(bytes) => Routed::Respond { bytes, keep_alive: true },
             None => match crate::lane::api::handle(&shard, &request).await {
                 Some(bytes) => Routed::Respond { bytes, keep_alive: true },
-                None => route(&shard, &request),
+                None => match request.path.strip_prefix("/api/presence/") {
+                    Some(channel) => presence_api(&shard, &request, channel).await,
+                    None => route(&shard, &request),
+                },
             },
         };
         match routed {
@@ -190,11 +193,20 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
         "/healthz" if get => respond(200, "application/json", b"{\"status\":\"ok\"}", true),
         "/readyz" if get => {
             let strict = request.query_param("strict").is_some_and(|v| v == "1" || v == "true");
-            if shard.node.ready() && !shard.node.broker_up() {
+            let presence_down = !shard.node.presence.is_up();
+            if shard.node.ready() && (!shard.node.broker_up() || presence_down) {
                 // Local connections still work; only cross-node fan-out and publishing
-                // wait for the broker. `?strict=1` makes a degraded node not ready.
-                let body = b"{\"status\":\"degraded\",\"broker\":\"disconnected\"}";
-                respond(if strict { 503 } else { 200 }, "application/json", body, true)
+                // wait for the broker, presence for its store. `?strict=1` makes a
+                // degraded node not ready.
+                let mut body = String::from("{\"status\":\"degraded\"");
+                if !shard.node.broker_up() {
+                    body.push_str(",\"broker\":\"disconnected\"");
+                }
+                if presence_down {
+                    body.push_str(",\"presence\":\"unavailable\"");
+                }
+                body.push('}');
+                respond(if strict { 503 } else { 200 }, "application/json", body.as_bytes(), true)
             } else if shard.node.ready() {
                 respond(200, "application/json", b"{\"status\":\"ready\"}", true)
             } else if shard.node.is_draining() {
@@ -295,6 +307,9 @@ fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
     if let Err(e) = channel::validate_channel(&body.ch) {
         return error(400, &format!("bad channel: {e}"), &[]);
     }
+    if body.ch.starts_with(crate::presence::PRESENCE_CHANNEL_PREFIX) {
+        return error(403, "$pres.* channels carry presence frames and are published by the server only", &[]);
+    }
     if body.data.get().len() > shard.node.config.max_message_bytes {
         return error(413, "data is larger than max_message", &[]);
     }
@@ -320,6 +335,31 @@ fn drain(shard: &Rc<Shard>, request: &Request) -> Routed {
     }
     let body = format!("{{\"status\":\"draining\",\"drain_seconds\":{}}}", shard.node.config.admission.drain.as_secs_f64());
     respond(202, "application/json", body.as_bytes(), true)
+}
+
+/// `GET /api/presence/{channel}` → 200 `{"members":[..]}` (API key), 503 while the
+/// presence store is unavailable.
+async fn presence_api(shard: &Rc<Shard>, request: &Request, channel_name: &str) -> Routed {
+    if !matches!(request.method, Method::Get | Method::Head) {
+        return error(405, "method not allowed; use GET", &[("Allow", "GET")]);
+    }
+    if let Some(rejected) = check_api_key(shard, request) {
+        return rejected;
+    }
+    let channel_name = h::percent_decode(channel_name);
+    if let Err(e) = channel::validate_channel(&channel_name) {
+        return error(400, &format!("bad channel in /api/presence/{{channel}}: {e}"), &[]);
+    }
+    if channel::is_server_token(channel_name.split('.').next().unwrap_or("")) {
+        return error(400, "server channels ($sys, $pres) have no presence", &[]);
+    }
+    match super::presence::members(shard, &channel_name).await {
+        Ok(members) => {
+            let body = format!("{{{}}}", super::presence::members_field(&members));
+            respond(200, "application/json", body.as_bytes(), true)
+        }
+        Err(e) => error(e.code(), e.message(), &[("Retry-After", "1")]),
+    }
 }
 
 fn check_api_key(shard: &Shard, request: &Request) -> Option<Routed> {

@@ -8,6 +8,7 @@ mod assets;
 pub mod config;
 mod http;
 pub mod longpoll;
+mod presence;
 pub mod tls;
 mod websocket;
 

@@ -206,12 +206,12 @@ pub(super) fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
         Err(e) => return reply_err(shard, conn, e.id, e.code, &e.msg),
     };
     match op {
-        ClientOp::Sub { id, ch, since, .. } => subscribe(shard, conn, id, &ch, since),
+        ClientOp::Sub { id, ch, since, presence } => subscribe(shard, conn, id, &ch, since, presence),
         ClientOp::Unsub { id, ch } => unsubscribe(shard, conn, id, &ch),
         ClientOp::Pub { id, ch, data } => publish(shard, conn, id, &ch, data.get().as_bytes()),
         ClientOp::Ping { id } => reply(shard, conn, ops::pong(id)),
         ClientOp::Ack { nid } => ack(shard, conn, &nid),
-        ClientOp::Presence { id, .. } => reply_err(shard, conn, id, 404, "presence is not enabled on this node"),
+        ClientOp::Presence { id, ch } => presence_query(shard, conn, id, ch),
     }
 }
 
@@ -267,12 +267,17 @@ fn wants_resume(shard: &Shard, pattern: &str) -> Result<bool, String> {
     }
 }
 
-fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, since: Option<u64>) {
+fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, since: Option<u64>, presence: bool) {
     if let Err(e) = channel::validate_pattern(pattern) {
         return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
     }
     if let Err(denied) = permission::check_subscribe(&principal(shard, conn), pattern) {
         return reply_err(shard, conn, id, denied.code, &denied.msg);
+    }
+    if presence {
+        if let Err(msg) = super::presence::check_joinable(pattern) {
+            return reply_err(shard, conn, id, 400, &msg);
+        }
     }
     let resume = match since {
         Some(since) => match wants_resume(shard, pattern) {
@@ -286,6 +291,9 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
         let st = conn.state.borrow();
         if st.subscriptions.iter().any(|p| &**p == pattern) {
             drop(st);
+            if presence && !super::presence::join(shard, conn, pattern) {
+                return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
+            }
             return reply(shard, conn, ops::ok(id));
         }
         st.subscriptions.len()
@@ -303,6 +311,10 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
         return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
     }
     conn.state.borrow_mut().subscriptions.push(pattern.into());
+    if presence && !super::presence::join(shard, conn, pattern) {
+        unsubscribe_quietly(shard, conn, pattern);
+        return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
+    }
     match resume {
         None => reply(shard, conn, ops::ok(id)),
         Some(since) => start_resume(shard, conn, id, pattern, since),
@@ -323,7 +335,34 @@ fn start_resume(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, channel: &s
     }
 }
 
+/// Undoes a subscription that could not be completed.
+fn unsubscribe_quietly(shard: &Shard, conn: &Conn, pattern: &str) {
+    let removed = {
+        let mut st = conn.state.borrow_mut();
+        let position = st.subscriptions.iter().position(|p| &**p == pattern);
+        position.map(|i| st.subscriptions.swap_remove(i))
+    };
+    if let Some(pattern) = removed {
+        shard.remove_subscription(conn.slot, pattern);
+    }
+}
+
+fn presence_query(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, ch: String) {
+    if let Err(e) = channel::validate_channel(&ch) {
+        return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
+    }
+    // Seeing who is in a channel is reading it: the same rule as subscribing.
+    if let Err(denied) = permission::check_subscribe(&principal(shard, conn), &ch) {
+        return reply_err(shard, conn, id, denied.code, &denied.msg);
+    }
+    super::presence::query_op(shard, conn, id, ch);
+}
+
 fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str) {
+    if pattern.starts_with(crate::presence::PRESENCE_CHANNEL_PREFIX) {
+        return reply_err(shard, conn, id, 400, "$pres.* channels are internal; unsub the channel itself to leave its presence");
+    }
+    super::presence::leave(shard, conn, pattern);
     let removed = {
         let mut st = conn.state.borrow_mut();
         let position = st.subscriptions.iter().position(|p| &**p == pattern);
