@@ -173,6 +173,7 @@ struct GatewayArgs {
     presence: crate::presence::PresenceArgs,
     #[command(flatten)]
     lane: crate::lane::config::LaneArgs,
+    #[command(flatten)]
     admission: crate::admission::AdmissionArgs,
 }
 
