@@ -1,0 +1,20 @@
+//! The integration tests, as one test binary (one link instead of one per file; each
+//! file is a module). Every test talks to real gateway processes over real sockets, and
+//! to real nats-server, Redis and RabbitMQ (`scripts/services.sh` starts them).
+//! Run one file's tests with `cargo test --release --test it -- lane_embedded::`.
+
+mod common;
+mod admission;
+mod beacon;
+mod dashboard;
+mod drain;
+mod fanout;
+mod http;
+mod lane_embedded;
+mod lane_rabbitmq;
+mod longpoll;
+mod metrics;
+mod presence;
+mod tls;
+mod websocket;
+mod worker_rabbitmq;

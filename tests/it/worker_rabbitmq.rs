@@ -1,0 +1,147 @@
+//! Durable notifications through RabbitMQ with `ringcast worker` sidecars: real
+//! RabbitMQ (127.0.0.1:5672) and NATS (127.0.0.1:4222) as `scripts/services.sh` starts
+//! them, unique queue and subject prefixes per test.
+
+
+use crate::common::lane::{ack, delete_queues, next_notify, notify_ok, prefix, user, wait_dead, Sidecar, AMQP};
+use crate::common::{Gateway, SECRET};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+struct Setup {
+    lane_prefix: String,
+    nats_prefix: String,
+    timers: Vec<String>,
+}
+
+impl Setup {
+    fn new(name: &str, timers: &[&str]) -> Setup {
+        Setup {
+            lane_prefix: prefix(name),
+            nats_prefix: format!("n{}", crate::common::unique() % 100_000_000),
+            timers: timers.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn shared(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["--nats", NATS, "--nats-prefix", &self.nats_prefix, "--amqp", AMQP, "--lane-prefix", &self.lane_prefix]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(self.timers.iter().cloned());
+        args
+    }
+
+    fn gateway(&self) -> Gateway {
+        let mut args = vec!["--jwt-secret".to_string(), SECRET.to_string()];
+        args.extend(self.shared());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Gateway::start(&args)
+    }
+
+    fn worker(&self) -> Sidecar {
+        let args = self.shared();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Sidecar::start(&args)
+    }
+
+    fn timer(&self, flag: &str, default: Duration) -> Duration {
+        self.timers.iter().position(|t| t == flag).map_or(default, |i| ringcast::config::parse_duration(&self.timers[i + 1]).unwrap())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        delete_queues(AMQP, &self.lane_prefix, self.timer("--retry-base", Duration::from_secs(1)), self.timer("--retry-max", Duration::from_secs(300)));
+    }
+}
+
+/// Waits until the gateway's RabbitMQ link is up (a notify answers 202).
+fn first_notify(port: u16, body: serde_json::Value) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, answer) = crate::common::lane::notify(port, body.clone());
+        if status == 202 {
+            return answer["nid"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(Instant::now() < deadline, "RabbitMQ link never came up: {answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sidecar_delivers_to_an_online_user_and_a_returning_one() {
+    let setup = Setup::new("online", &["--ack-timeout", "1s", "--retry-base", "20s", "--retry-max", "1m"]);
+    let gw = setup.gateway();
+    let worker = setup.worker();
+    let mut alice = user(gw.port, "alice");
+    std::thread::sleep(Duration::from_millis(200));
+    let nid = first_notify(gw.port, json!({"user": "alice", "data": {"hi": 1}}));
+    let frame = next_notify(&mut alice, Duration::from_secs(5)).expect("notify through NATS");
+    assert_eq!((frame["nid"].as_str(), &frame["data"]), (Some(nid.as_str()), &json!({"hi": 1})));
+    ack(&mut alice, &nid);
+    worker.wait_metric("delivered_total", 1.0, Duration::from_secs(5));
+    // Offline: the first try fails (no ack), the retry waits up to 20 s, but coming online
+    // (subscribing to user.bob) brings it within a second.
+    let nid = notify_ok(gw.port, json!({"user": "bob", "data": 2}));
+    worker.wait_metric("retried_total", 1.0, Duration::from_secs(5));
+    let subscribed = Instant::now();
+    let mut bob = user(gw.port, "bob");
+    let frame = next_notify(&mut bob, Duration::from_secs(1)).expect("delivered within 1 s of coming online");
+    assert_eq!(frame["nid"], nid.as_str());
+    ack(&mut bob, &nid);
+    worker.wait_metric("delivered_total", 2.0, Duration::from_secs(5));
+    eprintln!("returning user: notify {:?} after subscribing (machine loaded)", subscribed.elapsed());
+}
+
+#[test]
+fn kill_9_of_the_worker_mid_delivery_loses_nothing() {
+    let setup = Setup::new("killw", &["--ack-timeout", "3s", "--retry-base", "200ms", "--retry-max", "1s"]);
+    let gw = setup.gateway();
+    let mut first = setup.worker();
+    let mut carol = user(gw.port, "carol");
+    std::thread::sleep(Duration::from_millis(200));
+    let nid = first_notify(gw.port, json!({"user": "carol", "data": "once"}));
+    let frame = next_notify(&mut carol, Duration::from_secs(5)).expect("first try");
+    assert_eq!(frame["nid"], nid.as_str());
+    // The worker now waits for the ack with the message unacked in RabbitMQ: kill it.
+    first.kill9();
+    let second = setup.worker();
+    let frame = next_notify(&mut carol, Duration::from_secs(10)).expect("redelivered by the next worker");
+    assert_eq!(frame["nid"], nid.as_str(), "same nid on redelivery");
+    ack(&mut carol, &nid);
+    second.wait_metric("delivered_total", 1.0, Duration::from_secs(5));
+}
+
+#[test]
+fn dead_letters_are_listed_replayed_and_purged() {
+    let setup = Setup::new("dlq", &["--ack-timeout", "200ms", "--retry-base", "100ms", "--retry-max", "300ms", "--max-attempts", "3"]);
+    let gw = setup.gateway();
+    let worker = setup.worker();
+    let nid = first_notify(gw.port, json!({"user": "nobody", "data": 1, "nid": "dlq-1"}));
+    let list = wait_dead(gw.port, 1, Duration::from_secs(15));
+    assert_eq!(list[0]["nid"], nid.as_str());
+    assert_eq!(list[0]["attempts"], 3);
+    assert!(list[0]["reason"].as_str().unwrap().contains("attempts exhausted"));
+    assert_eq!(worker.metric("dead_lettered_total"), 1.0);
+    let cli = |verb: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["dlq", verb, "--amqp", AMQP, "--lane-prefix", &setup.lane_prefix, "--retry-base", "100ms", "--retry-max", "300ms"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dlq {verb}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let listed = cli("list");
+    assert!(listed.contains("\"nid\":\"dlq-1\""), "{listed}");
+    assert_eq!(cli("replay").trim(), "replayed 1");
+    // Replayed with a fresh count: it goes round again and lands back in the queue.
+    let list = wait_dead(gw.port, 1, Duration::from_secs(15));
+    assert_eq!(list[0]["nid"], "dlq-1");
+    assert!(worker.metric("dead_lettered_total") >= 2.0);
+    assert_eq!(cli("purge").trim(), "purged 1");
+    assert!(crate::common::lane::dead(gw.port).is_empty());
+}
