@@ -131,7 +131,9 @@ struct GatewayArgs {
     /// On SIGTERM, time clients get to answer the 1001 close before sockets drop. [default: 10s]
     #[arg(long, env = "RINGCAST_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     shutdown_timeout: Option<String>,
-    /// Node name shown in `welcome` and metrics. [default: hostname]
+    /// Node name shown in `welcome`, presence and metrics; must be unique among the nodes
+    /// sharing a NATS or Redis (connection ids are unique per node only). Set a stable one
+    /// in production, such as the pod name. [default: hostname-pid]
     #[arg(long, env = "RINGCAST_NODE", value_name = "NAME")]
     node: Option<String>,
     /// Bridge → shard queue bound, in messages; full drops are counted per shard. [default: 65536]
@@ -617,7 +619,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         heartbeat_timeout: duration("heartbeat_timeout", limits::HEARTBEAT_TIMEOUT_MS)?,
         handshake_timeout: duration("handshake_timeout", limits::HANDSHAKE_TIMEOUT_MS)?,
         shutdown_timeout: duration("shutdown_timeout", limits::SHUTDOWN_TIMEOUT_MS)?,
-        node: get("node").map(str::to_owned).unwrap_or_else(hostname),
+        node: get("node").map(str::to_owned).unwrap_or_else(default_node),
         shard_inbox_messages: count("shard_inbox", limits::SHARD_INBOX_MESSAGES_MAX)?,
         bridge_inbox_messages: count("bridge_inbox", limits::BRIDGE_INBOX_MESSAGES_MAX)?,
         read_buffer_bytes: size("read_buffer", limits::READ_BUFFER_BYTES)?,
@@ -763,6 +765,12 @@ fn build_broker(values: &BTreeMap<&str, String>) -> Result<BrokerConfig, ConfigE
         return Err(error("history_stream", format!("{:?} must be letters, digits, _ or -", history.stream)));
     }
     Ok(BrokerConfig { nats, history })
+}
+
+/// `hostname-pid`: unique among the processes of one host (several gateways may share a
+/// port there), as presence and connection ids need.
+fn default_node() -> String {
+    format!("{}-{}", hostname(), std::process::id())
 }
 
 fn hostname() -> String {

@@ -284,8 +284,8 @@ impl PresenceEngine {
             .frames
             .into_iter()
             .map(|(channel, user, conn, joined)| {
-                let mut json = Vec::with_capacity(64 + channel.len());
-                crate::protocol::ops::presence_change_into(&mut json, joined, &channel, user.as_deref(), conn);
+                let mut json = Vec::with_capacity(64 + channel.len() + self.node.len());
+                crate::protocol::ops::presence_change_into(&mut json, joined, &channel, user.as_deref(), conn, &self.node);
                 (format!("{PRESENCE_CHANNEL_PREFIX}{channel}").into_boxed_str(), Bytes::from(json))
             })
             .collect()

@@ -38,6 +38,10 @@ pub const REDIS_RECONNECT_DELAY_MS_MAX: u64 = 2_000;
 /// the writer resyncs from local state instead (counted), so memory stays bounded while
 /// Redis is slow.
 pub const WRITER_QUEUE_JOBS: usize = 256;
+/// Longest an idle writer goes without a command to Redis: its heartbeat (every
+/// `presence_ttl / 3`) comes at least this often, so a lost link is noticed in about a
+/// second even with a long TTL.
+pub const LINK_CHECK_MS_MAX: u64 = 1_000;
 
 /// Work for the writer task, done in order on its one connection, so a `presence` query
 /// sees every change this node made before it.
@@ -293,6 +297,10 @@ impl WriterTask {
             }
         }
         self.resync.set(false);
+        // Up from here, in the same step as the snapshot: every change applied before it
+        // is in the snapshot, every change after it is queued behind it (the engine drops
+        // changes while the link is down, counting on this resync).
+        let was_up = self.shared.link_up.swap(true, Ordering::AcqRel);
         let snapshot = self.local.borrow().snapshot();
         for chunk in snapshot.chunks(self.batch) {
             self.pipeline(con, &instance, chunk).await?;
@@ -302,7 +310,7 @@ impl WriterTask {
             self.shared.metrics.commands.inc();
         }
         self.shared.metrics.resyncs.inc();
-        if !self.shared.link_up.swap(true, Ordering::AcqRel) {
+        if !was_up {
             tracing::info!(entries = snapshot.len(), "presence: Redis link up; local presence registered");
         }
         for (channel, reply) in queries {
@@ -313,7 +321,9 @@ impl WriterTask {
     }
 
     async fn serve(&mut self, con: &mut MultiplexedConnection, jobs: &mut tokio::sync::mpsc::Receiver<Job>) -> ::redis::RedisError {
-        let period = self.ttl / 3;
+        // The heartbeat doubles as the link check: at least every second, so a lost Redis
+        // shows in `/readyz` and in presence answers within about that long.
+        let period = (self.ttl / 3).min(Duration::from_millis(LINK_CHECK_MS_MAX));
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -322,10 +322,11 @@ pub fn msg_into(out: &mut Vec<u8>, ch: &str, data_json: &[u8], seq: Option<u64>)
     out.push(b'}');
 }
 
-/// Appends `{"op":"join"|"leave","ch":..,"user":..,"conn":..}` to `out` (`user` null for
-/// an anonymous connection).
-pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: Option<&str>, conn: u64) {
-    out.reserve(FRAME_OVERHEAD_BYTES + ch.len() + user.map_or(0, str::len));
+/// Appends `{"op":"join"|"leave","ch":..,"user":..,"conn":..,"node":..}` to `out` (`user`
+/// null for an anonymous connection; connection ids are unique per node only, so the
+/// node that holds the connection comes with it, as in the member list).
+pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: Option<&str>, conn: u64, node: &str) {
+    out.reserve(FRAME_OVERHEAD_BYTES + ch.len() + user.map_or(0, str::len) + node.len());
     out.extend_from_slice(if joined {
         b"{\"op\":\"join\",\"ch\":\""
     } else {
@@ -342,7 +343,9 @@ pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: Opt
     }
     out.extend_from_slice(b",\"conn\":");
     push_u64(out, conn);
-    out.push(b'}');
+    out.extend_from_slice(b",\"node\":\"");
+    escape_json_str_into(out, node);
+    out.extend_from_slice(b"\"}");
 }
 
 /// Appends `{"op":"notify","nid":"..","data":<data_json verbatim>,"ts":N}` to `out`.
@@ -735,20 +738,20 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        presence_change_into(&mut out, true, "room", Some("al\"ice"), 3);
+        presence_change_into(&mut out, true, "room", Some("al\"ice"), 3, "n1");
         assert_eq!(
             as_json(&out),
-            json!({"op":"join","ch":"room","user":"al\"ice","conn":3})
+            json!({"op":"join","ch":"room","user":"al\"ice","conn":3,"node":"n1"})
         );
         let mut out = Vec::new();
-        presence_change_into(&mut out, false, "room", Some("bob"), 4);
+        presence_change_into(&mut out, false, "room", Some("bob"), 4, "n1");
         assert_eq!(
             as_json(&out),
-            json!({"op":"leave","ch":"room","user":"bob","conn":4})
+            json!({"op":"leave","ch":"room","user":"bob","conn":4,"node":"n1"})
         );
         let mut out = Vec::new();
-        presence_change_into(&mut out, false, "room", None, 5);
-        assert_eq!(as_json(&out), json!({"op":"leave","ch":"room","user":null,"conn":5}));
+        presence_change_into(&mut out, false, "room", None, 5, "n\"2");
+        assert_eq!(as_json(&out), json!({"op":"leave","ch":"room","user":null,"conn":5,"node":"n\"2"}));
         let mut out = Vec::new();
         notify_into(&mut out, "n1", br#"{"a":1}"#, 1700000000000);
         assert_eq!(

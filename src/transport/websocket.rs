@@ -211,7 +211,7 @@ pub(super) fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
         ClientOp::Pub { id, ch, data } => publish(shard, conn, id, &ch, data.get().as_bytes()),
         ClientOp::Ping { id } => reply(shard, conn, ops::pong(id)),
         ClientOp::Ack { nid } => ack(shard, conn, &nid),
-        ClientOp::Presence { id, ch } => presence_query(shard, conn, id, ch),
+        ClientOp::Presence { id, ch } => presence_query(shard, conn, id, ch.into_owned()),
     }
 }
 
