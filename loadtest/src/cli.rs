@@ -279,7 +279,7 @@ pub struct NotifyArgs {
     pub settle: Duration,
     /// Sender connections for POST /api/notify, each with one request in flight and an
     /// equal share of --rate (a Lane answers only once persisted: more connections, more
-    /// notifications in flight).
+    /// notifications in flight; 1..=512, each a thread).
     #[arg(long, default_value_t = 8)]
     pub senders: usize,
     /// Size in bytes of each notification's `data` JSON (carries the send time and number).

@@ -52,3 +52,7 @@ pub const LIMIT_ACCEPT_BACKLOG: i32 = 65_535;
 /// Publisher connections for `fanout --publishers`: each is a thread and a socket; a few
 /// dozen already arrive together more than any single backend would.
 pub const PUBLISHERS_MAX: usize = 64;
+/// Sender connections for `notify --senders`: each is a thread and a socket with one
+/// request in flight, so the accept rate a run can show is about senders / accept
+/// latency (256 at 12 ms: ~21,000/s); 512 leaves room for a slower store.
+pub const SENDERS_MAX: usize = 512;

@@ -48,8 +48,8 @@ pub fn notify(args: &NotifyArgs) -> Result<Report> {
     if args.jwt_secret.is_empty() {
         bail!("--jwt-secret is required: users connect with tokens (start the gateway with the same --jwt-secret)");
     }
-    if args.senders == 0 || args.senders > limits::PUBLISHERS_MAX {
-        bail!("--senders must be 1..={}", limits::PUBLISHERS_MAX);
+    if args.senders == 0 || args.senders > limits::SENDERS_MAX {
+        bail!("--senders must be 1..={}", limits::SENDERS_MAX);
     }
     let id = run_id();
     let sub_prefix = args.user_prefix.clone().unwrap_or_else(|| format!("lt{id}u"));
