@@ -32,6 +32,9 @@ use tokio::sync::mpsc;
 /// Publishing channels per connection on the gateway side: confirms are per channel, so
 /// several let accepts from many requests be confirmed in parallel.
 pub const PUBLISH_CHANNELS: usize = 8;
+/// How often a worker asks RabbitMQ how many notifications wait in its queues (one
+/// passive declare per queue: `.work` and each retry bucket).
+pub const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a link checks that its connection is still up.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// Reconnect backoff: from 100 ms doubling to 2 s (RabbitMQ restarts take seconds).
@@ -332,6 +335,7 @@ pub struct RabbitSource {
     backoff: Backoff,
     jobs: mpsc::Receiver<RabbitJob>,
     pub connected: Rc<Cell<bool>>,
+    queued: Rc<Cell<Option<u64>>>,
     /// Keeps the connection's supervisor going while this source lives.
     _link: Rc<RefCell<Option<Rc<()>>>>,
 }
@@ -342,9 +346,10 @@ impl RabbitSource {
         let (tx, jobs) = mpsc::channel(in_flight.max(1));
         let slot: Rc<RefCell<Option<Rc<()>>>> = Rc::new(RefCell::new(None));
         let connected = Rc::new(Cell::new(false));
-        let setup = (topology.clone(), backoff.clone(), tx);
+        let queued = Rc::new(Cell::new(None));
+        let setup = (topology.clone(), backoff.clone(), tx, queued.clone());
         supervise(url.to_owned(), "ringcast-worker", &slot, connected.clone(), async move |conn: &Connection| {
-            let (topology, backoff, jobs) = &setup;
+            let (topology, backoff, jobs, queued) = &setup;
             let consume = conn.create_channel().await?;
             topology.declare(&consume, backoff).await?;
             consume.basic_qos(in_flight as u16, BasicQosOptions::default()).await?;
@@ -354,6 +359,8 @@ impl RabbitSource {
             let mut consumer = consume
                 .basic_consume(topology.work.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
                 .await?;
+            let stats = conn.create_channel().await?;
+            tokio::task::spawn_local(count_queued(stats, topology.clone(), backoff.clone(), queued.clone()));
             let jobs = jobs.clone();
             tokio::task::spawn_local(async move {
                 while let Some(delivery) = consumer.next().await {
@@ -374,7 +381,13 @@ impl RabbitSource {
             });
             Ok(())
         });
-        RabbitSource { topology, backoff: backoff.clone(), jobs, connected, _link: slot }
+        RabbitSource { topology, backoff: backoff.clone(), jobs, connected, queued, _link: slot }
+    }
+
+    /// Notifications waiting in `.work` and the retry queues (ready, not held by a
+    /// worker), as RabbitMQ last counted them; None until counted or while disconnected.
+    pub fn queued(&self) -> Rc<Cell<Option<u64>>> {
+        self.queued.clone()
     }
 
     /// The next notification to try (waits while none is there or RabbitMQ is away).
@@ -423,5 +436,28 @@ impl RabbitFinisher {
                 Err(e)
             }
         }
+    }
+}
+
+/// Counts the messages waiting in `.work` and every retry queue each
+/// [`QUEUE_STATS_INTERVAL`] into `queued`, until the channel fails (the connection's
+/// supervisor starts a new counter with the next connection).
+async fn count_queued(channel: Channel, topology: Topology, backoff: Backoff, queued: Rc<Cell<Option<u64>>>) {
+    let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+    let mut names = vec![topology.work.clone()];
+    names.extend(backoff.buckets().iter().map(|ms| topology.retry(*ms)));
+    loop {
+        let mut total = 0u64;
+        for name in &names {
+            match channel.queue_declare(name.as_str().into(), passive, FieldTable::default()).await {
+                Ok(queue) => total += u64::from(queue.message_count()),
+                Err(_) => {
+                    queued.set(None);
+                    return;
+                }
+            }
+        }
+        queued.set(Some(total));
+        tokio::time::sleep(QUEUE_STATS_INTERVAL).await;
     }
 }

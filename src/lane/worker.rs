@@ -156,6 +156,8 @@ impl Settle {
 struct State {
     /// `user/nid` → who waits for its ack.
     waiting: RefCell<HashMap<String, oneshot::Sender<()>>>,
+    /// `user/nid` → accepted-at (unix ms) of the tries running now.
+    trying: RefCell<HashMap<String, u64>>,
     acked: RefCell<(HashSet<String>, VecDeque<String>)>,
     /// user → nid → the notification as it waits for its next try.
     inbox: RefCell<HashMap<String, HashMap<String, Notification>>>,
@@ -237,8 +239,9 @@ impl Worker {
     pub async fn run(mut self) {
         let slots = Arc::new(Semaphore::new(self.config.in_flight));
         let source = self.source.take().expect("a worker runs once");
-        if let Source::Embedded(lane) = &source {
-            tokio::task::spawn_local(report_embedded_stats(lane.clone(), self.metrics.clone()));
+        match &source {
+            Source::Embedded(lane) => drop(tokio::task::spawn_local(report_embedded_stats(lane.clone(), self.metrics.clone()))),
+            Source::Rabbit(rabbit) => drop(tokio::task::spawn_local(report_rabbit_stats(rabbit.queued(), self.state.clone(), self.metrics.clone()))),
         }
         // Due work is fetched by its own task, never inside the `select!` below: a lease
         // abandoned half way (an ack arriving while the store answers) would leave the
@@ -367,6 +370,27 @@ async fn report_embedded_stats(lane: EmbeddedLane, metrics: Arc<LaneMetrics>) {
     }
 }
 
+/// RabbitMQ: pending is what waits in the queues (RabbitMQ's count) plus the tries in
+/// flight here; the oldest pending is the oldest this worker knows of (its in-flight tries
+/// and the notifications it holds for the online fast path): with several workers each
+/// reports its own view, and the gauge's maximum over workers is the figure to watch.
+async fn report_rabbit_stats(queued: Rc<Cell<Option<u64>>>, state: Rc<State>, metrics: Arc<LaneMetrics>) {
+    loop {
+        let in_flight = metrics.in_flight.load(Ordering::Relaxed);
+        if let Some(queued) = queued.get() {
+            metrics.pending.store(queued + in_flight, Ordering::Relaxed);
+        }
+        let oldest = {
+            let inbox = state.inbox.borrow();
+            let held = inbox.values().flat_map(|per_user| per_user.values()).map(|n| n.ts).min();
+            let trying = state.trying.borrow().values().copied().min();
+            held.into_iter().chain(trying).min()
+        };
+        metrics.oldest_pending_ms.store(oldest.unwrap_or(0), Ordering::Relaxed);
+        tokio::time::sleep(super::rabbitmq::QUEUE_STATS_INTERVAL).await;
+    }
+}
+
 /// One try of one notification.
 struct Delivery {
     config: LaneConfig,
@@ -380,6 +404,13 @@ struct Delivery {
 impl Delivery {
     async fn run(self, job: Job) {
         let n = job.notification().clone();
+        let key = key(&n.user, &n.nid);
+        self.state.trying.borrow_mut().insert(key.clone(), n.ts);
+        self.try_job(job, n).await;
+        self.state.trying.borrow_mut().remove(&key);
+    }
+
+    async fn try_job(&self, job: Job, n: Notification) {
         let now = super::now_ms();
         // This copy supersedes the one held for the fast path.
         self.state.inbox_take(&n.user, &n.nid);

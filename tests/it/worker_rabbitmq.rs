@@ -88,12 +88,24 @@ fn sidecar_delivers_to_an_online_user_and_a_returning_one() {
     // (subscribing to user.bob) brings it within a second.
     let nid = notify_ok(gw.port, json!({"user": "bob", "data": 2}));
     worker.wait_metric("retried_total", 1.0, Duration::from_secs(5));
+    // Waiting in a retry queue: pending (RabbitMQ's count, every 2 s) and its age show it.
+    worker.wait_metric("pending", 1.0, Duration::from_secs(6));
+    assert_eq!(worker.metric("pending"), 1.0);
+    assert!(worker.metric("oldest_pending_age_seconds") > 0.0);
     let subscribed = Instant::now();
     let mut bob = user(gw.port, "bob");
     let frame = next_notify(&mut bob, Duration::from_secs(1)).expect("delivered within 1 s of coming online");
     assert_eq!(frame["nid"], nid.as_str());
     ack(&mut bob, &nid);
     worker.wait_metric("delivered_total", 2.0, Duration::from_secs(5));
+    // Delivered through the fast path: nothing is pending for the worker any more, though
+    // RabbitMQ still holds the retry copy until its TTL (then it is dropped as acked).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while worker.metric("oldest_pending_age_seconds") > 0.0 {
+        assert!(Instant::now() < deadline, "oldest pending age {} s after the last delivery", worker.metric("oldest_pending_age_seconds"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(worker.metric("pending") <= 1.0);
     eprintln!("returning user: notify {:?} after subscribing (machine loaded)", subscribed.elapsed());
 }
 
