@@ -12,6 +12,7 @@ mod fanout;
 mod http;
 mod lane_embedded;
 mod lane_rabbitmq;
+mod lane_restart;
 mod longpoll;
 mod metrics;
 mod presence;
