@@ -198,9 +198,9 @@ fn kill_9_of_a_rabbitmq_gateway_mid_burst_loses_no_accepted_notification() {
     }
     first.signal(libc::SIGKILL);
     first.wait_exit(Duration::from_secs(5));
-    let tried: usize = senders.into_iter().map(|s| s.join().expect("sender")).sum();
+    let sent: usize = senders.into_iter().map(|s| s.join().expect("sender")).sum();
     let accepted = Arc::try_unwrap(accepted).unwrap().into_inner().unwrap();
-    eprintln!("burst: {} accepted of {tried} answered requests before the kill", accepted.len());
+    eprintln!("burst: {} accepted of {sent} requests sent before the kill", accepted.len());
 
     // A new gateway and a worker deliver everything that got a 202.
     let second = setup.gateway();

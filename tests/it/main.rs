@@ -13,6 +13,7 @@ mod http;
 mod lane_embedded;
 mod lane_rabbitmq;
 mod lane_restart;
+mod lane_webhook;
 mod longpoll;
 mod metrics;
 mod presence;
