@@ -3,8 +3,7 @@
 //! on 127.0.0.1:5672, under a lane prefix of its own), real WebSocket users with HS256
 //! tokens, `POST /api/notify`, `notify` frames and `ack`s. Every accepted notification
 //! must arrive: online users while connected, the other half after they connect.
-//! Ignored until the Lane is on main. Against the lane branch build 129c319 the RabbitMQ
-//! test passes and the embedded one fails on the delay after reconnect (~15 s, not ≤ 2 s).
+//! The Lane is on main: both run by default (the RabbitMQ one needs `scripts/services.sh`).
 
 use serde_json::Value;
 use std::net::TcpListener;
@@ -113,14 +112,12 @@ fn assert_all_delivered(r: &Value) {
 const SMALL_RUN: [&str; 12] = ["--users", "20", "--rate", "100", "--duration", "2s", "--offline-for", "1s", "--settle", "20s", "--senders", "4"];
 
 #[test]
-#[ignore = "needs the Lane (issue 5) on main: then drop this ignore; meanwhile `--ignored` with RINGCAST_BIN=<a Lane build>"]
 fn notify_embedded_lane_delivers_every_accepted_notification() {
     let gw = Gateway::start(&[]);
     assert_all_delivered(&notify(&gw, &SMALL_RUN));
 }
 
 #[test]
-#[ignore = "needs the Lane (issue 5) on main: then drop this ignore; meanwhile `--ignored` with RINGCAST_BIN=<a Lane build>"]
 fn notify_rabbitmq_lane_delivers_every_accepted_notification() {
     if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
         panic!("RabbitMQ is not running on 127.0.0.1:5672: start it with `bash scripts/services.sh`");

@@ -12,6 +12,8 @@ mod fanout;
 mod http;
 mod lane_embedded;
 mod lane_rabbitmq;
+mod lane_restart;
+mod lane_webhook;
 mod longpoll;
 mod metrics;
 mod presence;

@@ -13,6 +13,7 @@ pub mod edge_a;
 pub mod lane;
 pub mod nats;
 pub mod presence;
+pub mod rabbit;
 
 pub const API_KEY: &str = "test-api-key";
 pub const SECRET: &str = "test-jwt-secret";
