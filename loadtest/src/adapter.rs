@@ -78,6 +78,8 @@ pub struct Join<'a> {
     pub nats_prefix: Option<&'a str>,
     /// A client id unique per connection (MQTT requires one; a duplicate kicks the other).
     pub client_id: &'a str,
+    /// ringcast: subscribe with `"presence": true` (join the channel's presence set).
+    pub presence: bool,
 }
 
 /// The masked frames a client sends right after the 101 (empty when nothing is needed).
@@ -89,6 +91,9 @@ pub fn join_frames(kind: TargetKind, join: &Join) -> Vec<u8> {
                 let mut op = serde_json::json!({"op": "sub", "ch": ch, "id": 1});
                 if let Some(since) = join.since {
                     op["since"] = since.into();
+                }
+                if join.presence {
+                    op["presence"] = true.into();
                 }
                 frame::encode_client_frame(&mut out, frame::OPCODE_TEXT, op.to_string().as_bytes(), MASK);
             }
@@ -231,7 +236,7 @@ mod tests {
 
     #[test]
     fn ringcast_join_resume_and_delivery() {
-        let join = Join { channel: Some("dev.1.temp"), since: Some(41), nats_prefix: None, client_id: "c" };
+        let join = Join { channel: Some("dev.1.temp"), since: Some(41), nats_prefix: None, client_id: "c", presence: false };
         let frames = join_frames(TargetKind::Ringcast, &join);
         let h = frame::parse_header(&frames).unwrap();
         let mut body = frames[h.header_len..].to_vec();
@@ -244,7 +249,7 @@ mod tests {
         let msg = br#"{"op":"msg","ch":"a","data":{"lt_ns":0000000000000000001,"lt_n":000000000007},"seq":8}"#;
         assert_eq!(events(TargetKind::Ringcast, false, true, msg).0.len(), 1);
         // An idle ringcast client needs no join at all.
-        assert!(join_frames(TargetKind::Ringcast, &Join { channel: None, since: None, nats_prefix: None, client_id: "c" }).is_empty());
+        assert!(join_frames(TargetKind::Ringcast, &Join { channel: None, since: None, nats_prefix: None, client_id: "c", presence: false }).is_empty());
         assert!(!TargetKind::Ringcast.needs_join(None));
     }
 
@@ -269,7 +274,7 @@ mod tests {
 
     #[test]
     fn nats_join_is_connect_sub_ping_and_stream_is_split_safe() {
-        let join = Join { channel: Some("bench"), since: None, nats_prefix: Some("rc"), client_id: "lt-1" };
+        let join = Join { channel: Some("bench"), since: None, nats_prefix: Some("rc"), client_id: "lt-1", presence: false };
         let frames = join_frames(TargetKind::NatsWs, &join);
         let h = frame::parse_header(&frames).unwrap();
         assert_eq!(h.opcode, frame::OPCODE_BINARY);
@@ -288,7 +293,7 @@ mod tests {
 
     #[test]
     fn mqtt_join_and_refusals() {
-        let join = Join { channel: Some("dev.*.temp"), since: None, nats_prefix: None, client_id: "lt-2" };
+        let join = Join { channel: Some("dev.*.temp"), since: None, nats_prefix: None, client_id: "lt-2", presence: false };
         let frames = join_frames(TargetKind::MqttWs, &join);
         let h = frame::parse_header(&frames).unwrap();
         let mut body = frames[h.header_len..].to_vec();

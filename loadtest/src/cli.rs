@@ -317,6 +317,19 @@ pub struct IdleArgs {
 pub struct BurstArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// ringcast: every connection subscribes to this channel with `"presence": true` (a
+    /// presence burst: with --redis on the gateway, what Redis absorbs); a connection is
+    /// ready once its `ok` arrives.
+    #[arg(long, value_name = "CHANNEL")]
+    pub presence: Option<String>,
+    /// With --presence: spread the connections over this many channels, `{CHANNEL}.{i}`
+    /// (rooms of conns/rooms members; one room of n members is n² join frames).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Connect with a token per connection (HS256 with this secret, `sub` = a user of its
+    /// own), so each connection is also an identified, online user.
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -94,6 +94,9 @@ pub struct WorkerConfig {
     /// `notify`: per-user tokens and notification bookkeeping.
     #[serde(default)]
     pub users: Option<UserSpec>,
+    /// `burst --presence`: subscriptions join the channel's presence set.
+    #[serde(default)]
+    pub presence: bool,
     /// Global connections from this index on wait for the parent's `release` before
     /// opening (`notify`'s users who come online later).
     #[serde(default)]
@@ -669,7 +672,7 @@ impl Worker {
             conn.flags |= RESUMING;
         }
         let client_id = format!("lt{}-{}-{}", std::process::id(), global, conn.attempt);
-        let join = adapter::Join { channel: channel.as_deref(), since, nats_prefix: self.cfg.nats_prefix.as_deref(), client_id: &client_id };
+        let join = adapter::Join { channel: channel.as_deref(), since, nats_prefix: self.cfg.nats_prefix.as_deref(), client_id: &client_id, presence: self.cfg.presence };
         self.out.extend_from_slice(&adapter::join_frames(self.cfg.kind, &join));
         conn.state = State::Joining;
     }
@@ -998,6 +1001,7 @@ mod tests {
             lifetime_ms: 1000,
             reconnect: None,
             users: None,
+            presence: false,
             held_from: None,
         }
     }

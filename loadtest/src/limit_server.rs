@@ -414,6 +414,7 @@ mod tests {
             classes: vec![client::SubClass { name: "subscribers".into(), conns: CONNS, channel: "bench".into(), channel_count: 1, track_order: false }],
             reconnect: None,
             users: None,
+            presence: false,
             held_from: None,
             connect_timeout_ms: 10_000,
             lifetime_ms: 60_000,

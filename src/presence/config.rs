@@ -25,6 +25,13 @@ pub const PRESENCE_BATCH_CHANGES_MAX: usize = 65_536;
 pub const PRESENCE_FLUSH_MS: u64 = 5;
 /// Upper bound for `presence_flush`: presence older than this is stale to a human.
 pub const PRESENCE_FLUSH_MS_MAX: u64 = 1_000;
+/// Default most members a channel may have on this node for its `join`/`leave` frames to
+/// be sent: every join is one frame to every presence subscriber, so a channel of n
+/// members costs n frames per change (n² for n joins). Past it changes are counted, not
+/// sent; members stay listed by `presence`.
+pub const PRESENCE_EVENTS_MEMBERS: usize = 1_000;
+/// Upper bound for `presence_events_max`.
+pub const PRESENCE_EVENTS_MEMBERS_MAX: usize = 1_000_000;
 /// Default key prefix in Redis.
 pub const REDIS_PREFIX: &str = "rc";
 
@@ -41,7 +48,8 @@ pub struct PresenceArgs {
     #[arg(long, env = "RINGCAST_REDIS_PREFIX", value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
     /// A node's presence entries vanish this long after its last heartbeat (kill -9,
-    /// network loss); heartbeats go out every third of it. [default: 30s]
+    /// network loss); heartbeats go out every third of it (at least every second: they
+    /// also check the link). [default: 30s]
     #[arg(long, env = "RINGCAST_PRESENCE_TTL", value_name = "DURATION")]
     pub presence_ttl: Option<String>,
     /// Most presence changes written to Redis in one pipeline (one round trip). [default: 512]
@@ -50,6 +58,12 @@ pub struct PresenceArgs {
     /// Longest a presence change waits for its batch to fill before it is written. [default: 5ms]
     #[arg(long, env = "RINGCAST_PRESENCE_FLUSH", value_name = "DURATION")]
     pub presence_flush: Option<String>,
+    /// Most members a channel may have on this node and still get `join`/`leave` frames
+    /// (each change is a frame to every member: n² frames for n joins); past it changes are
+    /// counted in ringcast_presence_events_suppressed_total, and `presence` still lists
+    /// everyone. 0: never send them. [default: 1000]
+    #[arg(long, env = "RINGCAST_PRESENCE_EVENTS_MAX", value_name = "N")]
+    pub presence_events_max: Option<String>,
 }
 
 impl PresenceArgs {
@@ -61,6 +75,7 @@ impl PresenceArgs {
             ("presence_ttl", self.presence_ttl.clone()),
             ("presence_batch", self.presence_batch.clone()),
             ("presence_flush", self.presence_flush.clone()),
+            ("presence_events_max", self.presence_events_max.clone()),
         ]
     }
 
@@ -84,6 +99,8 @@ pub struct PresenceConfig {
     pub ttl: Duration,
     pub batch_changes: usize,
     pub flush: Duration,
+    /// `join`/`leave` frames are sent while a channel has at most this many members here.
+    pub events_max: usize,
 }
 
 #[derive(Clone)]
@@ -101,6 +118,7 @@ impl std::fmt::Debug for PresenceConfig {
             .field("ttl", &self.ttl)
             .field("batch_changes", &self.batch_changes)
             .field("flush", &self.flush)
+            .field("events_max", &self.events_max)
             .finish()
     }
 }
@@ -112,6 +130,7 @@ impl Default for PresenceConfig {
             ttl: Duration::from_millis(PRESENCE_TTL_MS),
             batch_changes: PRESENCE_BATCH_CHANGES,
             flush: Duration::from_millis(PRESENCE_FLUSH_MS),
+            events_max: PRESENCE_EVENTS_MEMBERS,
         }
     }
 }
@@ -152,7 +171,11 @@ impl PresenceConfig {
             }
         };
         let batch_changes = get("presence_batch").map_or(Ok(PRESENCE_BATCH_CHANGES), |v| parse_count(v).map_err(|m| error("presence_batch", m)))?;
-        let config = PresenceConfig { redis, ttl: duration("presence_ttl", PRESENCE_TTL_MS)?, batch_changes, flush: duration("presence_flush", PRESENCE_FLUSH_MS)? };
+        let events_max = get("presence_events_max").map_or(Ok(PRESENCE_EVENTS_MEMBERS), |v| parse_count(v).map_err(|m| error("presence_events_max", m)))?;
+        if events_max > PRESENCE_EVENTS_MEMBERS_MAX {
+            return Err(error("presence_events_max", format!("{events_max} is above the maximum {PRESENCE_EVENTS_MEMBERS_MAX}")));
+        }
+        let config = PresenceConfig { redis, ttl: duration("presence_ttl", PRESENCE_TTL_MS)?, batch_changes, flush: duration("presence_flush", PRESENCE_FLUSH_MS)?, events_max };
         if config.ttl < Duration::from_millis(PRESENCE_TTL_MS_MIN) {
             return Err(error("presence_ttl", format!("{:?} is below the minimum {PRESENCE_TTL_MS_MIN}ms", config.ttl)));
         }

@@ -33,6 +33,8 @@ pub struct LocalState {
     conns: HashMap<u64, LocalConn>,
     users: HashMap<Arc<str>, u32>,
     members: usize,
+    /// channel → members on this node.
+    channels: HashMap<Arc<str>, u32>,
 }
 
 impl LocalState {
@@ -42,6 +44,20 @@ impl LocalState {
 
     pub fn online_users(&self) -> usize {
         self.users.len()
+    }
+
+    /// Members of `channel` on this node now.
+    pub fn channel_members(&self, channel: &str) -> u32 {
+        self.channels.get(channel).copied().unwrap_or(0)
+    }
+
+    fn channel_left(&mut self, channel: &str) {
+        if let Some(count) = self.channels.get_mut(channel) {
+            *count -= 1;
+            if *count == 0 {
+                self.channels.remove(channel);
+            }
+        }
     }
 
     pub fn connect(&mut self, conn: u64, user: Arc<str>) -> Applied {
@@ -71,6 +87,7 @@ impl LocalState {
         let member = member();
         entry.joined.push((channel.clone(), member.clone()));
         self.members += 1;
+        *self.channels.entry(channel.clone()).or_insert(0) += 1;
         applied.frames.push((channel.clone(), entry.user.clone(), conn, true));
         applied.ops.push(Op::Join { channel, conn, member });
         applied
@@ -82,9 +99,12 @@ impl LocalState {
         let Some(position) = entry.joined.iter().position(|(c, _)| &**c == channel) else { return applied };
         let (channel, _) = entry.joined.swap_remove(position);
         self.members -= 1;
-        applied.frames.push((channel.clone(), entry.user.clone(), conn, false));
+        let user = entry.user.clone();
+        let drop_conn = !entry.online && entry.joined.is_empty();
+        self.channel_left(&channel);
+        applied.frames.push((channel.clone(), user, conn, false));
         applied.ops.push(Op::Leave { channel, conn });
-        if !entry.online && entry.joined.is_empty() {
+        if drop_conn {
             self.conns.remove(&conn);
         }
         applied
@@ -96,6 +116,7 @@ impl LocalState {
         let Some(entry) = self.conns.remove(&conn) else { return applied };
         for (channel, _) in entry.joined {
             self.members -= 1;
+            self.channel_left(&channel);
             applied.frames.push((channel.clone(), entry.user.clone(), conn, false));
             applied.ops.push(Op::Leave { channel, conn });
         }
@@ -166,6 +187,20 @@ mod tests {
         assert_eq!(s.online_users(), 0);
         assert_eq!(s.leave("anon", 9).frames, vec![("anon".into(), None, 9, false)]);
         assert!(s.snapshot().is_empty() && s.members() == 0);
+        assert_eq!(s.channel_members("room") + s.channel_members("anon"), 0, "channel counts follow leaves and disconnects");
+    }
+
+    #[test]
+    fn channel_members_are_counted_per_channel() {
+        let mut s = LocalState::default();
+        for conn in 1..=3 {
+            s.join("room".into(), conn, None, || "{}".into());
+        }
+        s.join("room".into(), 3, None, || unreachable!());
+        assert_eq!(s.channel_members("room"), 3);
+        s.leave("room", 1);
+        s.disconnect(2);
+        assert_eq!(s.channel_members("room"), 1);
     }
 
     #[test]

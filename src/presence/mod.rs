@@ -139,6 +139,8 @@ pub struct PresenceMetrics {
     pub resyncs: Counter,
     pub overflows: Counter,
     pub queries: Counter,
+    /// `join`/`leave` frames not sent: the channel had more than `presence_events_max` members here.
+    pub events_suppressed: Counter,
     pub members: Counter,
     pub online_users: Counter,
     pub pending: Counter,
@@ -173,7 +175,7 @@ impl PresenceShared {
     /// Prometheus text for the presence counters.
     pub fn render(&self, out: &mut String) {
         let m = &self.metrics;
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 10] = [
             ("presence_changes_total", "presence changes applied (connect, disconnect, join, leave)", m.changes.get()),
             ("presence_pipelines_total", "Redis pipelines (round trips) written for presence", m.pipelines.get()),
             ("presence_redis_commands_total", "Redis commands sent for presence", m.commands.get()),
@@ -181,6 +183,7 @@ impl PresenceShared {
             ("presence_resyncs_total", "full rewrites of this node's presence into the store", m.resyncs.get()),
             ("presence_overflows_total", "presence batches dropped for a full writer queue (a resync follows)", m.overflows.get()),
             ("presence_queries_total", "presence queries (op and HTTP API)", m.queries.get()),
+            ("presence_events_suppressed_total", "join/leave frames not sent: the channel had more than presence_events_max members on this node", m.events_suppressed.get()),
             ("presence_retried_total", "presence changes parked on a shard while the bridge inbox was full", m.retried.load(Ordering::Relaxed)),
             ("presence_dropped_total", "presence changes lost past the shard's retry bound", m.dropped.load(Ordering::Relaxed)),
         ];
@@ -214,6 +217,7 @@ pub struct PresenceEngine {
     batch_changes: usize,
     flush_after: Duration,
     flush_at: Option<tokio::time::Instant>,
+    events_max: usize,
     online_tx: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
@@ -238,6 +242,7 @@ impl PresenceEngine {
             batch_changes: config.batch_changes,
             flush_after: config.flush,
             flush_at: None,
+            events_max: config.events_max,
             online_tx,
         })
     }
@@ -280,9 +285,19 @@ impl PresenceEngine {
             let _ = self.online_tx.send(user);
         }
         self.write(applied.ops);
+        let local = self.local.borrow();
         applied
             .frames
             .into_iter()
+            .filter(|(channel, _, _, joined)| {
+                // The channel's size around this change: after a join, before a leave.
+                let size = local.channel_members(channel) as usize + usize::from(!*joined);
+                let send = size <= self.events_max;
+                if !send {
+                    self.shared.metrics.events_suppressed.inc();
+                }
+                send
+            })
             .map(|(channel, user, conn, joined)| {
                 let mut json = Vec::with_capacity(64 + channel.len() + self.node.len());
                 crate::protocol::ops::presence_change_into(&mut json, joined, &channel, user.as_deref(), conn, &self.node);

@@ -329,3 +329,30 @@ fn a_killed_node_leaves_the_member_lists_within_the_ttl() {
     let gone = wait_until(Duration::from_secs(5), || users(&presence_http(survivor.port, &room).1["members"]) == ["alice"]);
     assert!(gone.is_some_and(|t| t <= Duration::from_millis(1_500)), "bob still listed after his node died: {gone:?}");
 }
+
+/// Past `--presence-events-max` members on a node, a channel's changes are counted, not
+/// sent as frames (n members would get n frames per change); `presence` lists everyone.
+#[test]
+fn join_leave_frames_stop_past_the_events_bound_and_are_counted() {
+    let gw = presence_node(&["--presence-events-max", "2"]);
+    let room = format!("big.{}", unique());
+    let (mut alice, alice_conn) = user_client(&gw, "alice");
+    join(&mut alice, &room, 1);
+    let (mut bob, _) = user_client(&gw, "bob");
+    join(&mut bob, &room, 1);
+    assert_eq!(next_presence_frame(&mut alice, &room, &alice_conn)["user"], "bob", "two members: frames flow");
+    let (mut carol, _) = user_client(&gw, "carol");
+    join(&mut carol, &room, 1);
+    assert_eq!(users(&presence_op(&mut alice, &room, 2)["members"]), ["alice", "bob", "carol"]);
+    // carol's join (3 members) and her leave (3 before it) are not sent: the next frame
+    // alice sees is bob's leave, once the room is back to two.
+    drop(carol);
+    let metric = |name: &str| -> f64 {
+        let text = http(gw.port, "GET", "/metrics", &[], b"").2;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name}"))
+    };
+    assert!(wait_until(Duration::from_secs(5), || metric("ringcast_presence_events_suppressed_total") == 2.0).is_some(), "suppressed: {}", metric("ringcast_presence_events_suppressed_total"));
+    assert_eq!(request(&mut bob, json!({"op": "unsub", "ch": room}), 2)["op"], "ok");
+    let frame = next_presence_frame(&mut alice, &room, &alice_conn);
+    assert_eq!((frame["op"].as_str(), frame["user"].as_str()), (Some("leave"), Some("bob")), "{frame}");
+}

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::cli::{BurstArgs, IdleArgs};
+use crate::client::UserSpec;
 
 pub fn idle(args: &IdleArgs) -> Result<Report> {
     let client = &args.client;
@@ -57,8 +58,26 @@ pub fn burst(args: &BurstArgs) -> Result<Report> {
     let mut report = Report::new("burst", merge(common_parameters(client, conns), json!({"inflight": client.inflight})));
     let rate = client.connect_rate.unwrap_or(0.0);
     let bound = connect_bound(client, conns, rate);
-    let spec = RunSpec { client, conns, endpoints, nats_prefix: None, classes: Vec::new(), connect_rate: rate, lifetime: bound + Duration::from_secs(30), reconnect: None };
-    let mut run = Run::start(spec)?;
+    if args.presence.is_some() && client.target != TargetKind::Ringcast {
+        bail!("--presence is a ringcast feature: drop it for --target {:?}", client.target);
+    }
+    let classes = match &args.presence {
+        Some(channel) if args.rooms > 1 => vec![SubClass { name: "presence".into(), conns, channel: format!("{channel}.{{i}}"), channel_count: args.rooms, track_order: false }],
+        Some(channel) => vec![SubClass { name: "presence".into(), conns, channel: channel.clone(), channel_count: 1, track_order: false }],
+        None => Vec::new(),
+    };
+    let spec = RunSpec { client, conns, endpoints, nats_prefix: None, classes, connect_rate: rate, lifetime: bound + Duration::from_secs(30), reconnect: None };
+    let users = args.jwt_secret.as_ref().map(|secret| UserSpec {
+        jwt_secret: secret.clone(),
+        sub_prefix: format!("lt{}u", std::process::id()),
+        exp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 3600,
+        nid_prefix: format!("lt{}n", std::process::id()),
+    });
+    let presence = args.presence.is_some();
+    let mut run = Run::start_with(spec, |cfg| {
+        cfg.users = users;
+        cfg.presence = presence;
+    })?;
     let (connected, settled) = run.wait_settled(bound);
     connect_figures(&mut report, &run, &connected, conns, settled);
     report.figure("handshakes_per_s", "handshakes/s", json!((connected.upgraded as f64 / (connected.last_ready_ms.max(1) as f64 / 1000.0)).round()));

@@ -115,6 +115,7 @@ impl Run {
             lifetime_ms: spec.lifetime.as_millis() as u64,
             reconnect: spec.reconnect,
             users: None,
+            presence: false,
             held_from: None,
         };
         let mut base = base;
