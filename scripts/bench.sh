@@ -15,7 +15,8 @@
 # one server process here), FANOUT_CONNS (10000), FANOUT_RATE (20 msgs/s), DURATION (5s),
 # BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), NOTIFY_USERS (2000),
 # NOTIFY_RATE (20000: the issue's target with RabbitMQ) NOTIFY_SENDERS (256), AMQP_URL
-# (amqp://guest:guest@127.0.0.1:5672/%2f), REDIS_URL (redis://127.0.0.1:6379), PORT (18780),
+# (amqp://guest:guest@127.0.0.1:5672/%2f), REDIS_URL (redis://127.0.0.1:6379), PORT (18780), SCALE_RATE (5 msgs/s
+# to the 100k subscribers),
 # OUT (target/bench-<time>.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ FANOUT_CONNS=${FANOUT_CONNS:-10000} FANOUT_RATE=${FANOUT_RATE:-20} DURATION=${DU
 LOADED_CONNS=${LOADED_CONNS:-2000} LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
 NOTIFY_USERS=${NOTIFY_USERS:-2000} NOTIFY_RATE=${NOTIFY_RATE:-20000} NOTIFY_SENDERS=${NOTIFY_SENDERS:-256}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f} REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-PORT=${PORT:-18780}
+PORT=${PORT:-18780} SCALE_RATE=${SCALE_RATE:-5}
 OUT=${OUT:-target/bench-$(date +%Y%m%d-%H%M%S).jsonl}
 bin=target/release
 cargo build --release --workspace --all-targets --locked -q  # same build as scripts/test.sh: no rebuild
@@ -177,11 +178,11 @@ for t in $TABLES; do
     fi
     for run in $(seq 1 "$RUNS"); do
       start_gateway 6 --nats nats://127.0.0.1:$NATS_PORT
-      "${H[@]}" fanout --url ws://127.0.0.1:$PORT/ws --conns 100000 --rate 5 --duration "$DURATION" --connect-rate 5000 \
+      "${H[@]}" fanout --url ws://127.0.0.1:$PORT/ws --conns 100000 --rate "$SCALE_RATE" --duration "$DURATION" --connect-rate 5000 \
         --publish nats://127.0.0.1:$NATS_PORT --server-pid "$(echo $GW | tr ' ' ,)" --label "fanout 100k ringcast" --json >>"$OUT" || true
       stop_gateway
     done
-    table "Fan-out: 100,000 subscribers over 6 gateway processes (one port, one NATS), 5 msgs/s" \
+    table "Fan-out: 100,000 subscribers over 6 gateway processes (one port, one NATS), $SCALE_RATE msgs/s" \
       deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,server_cpu_us_per_delivery,harness_cpu_percent "fanout 100k" ;;
   notify)
     # In-app notifications through the Lane: the embedded store (redb, fsync per accept,
