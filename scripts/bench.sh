@@ -9,18 +9,18 @@
 #   TABLES="idle fanout" RUNS=1 bash scripts/bench.sh
 #   TABLES=notify RUNS=3 bash scripts/bench.sh   # notifications: embedded Lane, RabbitMQ (+ Redis)
 #
-# TABLES     which tables: idle fanout burst loaded scale100k notify [idle fanout burst loaded scale100k notify]
+# TABLES     which tables: idle fanout burst loaded scale100k max notify [idle fanout burst loaded scale100k max notify]
 # TARGETS    which servers: limit ringcast nats-ws mqtt-ws [all four]
 # RUNS (3), IDLE_SMALL (10000), IDLE_MAX (18500: under the 20,000-descriptor limit of any
 # one server process here), FANOUT_CONNS (10000), FANOUT_RATE (20 msgs/s), DURATION (5s),
 # BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), NOTIFY_USERS (2000),
 # NOTIFY_RATE (20000: the issue's target with RabbitMQ) NOTIFY_SENDERS (256), AMQP_URL
 # (amqp://guest:guest@127.0.0.1:5672/%2f), REDIS_URL (redis://127.0.0.1:6379), PORT (18780), SCALE_RATE (5 msgs/s
-# to the 100k subscribers),
+# to the 100k subscribers), MAX_CONNS (2000: subscribers for the --max table),
 # OUT (target/bench-<time>.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TABLES=${TABLES:-"idle fanout burst loaded scale100k notify"}
+TABLES=${TABLES:-"idle fanout burst loaded scale100k max notify"}
 TARGETS=${TARGETS:-"limit ringcast nats-ws mqtt-ws"}
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 RUNS=${RUNS:-3} IDLE_SMALL=${IDLE_SMALL:-10000} IDLE_MAX=${IDLE_MAX:-18500}
@@ -28,7 +28,7 @@ FANOUT_CONNS=${FANOUT_CONNS:-10000} FANOUT_RATE=${FANOUT_RATE:-20} DURATION=${DU
 LOADED_CONNS=${LOADED_CONNS:-2000} LOADED_RATE=${LOADED_RATE:-800} PUBLISHERS=${PUBLISHERS:-16}
 NOTIFY_USERS=${NOTIFY_USERS:-2000} NOTIFY_RATE=${NOTIFY_RATE:-20000} NOTIFY_SENDERS=${NOTIFY_SENDERS:-256}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f} REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-PORT=${PORT:-18780} SCALE_RATE=${SCALE_RATE:-5}
+PORT=${PORT:-18780} SCALE_RATE=${SCALE_RATE:-5} MAX_CONNS=${MAX_CONNS:-2000}
 OUT=${OUT:-target/bench-$(date +%Y%m%d-%H%M%S).jsonl}
 bin=target/release
 cargo build --release --workspace --all-targets --locked -q  # same build as scripts/test.sh: no rebuild
@@ -184,6 +184,28 @@ for t in $TABLES; do
     done
     table "Fan-out: 100,000 subscribers over 6 gateway processes (one port, one NATS), $SCALE_RATE msgs/s" \
       deliveries_per_s,lost,latency_p50_ms,latency_p99_ms,server_cpu_us_per_delivery,harness_cpu_percent "fanout 100k" ;;
+  max)
+    # Closed loop (--max): the highest publish rate each server sustains with MAX_CONNS
+    # subscribers, nothing lost and p99 within 50 ms; ringcast and nats-server both fed by
+    # a pipelined NATS publisher (ringcast through its bridge), `limit` paces itself.
+    for run in $(seq 1 "$RUNS"); do
+      if want limit; then
+        "${H[@]}" limit --conns "$MAX_CONNS" --max --duration 2s --server-cpu 0 --label "max $MAX_CONNS limit" --json >>"$OUT" || true
+      fi
+      if want ringcast; then
+        start_gateway 1 --nats nats://127.0.0.1:$NATS_PORT
+        "${H[@]}" fanout --url ws://127.0.0.1:$PORT/ws --conns "$MAX_CONNS" --max --duration 2s --publish nats://127.0.0.1:$NATS_PORT \
+          --server-pid "${GW// /}" --label "max $MAX_CONNS ringcast" --json >>"$OUT" || true
+        stop_gateway
+      fi
+      if want nats-ws; then
+        "${H[@]}" fanout --target nats-ws --url ws://127.0.0.1:$NATS_WS_PORT --conns "$MAX_CONNS" --max --duration 2s \
+          --publish nats://127.0.0.1:$NATS_PORT --server-pid "$(peer_pid nats)" --label "max $MAX_CONNS nats-ws" --json >>"$OUT" || true
+      fi
+      stop_peers; bash scripts/peers.sh start >/dev/null
+    done
+    table "Closed loop (--max): $MAX_CONNS subscribers, highest rate with nothing lost and p99 <= 50 ms" \
+      max_sustained_rate,deliveries_per_s,latency_p50_ms,latency_p99_ms,server_cpu_us_per_delivery,server_cpu_percent "max $MAX_CONNS" ;;
   notify)
     # In-app notifications through the Lane: the embedded store (redb, fsync per accept,
     # worker in-process), and RabbitMQ (publisher confirms; worker in-process) with Redis
