@@ -40,6 +40,9 @@ pub const SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 /// Bridge → shard queue, in messages. 64k absorbs a ~100 ms stall of the shard at 600k
 /// publishes/s before drops start (counted per shard).
 pub const SHARD_INBOX_MESSAGES_MAX: usize = 65_536;
+/// Upper bound for `coalesce_delay` (µs): past it the wait is latency a person notices
+/// more than syscalls saved.
+pub const COALESCE_DELAY_US_MAX: u64 = 1_000;
 /// Shard → bridge queue (publishes and interest changes), in messages.
 pub const BRIDGE_INBOX_MESSAGES_MAX: usize = 65_536;
 /// Smallest queue a user may configure: below this, ordinary bursts drop.

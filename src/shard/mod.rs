@@ -506,9 +506,21 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
 
 async fn inbox_loop(shard: Rc<Shard>) {
     let inbox = shard.inbox.clone();
+    let coalesce = shard.node.config.coalesce_delay;
     let mut batch = Vec::with_capacity(INBOX_BATCH_MESSAGES_MAX);
     loop {
         inbox.recv_batch(&mut batch, INBOX_BATCH_MESSAGES_MAX).await;
+        if !coalesce.is_zero() && batch.len() < INBOX_BATCH_MESSAGES_MAX {
+            // Write coalescing: let more messages arrive so each subscriber's send carries
+            // several (bounded by the turn's batch and by coalesce_delay).
+            monoio::time::sleep(coalesce).await;
+            while batch.len() < INBOX_BATCH_MESSAGES_MAX {
+                match inbox.try_pop() {
+                    Some(message) => batch.push(message),
+                    None => break,
+                }
+            }
+        }
         shard.handle_inbox(&mut batch);
     }
 }
