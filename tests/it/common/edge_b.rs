@@ -1,6 +1,7 @@
 //! Test plumbing for TLS and long-poll: certificates minted with rcgen, a rustls client
 //! under tungstenite or plain HTTP, and a small long-poll client over raw HTTP/1.1.
 
+pub use super::http_over;
 use super::{Gateway, READ_TIMEOUT};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::io::{Read, Write};
@@ -193,24 +194,6 @@ pub fn request<S: Read + Write>(client: &mut tungstenite::WebSocket<S>, mut op: 
             return frame;
         }
     }
-}
-
-/// One HTTP/1.1 request over any stream (`Connection: close`); returns (status, head, body).
-pub fn http_over<S: Read + Write>(stream: &mut S, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    stream.flush().unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, head.to_string(), body.to_string())
 }
 
 /// `GET /metrics` over TLS (trusting anything) and the value of one sample line.

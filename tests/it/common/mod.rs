@@ -158,6 +158,12 @@ pub fn now_unix() -> u64 {
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    http_over(&mut stream, method, path, headers, body)
+}
+
+/// One HTTP/1.1 request over any stream (plain or TLS; `Connection: close`); returns
+/// (status, head, body).
+pub fn http_over<S: Read + Write>(stream: &mut S, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -165,6 +171,7 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body).unwrap();
+    stream.flush().unwrap();
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response).to_string();
