@@ -116,6 +116,11 @@ async fn notify(shard: &Shard, request: &Request) -> Vec<u8> {
         return unavailable("the bridge queue is full; retry shortly");
     }
     match monoio::time::timeout(LANE_REPLY_TIMEOUT, answer).await {
+        Ok(Ok(Ok(Accepted::InProgress))) => {
+            super::metrics::LaneMetrics::inc(&metrics.in_progress);
+            let msg = format!("nid {nid:?} is being accepted by another request right now; resend it after Retry-After (the same nid is safe to resend)");
+            h::json_error(409, &msg, &[("Retry-After", "1")], true)
+        }
         Ok(Ok(Ok(accepted))) => {
             let counter = if accepted == Accepted::New { &metrics.accepted } else { &metrics.duplicates };
             super::metrics::LaneMetrics::inc(counter);

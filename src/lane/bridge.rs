@@ -69,7 +69,11 @@ impl LaneBridge {
                 Err(e) => return Err(e),
             },
             Some(url) => {
-                let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff));
+                let shared = match &node.config.presence.redis {
+                    Some(redis) => Some(super::nids::SharedNids::new(&redis.url, &config.prefix, &node.config.node)?),
+                    None => None,
+                };
+                let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, shared, node.lane_metrics.clone()));
                 let source = config
                     .worker_in_process
                     .then(|| Source::Rabbit(super::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight)));
@@ -95,7 +99,10 @@ impl LaneBridge {
                 events = Some(tx);
             }
             let frames = FrameSink::Bridge(node.bridge_inbox.clone());
-            let worker = Worker::new(config.clone(), source, frames, online, rx, node.lane_metrics.clone());
+            let mut worker = Worker::new(config.clone(), source, frames, online, rx, node.lane_metrics.clone());
+            if let Some(redis) = &node.config.presence.redis {
+                worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &config.prefix)?);
+            }
             tokio::task::spawn_local(worker.run());
         }
         Ok(LaneBridge { lane: lane.map(Rc::new), events, nats, lane_prefix: config.prefix.clone(), reachable })

@@ -38,6 +38,10 @@ pub struct LaneMetrics {
     pub webhook_failed: AtomicU64,
     /// Fast-path re-sends dropped because the worker's inbox was full.
     pub inbox_full: AtomicU64,
+    /// 409s: the `nid` was being persisted by another request (any node).
+    pub in_progress: AtomicU64,
+    /// Accepted while Redis was unreachable, so with node-local `nid` idempotency only.
+    pub dedupe_unshared: AtomicU64,
 }
 
 impl LaneMetrics {
@@ -47,7 +51,7 @@ impl LaneMetrics {
 
     pub fn render_into(&self, out: &mut String, now_ms: u64) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             ("accepted", "Notifications persisted and answered 202.", &self.accepted),
             ("duplicates", "Notifications whose nid was already accepted (202, not enqueued again).", &self.duplicates),
             ("rejected", "POST /api/notify refused for bad input (400/413).", &self.rejected),
@@ -59,6 +63,8 @@ impl LaneMetrics {
             ("acks", "ack ops received from clients.", &self.acks),
             ("webhook_sent", "Webhook POSTs answered 2xx.", &self.webhook_sent),
             ("webhook_failed", "Webhook POSTs that failed (each try).", &self.webhook_failed),
+            ("in_progress", "POST /api/notify answered 409: another request was persisting the same nid.", &self.in_progress),
+            ("dedupe_unshared", "Notifications accepted while Redis was unreachable (nid idempotency node-local only).", &self.dedupe_unshared),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP ringcast_lane_{name}_total {help}\n# TYPE ringcast_lane_{name}_total counter");

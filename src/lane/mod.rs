@@ -15,7 +15,9 @@ pub mod bridge;
 pub mod config;
 pub mod dlq;
 pub mod embedded;
+pub mod inbox;
 pub mod metrics;
+pub mod nids;
 pub mod rabbitmq;
 pub mod sidecar;
 pub mod webhook;
@@ -93,6 +95,9 @@ pub enum Accepted {
     New,
     /// The `nid` was accepted before (within its TTL): nothing was enqueued again.
     Duplicate,
+    /// Another request (on any node sharing `--redis`) is persisting this `nid` right now:
+    /// answered 409, resend after Retry-After.
+    InProgress,
 }
 
 /// Dead-letter operations (HTTP list, `ringcast dlq`).

@@ -191,11 +191,14 @@ pub struct RabbitLane {
     next_channel: Cell<usize>,
     /// nid → expiry (unix ms), with insertion order for eviction.
     seen: RefCell<(HashMap<String, u64>, VecDeque<String>)>,
+    /// `--redis`: idempotency shared by every node ([`super::nids`]).
+    shared: Option<super::nids::SharedNids>,
+    metrics: std::sync::Arc<super::metrics::LaneMetrics>,
 }
 
 impl RabbitLane {
     /// Starts connecting in the background; until connected, accepts answer with an error.
-    pub fn start(url: &str, prefix: &str, backoff: &Backoff) -> RabbitLane {
+    pub fn start(url: &str, prefix: &str, backoff: &Backoff, shared: Option<super::nids::SharedNids>, metrics: std::sync::Arc<super::metrics::LaneMetrics>) -> RabbitLane {
         let topology = Topology::new(prefix);
         let link = Rc::new(RefCell::new(None));
         let connected = Rc::new(Cell::new(false));
@@ -214,7 +217,7 @@ impl RabbitLane {
             dead.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok(PublishLink { channels, dead: tokio::sync::Mutex::new(dead) })
         });
-        RabbitLane { topology, link, connected, next_channel: Cell::new(0), seen: RefCell::new((HashMap::new(), VecDeque::new())) }
+        RabbitLane { topology, link, connected, next_channel: Cell::new(0), seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
     }
 
     fn link(&self) -> Result<Rc<PublishLink>, String> {
@@ -243,12 +246,35 @@ impl RabbitLane {
             return Ok(Accepted::Duplicate);
         }
         let link = self.link()?;
+        let claim = match &self.shared {
+            None => None,
+            Some(shared) => match shared.claim(&notification.nid).await {
+                Ok(super::nids::Claim::Mine(token)) => Some((shared, token)),
+                Ok(super::nids::Claim::Done) => {
+                    self.remember(&notification.nid, notification.expires);
+                    return Ok(Accepted::Duplicate);
+                }
+                Ok(super::nids::Claim::Busy) => return Ok(Accepted::InProgress),
+                Err(()) => {
+                    super::metrics::LaneMetrics::inc(&self.metrics.dedupe_unshared);
+                    None
+                }
+            },
+        };
         let i = self.next_channel.get();
         self.next_channel.set(i.wrapping_add(1));
         let channel = &link.channels[i % link.channels.len()];
         let body = serde_json::to_vec(&notification).expect("notifications serialize");
-        publish_confirmed(channel, &self.topology.work, &notification.nid, &body).await?;
+        if let Err(e) = publish_confirmed(channel, &self.topology.work, &notification.nid, &body).await {
+            if let Some((shared, token)) = claim {
+                shared.release(&notification.nid, &token).await;
+            }
+            return Err(e);
+        }
         self.remember(&notification.nid, notification.expires);
+        if let Some((shared, _)) = claim {
+            shared.done(&notification.nid, notification.expires, super::now_ms()).await;
+        }
         Ok(Accepted::New)
     }
 

@@ -37,7 +37,7 @@ fn accept_retry_dead_replay_purge() {
     run(async {
         let prefix = prefix("cycle");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = RabbitLane::start(AMQP, &prefix, &backoff);
+        let lane = RabbitLane::start(AMQP, &prefix, &backoff, None, Default::default());
         connected(&lane.connected).await;
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::New);
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::Duplicate, "same nid on the same node");
@@ -84,7 +84,7 @@ fn unacked_work_is_redelivered_to_the_next_consumer() {
     run(async {
         let prefix = prefix("redeliver");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = RabbitLane::start(AMQP, &prefix, &backoff);
+        let lane = RabbitLane::start(AMQP, &prefix, &backoff, None, Default::default());
         connected(&lane.connected).await;
         for i in 0..20 {
             lane.enqueue(note(&format!("w{i}"))).await.unwrap();

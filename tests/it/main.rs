@@ -11,6 +11,7 @@ mod drain;
 mod fanout;
 mod http;
 mod lane_embedded;
+mod lane_nids;
 mod lane_rabbitmq;
 mod lane_restart;
 mod lane_webhook;
