@@ -72,7 +72,11 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
         Some(presence) => OnlineCheck::Presence(crate::presence::Presence::reader(presence)?),
         None => OnlineCheck::Unknown,
     };
-    Worker::new(lane.clone(), source, frames, online, events, metrics).run().await;
+    let mut worker = Worker::new(lane.clone(), source, frames, online, events, metrics);
+    if let Some(redis) = config.presence.as_ref().and_then(|p| p.redis.as_ref()) {
+        worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &lane.prefix)?);
+    }
+    worker.run().await;
     Ok(())
 }
 

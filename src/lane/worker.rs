@@ -224,6 +224,8 @@ pub struct Worker {
     events: mpsc::Receiver<WorkerEvent>,
     metrics: Arc<LaneMetrics>,
     state: Rc<State>,
+    /// RabbitMQ with `--redis`: the fast path's inbox shared by every worker ([`super::inbox`]).
+    shared: Option<Rc<super::inbox::RedisInbox>>,
 }
 
 impl Worker {
@@ -232,7 +234,17 @@ impl Worker {
             Source::Embedded(lane) => Settle::Embedded(lane.clone()),
             Source::Rabbit(rabbit) => Settle::Rabbit(rabbit.finisher()),
         };
-        Worker { config, source: Some(source), settle, frames: Rc::new(frames), online, events, metrics, state: Rc::new(State::default()) }
+        Worker { config, source: Some(source), settle, frames: Rc::new(frames), online, events, metrics, state: Rc::new(State::default()), shared: None }
+    }
+
+    /// Keeps the online fast path's inbox in Redis too (RabbitMQ only: the embedded store
+    /// wakes users itself), so a returning user gets notifications another worker, or this
+    /// one before a restart, scheduled for retry.
+    pub fn with_shared_inbox(mut self, inbox: super::inbox::RedisInbox) -> Worker {
+        if matches!(self.settle, Settle::Rabbit(_)) {
+            self.shared = Some(Rc::new(inbox));
+        }
+        self
     }
 
     /// Runs until the event channel closes (the gateway or worker is stopping).
@@ -264,6 +276,7 @@ impl Worker {
                             online: self.online.clone(),
                             metrics: self.metrics.clone(),
                             state: self.state.clone(),
+                            shared: self.shared.clone(),
                         };
                         tokio::task::spawn_local(async move {
                             task.run(job).await;
@@ -286,9 +299,17 @@ impl Worker {
                     return;
                 }
                 let held = self.state.inbox_take(&user, &nid);
+                // Every worker hears every ack; the one whose removal from the shared inbox
+                // took effect counts the delivery (or, without Redis, the one that held it).
+                let removed = match &self.shared {
+                    Some(inbox) => inbox.remove(&user, &nid).await,
+                    None => None,
+                };
                 if self.state.mark_acked(key) {
-                    if let Some(n) = held {
+                    if removed == Some(true) || (removed.is_none() && held.is_some()) {
                         LaneMetrics::inc(&self.metrics.delivered);
+                    }
+                    if let Some(n) = held {
                         self.settle.forget(&n);
                     }
                 }
@@ -298,7 +319,14 @@ impl Worker {
                     lane.wake_user(&user);
                     return;
                 }
-                let held: Vec<Notification> = self.state.inbox.borrow().get(&user).map(|m| m.values().cloned().collect()).unwrap_or_default();
+                let shared = match &self.shared {
+                    Some(inbox) => inbox.wake(&user, super::now_ms()).await,
+                    None => None,
+                };
+                let held: Vec<Notification> = match shared {
+                    Some(held) => held,
+                    None => self.state.inbox.borrow().get(&user).map(|m| m.values().cloned().collect()).unwrap_or_default(),
+                };
                 for n in held {
                     if self.frames.send(&n).await {
                         LaneMetrics::inc(&self.metrics.frames_sent);
@@ -399,6 +427,7 @@ struct Delivery {
     online: OnlineCheck,
     metrics: Arc<LaneMetrics>,
     state: Rc<State>,
+    shared: Option<Rc<super::inbox::RedisInbox>>,
 }
 
 impl Delivery {
@@ -412,8 +441,11 @@ impl Delivery {
 
     async fn try_job(&self, job: Job, n: Notification) {
         let now = super::now_ms();
-        // This copy supersedes the one held for the fast path.
+        // This copy supersedes the one held for the fast path (a first try was never held).
         self.state.inbox_take(&n.user, &n.nid);
+        if let Some(inbox) = self.shared.as_ref().filter(|_| n.attempts > 0) {
+            inbox.remove(&n.user, &n.nid).await;
+        }
         if self.state.was_acked(&n) {
             return self.settle.finish(job, Outcome::Delivered).await;
         }
@@ -434,6 +466,11 @@ impl Delivery {
         if !self.settle.wakes_users() && !self.state.inbox_put(&next) {
             LaneMetrics::inc(&self.metrics.inbox_full);
         }
+        if let Some(inbox) = &self.shared {
+            if inbox.put(&next, now).await == Some(false) {
+                LaneMetrics::inc(&self.metrics.inbox_full);
+            }
+        }
         if next.attempts == 1 {
             if let Some(webhook) = &self.config.webhook {
                 tokio::task::spawn_local(super::webhook::post(webhook.clone(), next.clone(), self.config.backoff.clone(), self.config.max_attempts, self.metrics.clone()));
@@ -445,6 +482,9 @@ impl Delivery {
 
     async fn dead(&self, job: Job, notification: Notification, reason: String) {
         self.state.inbox_take(&notification.user, &notification.nid);
+        if let Some(inbox) = &self.shared {
+            inbox.remove(&notification.user, &notification.nid).await;
+        }
         LaneMetrics::inc(&self.metrics.dead_lettered);
         tracing::info!(nid = %notification.nid, user = %notification.user, %reason, "notification dead-lettered");
         self.settle.finish(job, Outcome::Dead { record: DeadRecord { notification, reason } }).await;

@@ -157,3 +157,40 @@ fn dead_letters_are_listed_replayed_and_purged() {
     assert_eq!(cli("purge").trim(), "purged 1");
     assert!(crate::common::lane::dead(gw.port).is_empty());
 }
+
+#[test]
+fn a_restarted_worker_still_brings_a_returning_users_notifications_within_a_second() {
+    // With --redis, the fast path's inbox lives in Redis: a worker that scheduled the retry
+    // and then died leaves it to the next one. Without it the user would wait for the
+    // 30 s backoff tick.
+    let redis_prefix = format!("{}.presence", prefix("inbox"));
+    let setup = Setup::new(
+        "inbox",
+        &["--ack-timeout", "300ms", "--retry-base", "30s", "--retry-max", "1m", "--redis", crate::common::presence::SHARED_REDIS, "--redis-prefix", &redis_prefix],
+    );
+    let gw = setup.gateway();
+    let mut first = setup.worker();
+    // erin is offline (presence in Redis says so): the try is skipped and a retry scheduled.
+    let nid = first_notify(gw.port, json!({"user": "erin", "data": "while you were away"}));
+    first.wait_metric("retried_total", 1.0, Duration::from_secs(10));
+    let mut redis = ::redis::Client::open(crate::common::presence::SHARED_REDIS).unwrap().get_connection().unwrap();
+    let inbox = format!("{}:inbox:erin", setup.lane_prefix);
+    let held: Vec<String> = ::redis::cmd("HKEYS").arg(&inbox).query(&mut redis).unwrap();
+    assert_eq!(held, vec![nid.clone()], "held in the shared inbox");
+    first.kill9();
+    let second = setup.worker();
+    // The new worker's NATS subscription to online events is set up just after it says
+    // "consuming".
+    std::thread::sleep(Duration::from_millis(300));
+    let subscribed = Instant::now();
+    let mut erin = user(gw.port, "erin");
+    let frame = next_notify(&mut erin, Duration::from_secs(3)).expect("the fast path after a worker restart");
+    let took = subscribed.elapsed();
+    assert_eq!(frame["nid"], nid.as_str());
+    assert!(took < Duration::from_secs(2), "{took:?} (the backoff tick is 30 s)");
+    ack(&mut erin, &nid);
+    second.wait_metric("delivered_total", 1.0, Duration::from_secs(5));
+    let held: Vec<String> = ::redis::cmd("HKEYS").arg(&inbox).query(&mut redis).unwrap();
+    assert!(held.is_empty(), "the ack empties the inbox: {held:?}");
+    eprintln!("returning user after a worker restart: notify {took:?} after subscribing");
+}
