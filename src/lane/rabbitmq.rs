@@ -30,8 +30,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Publishing channels per connection on the gateway side: confirms are per channel, so
-/// several let accepts from many requests be confirmed in parallel.
+/// several let accepts from many requests be confirmed in parallel. It is also the most
+/// work-queue publishes a gateway has waiting for their confirm at once.
 pub const PUBLISH_CHANNELS: usize = 8;
+/// Notifications one work-queue message (an *envelope*) carries at most. While every
+/// publishing channel waits for a confirm, accepts that arrive queue up and go out
+/// together in one persistent message with one confirm: no wait is added when the broker
+/// keeps up, and under load the broker's per-message cost is shared.
+pub const ENVELOPE_MAX: usize = 64;
+/// Accepts waiting for a publishing channel, at most; past it `/api/notify` answers 503.
+pub const ACCEPTS_WAITING_MAX: usize = 16_384;
 /// How often a worker asks RabbitMQ how many notifications wait in its queues (one
 /// passive declare per queue: `.work` and each retry bucket).
 pub const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(2);
@@ -177,6 +185,83 @@ fn supervise<L: 'static>(
     });
 }
 
+/// An accept waiting to be published.
+struct Waiting {
+    nid: String,
+    body: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Queues accepts and publishes them in envelopes (see [`ENVELOPE_MAX`]).
+struct Batcher {
+    waiting: RefCell<VecDeque<Waiting>>,
+    wake: tokio::sync::Notify,
+    /// The lane is gone: the publishing task stops.
+    closed: Cell<bool>,
+}
+
+/// A work-queue message body: one notification (`{..}`) or an envelope (`[{..},..]`).
+fn envelope_body(batch: &[Waiting]) -> Vec<u8> {
+    if let [one] = batch {
+        return one.body.clone();
+    }
+    let mut body = Vec::with_capacity(batch.iter().map(|w| w.body.len() + 1).sum::<usize>() + 1);
+    body.push(b'[');
+    for (i, w) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&w.body);
+    }
+    body.push(b']');
+    body
+}
+
+/// The notifications in a work-queue message (either form).
+pub fn parse_work(data: &[u8]) -> Result<Vec<Notification>, serde_json::Error> {
+    if data.first() == Some(&b'[') {
+        serde_json::from_slice(data)
+    } else {
+        serde_json::from_slice(data).map(|n| vec![n])
+    }
+}
+
+/// Publishes what waits, one envelope per free channel, until the lane is dropped.
+async fn run_batcher(b: Rc<Batcher>, link: std::rc::Weak<RefCell<Option<Rc<PublishLink>>>>, work: String) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PUBLISH_CHANNELS));
+    let mut next_channel = 0usize;
+    while !b.closed.get() {
+        if b.waiting.borrow().is_empty() {
+            b.wake.notified().await;
+            continue;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let batch: Vec<Waiting> = {
+            let mut waiting = b.waiting.borrow_mut();
+            let n = waiting.len().min(ENVELOPE_MAX);
+            waiting.drain(..n).collect()
+        };
+        let current = link.upgrade().and_then(|l| l.borrow().clone());
+        let Some(current) = current else {
+            for w in batch {
+                let _ = w.reply.send(Err("RabbitMQ is unreachable; retry shortly".into()));
+            }
+            continue;
+        };
+        let channel = current.channels[next_channel % current.channels.len()].clone();
+        next_channel = next_channel.wrapping_add(1);
+        let work = work.clone();
+        tokio::task::spawn_local(async move {
+            let body = envelope_body(&batch);
+            let result = publish_confirmed(&channel, &work, &batch[0].nid, &body).await;
+            for w in batch {
+                let _ = w.reply.send(result.clone());
+            }
+            drop(permit);
+        });
+    }
+}
+
 struct PublishLink {
     channels: Vec<Channel>,
     /// Dead-letter operations, one at a time (confirm mode).
@@ -188,7 +273,7 @@ pub struct RabbitLane {
     topology: Topology,
     link: Rc<RefCell<Option<Rc<PublishLink>>>>,
     pub connected: Rc<Cell<bool>>,
-    next_channel: Cell<usize>,
+    batcher: Rc<Batcher>,
     /// nid → expiry (unix ms), with insertion order for eviction.
     seen: RefCell<(HashMap<String, u64>, VecDeque<String>)>,
     /// `--redis`: idempotency shared by every node ([`super::nids`]).
@@ -217,7 +302,9 @@ impl RabbitLane {
             dead.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok(PublishLink { channels, dead: tokio::sync::Mutex::new(dead) })
         });
-        RabbitLane { topology, link, connected, next_channel: Cell::new(0), seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
+        let batcher = Rc::new(Batcher { waiting: RefCell::new(VecDeque::new()), wake: tokio::sync::Notify::new(), closed: Cell::new(false) });
+        tokio::task::spawn_local(run_batcher(batcher.clone(), Rc::downgrade(&link), topology.work.clone()));
+        RabbitLane { topology, link, connected, batcher, seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
     }
 
     fn link(&self) -> Result<Rc<PublishLink>, String> {
@@ -261,11 +348,9 @@ impl RabbitLane {
                 }
             },
         };
-        let i = self.next_channel.get();
-        self.next_channel.set(i.wrapping_add(1));
-        let channel = &link.channels[i % link.channels.len()];
+        drop(link);
         let body = serde_json::to_vec(&notification).expect("notifications serialize");
-        if let Err(e) = publish_confirmed(channel, &self.topology.work, &notification.nid, &body).await {
+        if let Err(e) = self.publish(notification.nid.clone(), body).await {
             if let Some((shared, token)) = claim {
                 shared.release(&notification.nid, &token).await;
             }
@@ -278,10 +363,32 @@ impl RabbitLane {
         Ok(Accepted::New)
     }
 
+    /// Queues one notification for the next envelope and waits for its confirm.
+    /// (Several accepts in one envelope share its confirm, and its failure.)
+    async fn publish(&self, nid: String, body: Vec<u8>) -> Result<(), String> {
+        let (reply, confirmed) = tokio::sync::oneshot::channel();
+        {
+            let mut waiting = self.batcher.waiting.borrow_mut();
+            if waiting.len() >= ACCEPTS_WAITING_MAX {
+                return Err(format!("{ACCEPTS_WAITING_MAX} accepts already wait for RabbitMQ; retry shortly"));
+            }
+            waiting.push_back(Waiting { nid, body, reply });
+        }
+        self.batcher.wake.notify_one();
+        confirmed.await.unwrap_or_else(|_| Err("the gateway is stopping".into()))
+    }
+
     pub async fn dead(&self, op: DeadOp) -> Result<DeadAnswer, String> {
         let link = self.link()?;
         let channel = link.dead.lock().await;
         dead_op(&channel, &self.topology, op).await
+    }
+}
+
+impl Drop for RabbitLane {
+    fn drop(&mut self) {
+        self.batcher.closed.set(true);
+        self.batcher.wake.notify_one();
     }
 }
 
@@ -346,8 +453,36 @@ pub async fn dead_op(channel: &Channel, topology: &Topology, op: DeadOp) -> Resu
 /// A notification a worker holds, with what it needs to settle it.
 pub struct RabbitJob {
     pub notification: Notification,
-    acker: Acker,
+    message: Rc<MessageAck>,
     link: Rc<ConsumeLink>,
+}
+
+/// The work-queue message a job came in: acked once every notification in it is settled,
+/// or handed back (nack, requeue) if settling any of them failed, so RabbitMQ gives the
+/// whole message out again (its other notifications may then arrive twice, with their
+/// `nid`s: at-least-once).
+struct MessageAck {
+    acker: Acker,
+    unsettled: Cell<usize>,
+    failed: Cell<bool>,
+}
+
+impl MessageAck {
+    async fn settled(&self, ok: bool) -> Result<(), String> {
+        if !ok {
+            self.failed.set(true);
+        }
+        let left = self.unsettled.get() - 1;
+        self.unsettled.set(left);
+        if left > 0 {
+            return Ok(());
+        }
+        if self.failed.get() {
+            let _ = self.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            return Ok(());
+        }
+        self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(|e| format!("RabbitMQ: {e}"))
+    }
 }
 
 struct ConsumeLink {
@@ -391,12 +526,19 @@ impl RabbitSource {
             tokio::task::spawn_local(async move {
                 while let Some(delivery) = consumer.next().await {
                     let Ok(delivery) = delivery else { break };
-                    match serde_json::from_slice::<Notification>(&delivery.data) {
-                        Ok(notification) => {
-                            let job = RabbitJob { notification, acker: delivery.acker, link: link.clone() };
-                            if jobs.send(job).await.is_err() {
-                                break;
+                    match parse_work(&delivery.data) {
+                        Ok(notifications) if !notifications.is_empty() => {
+                            let message = Rc::new(MessageAck { acker: delivery.acker, unsettled: Cell::new(notifications.len()), failed: Cell::new(false) });
+                            for notification in notifications {
+                                let job = RabbitJob { notification, message: message.clone(), link: link.clone() };
+                                if jobs.send(job).await.is_err() {
+                                    return;
+                                }
                             }
+                        }
+                        Ok(_) => {
+                            tracing::warn!("an empty envelope in the work queue is dropped");
+                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "an unreadable message in the work queue goes to the dead-letter queue");
@@ -442,7 +584,6 @@ impl RabbitFinisher {
     /// queue and then ack. A failure leaves the message unacked, so RabbitMQ hands it out
     /// again (a duplicate at worst).
     pub async fn finish(&self, job: RabbitJob, outcome: Outcome) -> Result<(), String> {
-        let err = |e: lapin::Error| format!("RabbitMQ: {e}");
         let published = match &outcome {
             Outcome::Delivered => Ok(()),
             Outcome::Retry { notification, delay } => {
@@ -456,9 +597,9 @@ impl RabbitFinisher {
             }
         };
         match published {
-            Ok(()) => job.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(err),
+            Ok(()) => job.message.settled(true).await,
             Err(e) => {
-                let _ = job.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                let _ = job.message.settled(false).await;
                 Err(e)
             }
         }
@@ -485,5 +626,28 @@ async fn count_queued(channel: Channel, topology: Topology, backoff: Backoff, qu
         }
         queued.set(Some(total));
         tokio::time::sleep(QUEUE_STATS_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(nid: &str) -> Waiting {
+        let now = 1;
+        let n = Notification { nid: nid.into(), user: "u".into(), data: serde_json::value::RawValue::from_string("{\"x\":1}".into()).unwrap(), ts: now, expires: 2, attempts: 0 };
+        Waiting { nid: nid.into(), body: serde_json::to_vec(&n).unwrap(), reply: tokio::sync::oneshot::channel().0 }
+    }
+
+    #[test]
+    fn one_notification_is_a_plain_message_and_several_an_envelope() {
+        let one = envelope_body(&[waiting("a")]);
+        assert_eq!(one[0], b'{', "a lone accept is published as before (old workers read it)");
+        assert_eq!(parse_work(&one).unwrap().len(), 1);
+        let three = envelope_body(&[waiting("a"), waiting("b"), waiting("c")]);
+        let parsed = parse_work(&three).unwrap();
+        assert_eq!(parsed.iter().map(|n| n.nid.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(parsed[1].data.get(), "{\"x\":1}");
+        assert!(parse_work(b"[{\"nid\":1}]").is_err());
     }
 }

@@ -106,3 +106,64 @@ fn unacked_work_is_redelivered_to_the_next_consumer() {
         ringcast::lane::rabbitmq::delete_queues(AMQP, &prefix, &backoff).await.unwrap();
     });
 }
+
+/// Ready messages in a queue, as RabbitMQ counts them.
+async fn ready(queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(AMQP, Default::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let count = channel.queue_declare(queue.into(), options, Default::default()).await.unwrap().message_count();
+    let _ = conn.close(200, "done".into()).await;
+    count
+}
+
+#[test]
+fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
+    run(async {
+        let prefix = prefix("envelope");
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
+        let lane = std::rc::Rc::new(RabbitLane::start(AMQP, &prefix, &backoff, None, Default::default()));
+        connected(&lane.connected).await;
+        // 400 accepts at once: while 8 publishes wait for their confirm, the rest queue up
+        // and go out together.
+        let accepts: Vec<_> = (0..400).map(|i| {
+            let lane = lane.clone();
+            tokio::task::spawn_local(async move { lane.enqueue(note(&format!("e{i}"))).await })
+        }).collect();
+        for accept in accepts {
+            assert_eq!(accept.await.unwrap().unwrap(), Accepted::New);
+        }
+        let work = format!("{prefix}.work");
+        let messages = ready(&work).await;
+        assert!((400 / ringcast::lane::rabbitmq::ENVELOPE_MAX as u32..400).contains(&messages), "400 notifications in {messages} messages");
+        // A worker sees each notification on its own; a message is acked once all of its
+        // notifications are settled, and one left unsettled keeps its whole message.
+        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 64);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut held = None;
+        while seen.len() < 400 {
+            let job = tokio::time::timeout(Duration::from_secs(10), source.next()).await.expect("every accepted notification").unwrap();
+            assert!(seen.insert(job.notification.nid.clone()), "{} twice", job.notification.nid);
+            if held.is_none() {
+                held = Some(job);
+            } else {
+                source.finish(job, Outcome::Delivered).await.unwrap();
+            }
+        }
+        drop(source);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = ready(&work).await;
+        assert_eq!(left, 1, "the message of the unsettled notification went back to the queue, nothing else");
+        // Its notifications come again, the unsettled one among them.
+        let mut again = RabbitSource::start(AMQP, &prefix, &backoff, 64);
+        let nid = held.take().unwrap().notification.nid;
+        let mut back = Vec::new();
+        while !back.contains(&nid) {
+            let job = tokio::time::timeout(Duration::from_secs(10), again.next()).await.expect("the unsettled notification comes back").unwrap();
+            back.push(job.notification.nid.clone());
+            again.finish(job, Outcome::Delivered).await.unwrap();
+        }
+        assert!(back.len() <= ringcast::lane::rabbitmq::ENVELOPE_MAX);
+        ringcast::lane::rabbitmq::delete_queues(AMQP, &prefix, &backoff).await.unwrap();
+    });
+}
