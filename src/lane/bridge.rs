@@ -73,7 +73,7 @@ impl LaneBridge {
                     Some(redis) => Some(super::nids::SharedNids::new(&redis.url, &config.prefix, &node.config.node)?),
                     None => None,
                 };
-                let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, shared, node.lane_metrics.clone()));
+                let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, config.envelope, shared, node.lane_metrics.clone()));
                 let source = config
                     .worker_in_process
                     .then(|| Source::Rabbit(super::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight)));

@@ -30,6 +30,10 @@ pub const NOTIFY_BYTES_MAX: usize = 64 * 1024;
 /// Deliveries a worker has in flight at once (the RabbitMQ prefetch): each waits up to
 /// `ack_timeout` for its user, so this bounds memory and the broker's unacked backlog.
 pub const LANE_IN_FLIGHT: usize = 1024;
+/// Notifications one RabbitMQ work message may carry (see `rabbitmq::ENVELOPE_BYTES_MAX`
+/// for its size bound); 1 publishes each on its own.
+pub const LANE_ENVELOPE: usize = 64;
+pub const LANE_ENVELOPE_MAX: usize = 1024;
 pub const LANE_PREFIX: &str = "rc.lane";
 pub const LANE_DIR: &str = "ringcast-lane";
 
@@ -71,6 +75,10 @@ pub struct LaneArgs {
     /// Deliveries a worker has in flight at once (RabbitMQ prefetch). [default: 1024]
     #[arg(long, env = "RINGCAST_LANE_IN_FLIGHT", value_name = "N")]
     pub lane_in_flight: Option<String>,
+    /// RabbitMQ: accepts that arrive while every publishing channel waits for a confirm go out
+    /// together, up to this many per message (1 = one message each; at most 1024). [default: 64]
+    #[arg(long, env = "RINGCAST_LANE_ENVELOPE", value_name = "N")]
+    pub lane_envelope: Option<String>,
     /// Push fallback: POST notifications still undelivered after their first try to this http:// URL.
     #[arg(long, env = "RINGCAST_WEBHOOK", value_name = "URL")]
     pub webhook: Option<String>,
@@ -91,6 +99,7 @@ impl LaneArgs {
             ("notify_ttl", self.notify_ttl.clone()),
             ("notify_max", self.notify_max.clone()),
             ("lane_in_flight", self.lane_in_flight.clone()),
+            ("lane_envelope", self.lane_envelope.clone()),
             ("webhook", self.webhook.clone()),
         ]
     }
@@ -112,6 +121,8 @@ pub struct LaneConfig {
     pub ttl: Duration,
     pub notify_bytes_max: usize,
     pub in_flight: usize,
+    /// Notifications per RabbitMQ work message at most.
+    pub envelope: usize,
     pub webhook: Option<Webhook>,
 }
 
@@ -136,6 +147,8 @@ impl std::fmt::Debug for LaneConfig {
             .field("backoff", &self.backoff)
             .field("max_attempts", &self.max_attempts)
             .field("ttl", &self.ttl)
+            .field("in_flight", &self.in_flight)
+            .field("envelope", &self.envelope)
             .field("webhook", &self.webhook)
             .finish_non_exhaustive()
     }
@@ -179,6 +192,7 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError>
         ttl: duration("notify_ttl", NOTIFY_TTL_MS)?,
         notify_bytes_max: get("notify_max").map_or(Ok(NOTIFY_BYTES_MAX), |v| parse_size(v).map_err(|m| error("notify_max", m)))?,
         in_flight: count("lane_in_flight", LANE_IN_FLIGHT)?,
+        envelope: count("lane_envelope", LANE_ENVELOPE)?,
         webhook: get("webhook").map(|url| parse_webhook(url).map_err(|m| error("webhook", m))).transpose()?,
     };
     if config.ack_timeout.is_zero() {
@@ -195,6 +209,9 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError>
     }
     if config.in_flight == 0 || config.in_flight > u16::MAX as usize {
         return Err(error("lane_in_flight", "must be from 1 to 65535 (the AMQP prefetch is 16 bits)"));
+    }
+    if config.envelope == 0 || config.envelope > LANE_ENVELOPE_MAX {
+        return Err(error("lane_envelope", format!("must be from 1 to {LANE_ENVELOPE_MAX}")));
     }
     Ok(config)
 }
@@ -248,6 +265,8 @@ mod tests {
         assert_eq!(lane(&[("max_attempts", "0")]).unwrap_err().key, "max_attempts");
         assert_eq!(lane(&[("notify_ttl", "60d")]).unwrap_err().key, "notify_ttl");
         assert_eq!(lane(&[("lane_in_flight", "70000")]).unwrap_err().key, "lane_in_flight");
+        assert_eq!(lane(&[("lane_envelope", "0")]).unwrap_err().key, "lane_envelope");
+        assert_eq!(lane(&[("lane_envelope", "1025")]).unwrap_err().key, "lane_envelope");
         assert_eq!(lane(&[("webhook", "https://x")]).unwrap_err().key, "webhook");
     }
 

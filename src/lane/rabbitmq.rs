@@ -33,11 +33,11 @@ use tokio::sync::mpsc;
 /// several let accepts from many requests be confirmed in parallel. It is also the most
 /// work-queue publishes a gateway has waiting for their confirm at once.
 pub const PUBLISH_CHANNELS: usize = 8;
-/// Notifications one work-queue message (an *envelope*) carries at most. While every
-/// publishing channel waits for a confirm, accepts that arrive queue up and go out
-/// together in one persistent message with one confirm: no wait is added when the broker
-/// keeps up, and under load the broker's per-message cost is shared.
-pub const ENVELOPE_MAX: usize = 64;
+/// An envelope: while every publishing channel waits for a confirm, accepts that arrive
+/// queue up and go out together in one persistent message with one confirm, up to
+/// `--lane-envelope` notifications and about this many bytes. No wait is added when the
+/// broker keeps up; under load the broker's per-message cost is shared.
+pub const ENVELOPE_BYTES_MAX: usize = 1024 * 1024;
 /// Accepts waiting for a publishing channel, at most; past it `/api/notify` answers 503.
 pub const ACCEPTS_WAITING_MAX: usize = 16_384;
 /// How often a worker asks RabbitMQ how many notifications wait in its queues (one
@@ -192,7 +192,7 @@ struct Waiting {
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Queues accepts and publishes them in envelopes (see [`ENVELOPE_MAX`]).
+/// Queues accepts and publishes them in envelopes (see [`ENVELOPE_BYTES_MAX`] and `--lane-envelope`).
 struct Batcher {
     waiting: RefCell<VecDeque<Waiting>>,
     wake: tokio::sync::Notify,
@@ -227,7 +227,7 @@ pub fn parse_work(data: &[u8]) -> Result<Vec<Notification>, serde_json::Error> {
 }
 
 /// Publishes what waits, one envelope per free channel, until the lane is dropped.
-async fn run_batcher(b: Rc<Batcher>, link: std::rc::Weak<RefCell<Option<Rc<PublishLink>>>>, work: String) {
+async fn run_batcher(b: Rc<Batcher>, link: std::rc::Weak<RefCell<Option<Rc<PublishLink>>>>, work: String, envelope: usize) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PUBLISH_CHANNELS));
     let mut next_channel = 0usize;
     while !b.closed.get() {
@@ -238,8 +238,12 @@ async fn run_batcher(b: Rc<Batcher>, link: std::rc::Weak<RefCell<Option<Rc<Publi
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let batch: Vec<Waiting> = {
             let mut waiting = b.waiting.borrow_mut();
-            let n = waiting.len().min(ENVELOPE_MAX);
-            waiting.drain(..n).collect()
+            let mut bytes = 0;
+            let n = waiting.iter().take(envelope).take_while(|w| {
+                bytes += w.body.len();
+                bytes <= ENVELOPE_BYTES_MAX
+            }).count();
+            waiting.drain(..n.max(1)).collect()
         };
         let current = link.upgrade().and_then(|l| l.borrow().clone());
         let Some(current) = current else {
@@ -283,7 +287,8 @@ pub struct RabbitLane {
 
 impl RabbitLane {
     /// Starts connecting in the background; until connected, accepts answer with an error.
-    pub fn start(url: &str, prefix: &str, backoff: &Backoff, shared: Option<super::nids::SharedNids>, metrics: std::sync::Arc<super::metrics::LaneMetrics>) -> RabbitLane {
+    /// `envelope`: notifications per work message at most (`--lane-envelope`).
+    pub fn start(url: &str, prefix: &str, backoff: &Backoff, envelope: usize, shared: Option<super::nids::SharedNids>, metrics: std::sync::Arc<super::metrics::LaneMetrics>) -> RabbitLane {
         let topology = Topology::new(prefix);
         let link = Rc::new(RefCell::new(None));
         let connected = Rc::new(Cell::new(false));
@@ -303,7 +308,7 @@ impl RabbitLane {
             Ok(PublishLink { channels, dead: tokio::sync::Mutex::new(dead) })
         });
         let batcher = Rc::new(Batcher { waiting: RefCell::new(VecDeque::new()), wake: tokio::sync::Notify::new(), closed: Cell::new(false) });
-        tokio::task::spawn_local(run_batcher(batcher.clone(), Rc::downgrade(&link), topology.work.clone()));
+        tokio::task::spawn_local(run_batcher(batcher.clone(), Rc::downgrade(&link), topology.work.clone(), envelope.max(1)));
         RabbitLane { topology, link, connected, batcher, seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
     }
 

@@ -37,7 +37,7 @@ fn accept_retry_dead_replay_purge() {
     run(async {
         let prefix = prefix("cycle");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = RabbitLane::start(AMQP, &prefix, &backoff, None, Default::default());
+        let lane = RabbitLane::start(AMQP, &prefix, &backoff, 64, None, Default::default());
         connected(&lane.connected).await;
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::New);
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::Duplicate, "same nid on the same node");
@@ -84,7 +84,7 @@ fn unacked_work_is_redelivered_to_the_next_consumer() {
     run(async {
         let prefix = prefix("redeliver");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = RabbitLane::start(AMQP, &prefix, &backoff, None, Default::default());
+        let lane = RabbitLane::start(AMQP, &prefix, &backoff, 64, None, Default::default());
         connected(&lane.connected).await;
         for i in 0..20 {
             lane.enqueue(note(&format!("w{i}"))).await.unwrap();
@@ -122,7 +122,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
     run(async {
         let prefix = prefix("envelope");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = std::rc::Rc::new(RabbitLane::start(AMQP, &prefix, &backoff, None, Default::default()));
+        let lane = std::rc::Rc::new(RabbitLane::start(AMQP, &prefix, &backoff, 64, None, Default::default()));
         connected(&lane.connected).await;
         // 400 accepts at once: while 8 publishes wait for their confirm, the rest queue up
         // and go out together.
@@ -135,7 +135,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
         }
         let work = format!("{prefix}.work");
         let messages = ready(&work).await;
-        assert!((400 / ringcast::lane::rabbitmq::ENVELOPE_MAX as u32..400).contains(&messages), "400 notifications in {messages} messages");
+        assert!((400 / 64..400).contains(&messages), "400 notifications in {messages} messages");
         // A worker sees each notification on its own; a message is acked once all of its
         // notifications are settled, and one left unsettled keeps its whole message.
         let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 64);
@@ -163,7 +163,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
             back.push(job.notification.nid.clone());
             again.finish(job, Outcome::Delivered).await.unwrap();
         }
-        assert!(back.len() <= ringcast::lane::rabbitmq::ENVELOPE_MAX);
+        assert!(back.len() <= 64);
         ringcast::lane::rabbitmq::delete_queues(AMQP, &prefix, &backoff).await.unwrap();
     });
 }
