@@ -76,7 +76,7 @@ impl LaneBridge {
                 let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, config.envelope, shared, node.lane_metrics.clone()));
                 let source = config
                     .worker_in_process
-                    .then(|| Source::Rabbit(super::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight)));
+                    .then(|| Source::Rabbit(super::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight, config.envelope)));
                 (Some(lane), source)
             }
         };

@@ -185,19 +185,69 @@ fn supervise<L: 'static>(
     });
 }
 
-/// An accept waiting to be published.
+/// A publish waiting for its envelope.
 struct Waiting {
+    queue: Rc<str>,
     nid: String,
     body: Vec<u8>,
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Queues accepts and publishes them in envelopes (see [`ENVELOPE_BYTES_MAX`] and `--lane-envelope`).
+/// Queues publishes and sends them in envelopes (see [`ENVELOPE_BYTES_MAX`] and
+/// `--lane-envelope`): the gateway's accepts into `.work`, and a worker's retries into
+/// each `.retry.{ms}` bucket. A task ([`run_batcher`]) sends one envelope per free
+/// publishing slot; what arrives while every slot waits for its confirm goes together.
 struct Batcher {
     waiting: RefCell<VecDeque<Waiting>>,
     wake: tokio::sync::Notify,
-    /// The lane is gone: the publishing task stops.
+    /// The owner is gone: the publishing task stops.
     closed: Cell<bool>,
+}
+
+impl Batcher {
+    fn new() -> Rc<Batcher> {
+        Rc::new(Batcher { waiting: RefCell::new(VecDeque::new()), wake: tokio::sync::Notify::new(), closed: Cell::new(false) })
+    }
+
+    /// Queues one notification for the next envelope to `queue` and waits for its confirm.
+    /// (Notifications in one envelope share its confirm, and its failure.)
+    async fn publish(&self, queue: Rc<str>, nid: String, body: Vec<u8>) -> Result<(), String> {
+        let (reply, confirmed) = tokio::sync::oneshot::channel();
+        {
+            let mut waiting = self.waiting.borrow_mut();
+            if waiting.len() >= ACCEPTS_WAITING_MAX {
+                return Err(format!("{ACCEPTS_WAITING_MAX} notifications already wait for RabbitMQ; retry shortly"));
+            }
+            waiting.push_back(Waiting { queue, nid, body, reply });
+        }
+        self.wake.notify_one();
+        confirmed.await.unwrap_or_else(|_| Err("stopping: the RabbitMQ publisher is gone".into()))
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake.notify_one();
+    }
+
+    /// The next envelope: the oldest waiting publish and the next ones to the same queue,
+    /// up to `envelope` notifications and [`ENVELOPE_BYTES_MAX`].
+    fn next_envelope(&self, envelope: usize) -> Vec<Waiting> {
+        let mut waiting = self.waiting.borrow_mut();
+        let Some(first) = waiting.pop_front() else { return Vec::new() };
+        let mut bytes = first.body.len();
+        let mut batch = vec![first];
+        let mut i = 0;
+        while i < waiting.len() && batch.len() < envelope {
+            let w = &waiting[i];
+            if w.queue == batch[0].queue && bytes + w.body.len() <= ENVELOPE_BYTES_MAX {
+                bytes += w.body.len();
+                batch.push(waiting.remove(i).expect("index checked"));
+            } else {
+                i += 1;
+            }
+        }
+        batch
+    }
 }
 
 /// A work-queue message body: one notification (`{..}`) or an envelope (`[{..},..]`).
@@ -226,38 +276,32 @@ pub fn parse_work(data: &[u8]) -> Result<Vec<Notification>, serde_json::Error> {
     }
 }
 
-/// Publishes what waits, one envelope per free channel, until the lane is dropped.
-async fn run_batcher(b: Rc<Batcher>, link: std::rc::Weak<RefCell<Option<Rc<PublishLink>>>>, work: String, envelope: usize) {
+/// Publishes what waits in `b`, one envelope per free slot ([`PUBLISH_CHANNELS`] at
+/// once), on the channel `channel(i)` gives for the i-th envelope (None: not connected,
+/// the envelope fails), until `b` is closed.
+async fn run_batcher(b: Rc<Batcher>, channel: impl Fn(usize) -> Option<Channel>, envelope: usize) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PUBLISH_CHANNELS));
-    let mut next_channel = 0usize;
+    let mut sent = 0usize;
     while !b.closed.get() {
         if b.waiting.borrow().is_empty() {
             b.wake.notified().await;
             continue;
         }
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let batch: Vec<Waiting> = {
-            let mut waiting = b.waiting.borrow_mut();
-            let mut bytes = 0;
-            let n = waiting.iter().take(envelope).take_while(|w| {
-                bytes += w.body.len();
-                bytes <= ENVELOPE_BYTES_MAX
-            }).count();
-            waiting.drain(..n.max(1)).collect()
-        };
-        let current = link.upgrade().and_then(|l| l.borrow().clone());
-        let Some(current) = current else {
+        let batch = b.next_envelope(envelope);
+        if batch.is_empty() {
+            continue;
+        }
+        let Some(channel) = channel(sent) else {
             for w in batch {
                 let _ = w.reply.send(Err("RabbitMQ is unreachable; retry shortly".into()));
             }
             continue;
         };
-        let channel = current.channels[next_channel % current.channels.len()].clone();
-        next_channel = next_channel.wrapping_add(1);
-        let work = work.clone();
+        sent = sent.wrapping_add(1);
         tokio::task::spawn_local(async move {
             let body = envelope_body(&batch);
-            let result = publish_confirmed(&channel, &work, &batch[0].nid, &body).await;
+            let result = publish_confirmed(&channel, &batch[0].queue, &batch[0].nid, &body).await;
             for w in batch {
                 let _ = w.reply.send(result.clone());
             }
@@ -278,6 +322,8 @@ pub struct RabbitLane {
     link: Rc<RefCell<Option<Rc<PublishLink>>>>,
     pub connected: Rc<Cell<bool>>,
     batcher: Rc<Batcher>,
+    /// `{p}.work`, shared by every accept's envelope entry.
+    work: Rc<str>,
     /// nid → expiry (unix ms), with insertion order for eviction.
     seen: RefCell<(HashMap<String, u64>, VecDeque<String>)>,
     /// `--redis`: idempotency shared by every node ([`super::nids`]).
@@ -307,9 +353,12 @@ impl RabbitLane {
             dead.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok(PublishLink { channels, dead: tokio::sync::Mutex::new(dead) })
         });
-        let batcher = Rc::new(Batcher { waiting: RefCell::new(VecDeque::new()), wake: tokio::sync::Notify::new(), closed: Cell::new(false) });
-        tokio::task::spawn_local(run_batcher(batcher.clone(), Rc::downgrade(&link), topology.work.clone(), envelope.max(1)));
-        RabbitLane { topology, link, connected, batcher, seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
+        let batcher = Batcher::new();
+        let weak = Rc::downgrade(&link);
+        let channel = move |i: usize| weak.upgrade().and_then(|l| l.borrow().clone()).map(|l: Rc<PublishLink>| l.channels[i % l.channels.len()].clone());
+        tokio::task::spawn_local(run_batcher(batcher.clone(), channel, envelope.max(1)));
+        let work: Rc<str> = topology.work.as_str().into();
+        RabbitLane { topology, link, connected, batcher, work, seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
     }
 
     fn link(&self) -> Result<Rc<PublishLink>, String> {
@@ -355,7 +404,7 @@ impl RabbitLane {
         };
         drop(link);
         let body = serde_json::to_vec(&notification).expect("notifications serialize");
-        if let Err(e) = self.publish(notification.nid.clone(), body).await {
+        if let Err(e) = self.batcher.publish(self.work.clone(), notification.nid.clone(), body).await {
             if let Some((shared, token)) = claim {
                 shared.release(&notification.nid, &token).await;
             }
@@ -368,21 +417,6 @@ impl RabbitLane {
         Ok(Accepted::New)
     }
 
-    /// Queues one notification for the next envelope and waits for its confirm.
-    /// (Several accepts in one envelope share its confirm, and its failure.)
-    async fn publish(&self, nid: String, body: Vec<u8>) -> Result<(), String> {
-        let (reply, confirmed) = tokio::sync::oneshot::channel();
-        {
-            let mut waiting = self.batcher.waiting.borrow_mut();
-            if waiting.len() >= ACCEPTS_WAITING_MAX {
-                return Err(format!("{ACCEPTS_WAITING_MAX} accepts already wait for RabbitMQ; retry shortly"));
-            }
-            waiting.push_back(Waiting { nid, body, reply });
-        }
-        self.batcher.wake.notify_one();
-        confirmed.await.unwrap_or_else(|_| Err("the gateway is stopping".into()))
-    }
-
     pub async fn dead(&self, op: DeadOp) -> Result<DeadAnswer, String> {
         let link = self.link()?;
         let channel = link.dead.lock().await;
@@ -392,8 +426,7 @@ impl RabbitLane {
 
 impl Drop for RabbitLane {
     fn drop(&mut self) {
-        self.batcher.closed.set(true);
-        self.batcher.wake.notify_one();
+        self.batcher.close();
     }
 }
 
@@ -493,6 +526,14 @@ impl MessageAck {
 struct ConsumeLink {
     /// Confirm-mode channel for retries and dead letters.
     publish: Channel,
+    /// Retries, in envelopes per bucket queue, on `publish`.
+    retries: Rc<Batcher>,
+}
+
+impl Drop for ConsumeLink {
+    fn drop(&mut self) {
+        self.retries.close();
+    }
 }
 
 /// The worker side: a consumer on `{p}.work` with prefetch = in-flight bound.
@@ -507,7 +548,9 @@ pub struct RabbitSource {
 }
 
 impl RabbitSource {
-    pub fn start(url: &str, prefix: &str, backoff: &Backoff, in_flight: usize) -> RabbitSource {
+    /// `envelope`: retries per message at most, per bucket queue (`--lane-envelope`).
+    pub fn start(url: &str, prefix: &str, backoff: &Backoff, in_flight: usize, envelope: usize) -> RabbitSource {
+        let envelope = envelope.max(1);
         let topology = Topology::new(prefix);
         let (tx, jobs) = mpsc::channel(in_flight.max(1));
         let slot: Rc<RefCell<Option<Rc<()>>>> = Rc::new(RefCell::new(None));
@@ -521,7 +564,10 @@ impl RabbitSource {
             consume.basic_qos(in_flight as u16, BasicQosOptions::default()).await?;
             let publish = conn.create_channel().await?;
             publish.confirm_select(ConfirmSelectOptions::default()).await?;
-            let link = Rc::new(ConsumeLink { publish });
+            let retries = Batcher::new();
+            let channel = publish.clone();
+            tokio::task::spawn_local(run_batcher(retries.clone(), move |_| Some(channel.clone()), envelope));
+            let link = Rc::new(ConsumeLink { publish, retries });
             let mut consumer = consume
                 .basic_consume(topology.work.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
                 .await?;
@@ -594,7 +640,7 @@ impl RabbitFinisher {
             Outcome::Retry { notification, delay } => {
                 let queue = self.topology.retry(self.backoff.round_up(delay.as_millis() as u64));
                 let body = serde_json::to_vec(notification).expect("notifications serialize");
-                publish_confirmed(&job.link.publish, &queue, &notification.nid, &body).await
+                job.link.retries.publish(queue.as_str().into(), notification.nid.clone(), body).await
             }
             Outcome::Dead { record } => {
                 let body = serde_json::to_vec(record).expect("records serialize");
@@ -639,9 +685,13 @@ mod tests {
     use super::*;
 
     fn waiting(nid: &str) -> Waiting {
+        waiting_to("q.work", nid)
+    }
+
+    fn waiting_to(queue: &str, nid: &str) -> Waiting {
         let now = 1;
         let n = Notification { nid: nid.into(), user: "u".into(), data: serde_json::value::RawValue::from_string("{\"x\":1}".into()).unwrap(), ts: now, expires: 2, attempts: 0 };
-        Waiting { nid: nid.into(), body: serde_json::to_vec(&n).unwrap(), reply: tokio::sync::oneshot::channel().0 }
+        Waiting { queue: queue.into(), nid: nid.into(), body: serde_json::to_vec(&n).unwrap(), reply: tokio::sync::oneshot::channel().0 }
     }
 
     #[test]
@@ -654,5 +704,25 @@ mod tests {
         assert_eq!(parsed.iter().map(|n| n.nid.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(parsed[1].data.get(), "{\"x\":1}");
         assert!(parse_work(b"[{\"nid\":1}]").is_err());
+    }
+
+    #[test]
+    fn an_envelope_holds_one_queue_and_at_most_its_bound() {
+        let b = Batcher::new();
+        for (queue, nid) in [("r.100", "a"), ("r.200", "b"), ("r.100", "c"), ("r.100", "d"), ("r.200", "e")] {
+            b.waiting.borrow_mut().push_back(waiting_to(queue, nid));
+        }
+        let nids = |batch: Vec<Waiting>| batch.into_iter().map(|w| w.nid).collect::<Vec<_>>();
+        assert_eq!(nids(b.next_envelope(2)), ["a", "c"], "the oldest, then the next ones to its queue, up to the bound");
+        assert_eq!(nids(b.next_envelope(64)), ["b", "e"]);
+        assert_eq!(nids(b.next_envelope(64)), ["d"]);
+        assert!(b.next_envelope(64).is_empty());
+        let big = String::from_utf8(vec![b'x'; ENVELOPE_BYTES_MAX / 2 + 1]).unwrap();
+        for nid in ["f", "g"] {
+            let mut w = waiting_to("r.100", nid);
+            w.body = big.clone().into_bytes();
+            b.waiting.borrow_mut().push_back(w);
+        }
+        assert_eq!(nids(b.next_envelope(64)), ["f"], "about 1 MiB per envelope at most");
     }
 }

@@ -65,7 +65,7 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
         tokio::task::spawn_local(serve_metrics(listener, metrics.clone()));
         println!("ringcast worker metrics on http://{local}/metrics");
     }
-    let source = Source::Rabbit(super::rabbitmq::RabbitSource::start(&url, &lane.prefix, &lane.backoff, lane.in_flight));
+    let source = Source::Rabbit(super::rabbitmq::RabbitSource::start(&url, &lane.prefix, &lane.backoff, lane.in_flight, lane.envelope));
     let frames = FrameSink::Nats { client, prefix: config.nats.prefix.clone() };
     println!("ringcast worker consuming {}.work (in flight ≤ {})", lane.prefix, lane.in_flight);
     let online = match &config.presence {

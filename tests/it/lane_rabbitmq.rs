@@ -41,7 +41,7 @@ fn accept_retry_dead_replay_purge() {
         connected(&lane.connected).await;
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::New);
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::Duplicate, "same nid on the same node");
-        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 16);
+        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 16, 64);
         let job = tokio::time::timeout(Duration::from_secs(10), source.next()).await.unwrap().unwrap();
         assert_eq!(job.notification.nid, "r1");
         // Retry after 200 ms: it must come back through the bucket queue, not sooner.
@@ -91,12 +91,12 @@ fn unacked_work_is_redelivered_to_the_next_consumer() {
         }
         {
             // A consumer that takes work and dies without settling it.
-            let mut first = RabbitSource::start(AMQP, &prefix, &backoff, 4);
+            let mut first = RabbitSource::start(AMQP, &prefix, &backoff, 4, 64);
             let job = tokio::time::timeout(Duration::from_secs(10), first.next()).await.unwrap().unwrap();
             drop(job);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut second = RabbitSource::start(AMQP, &prefix, &backoff, 64);
+        let mut second = RabbitSource::start(AMQP, &prefix, &backoff, 64, 64);
         let mut seen = std::collections::BTreeSet::new();
         while seen.len() < 20 {
             let job = tokio::time::timeout(Duration::from_secs(10), second.next()).await.expect("every accepted notification comes back").unwrap();
@@ -138,7 +138,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
         assert!((400 / 64..400).contains(&messages), "400 notifications in {messages} messages");
         // A worker sees each notification on its own; a message is acked once all of its
         // notifications are settled, and one left unsettled keeps its whole message.
-        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 64);
+        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 64, 64);
         let mut seen = std::collections::BTreeSet::new();
         let mut held = None;
         while seen.len() < 400 {
@@ -155,7 +155,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
         let left = ready(&work).await;
         assert_eq!(left, 1, "the message of the unsettled notification went back to the queue, nothing else");
         // Its notifications come again, the unsettled one among them.
-        let mut again = RabbitSource::start(AMQP, &prefix, &backoff, 64);
+        let mut again = RabbitSource::start(AMQP, &prefix, &backoff, 64, 64);
         let nid = held.take().unwrap().notification.nid;
         let mut back = Vec::new();
         while !back.contains(&nid) {
