@@ -14,7 +14,9 @@
 # RUNS (3), IDLE_SMALL (10000), IDLE_MAX (18500: under the 20,000-descriptor limit of any
 # one server process here), FANOUT_CONNS (10000), FANOUT_RATE (20 msgs/s), DURATION (5s),
 # BURST (10000), LOADED_CONNS (2000) LOADED_RATE (800) PUBLISHERS (16), NOTIFY_USERS (2000),
-# NOTIFY_RATE (20000: the issue's target with RabbitMQ) NOTIFY_SENDERS (256), AMQP_URL
+# NOTIFY_RATE (20000: the issue's target with RabbitMQ) NOTIFY_SENDERS (256), NOTIFY_OFFLINE_FOR
+# (DURATION/2: when the second half of the users connects; past DURATION for steady-state
+# online latency), NOTIFY_MODES (embedded rabbitmq rabbitmq-accept), AMQP_URL
 # (amqp://guest:guest@127.0.0.1:5672/%2f), REDIS_URL (redis://127.0.0.1:6379), PORT (18780), SCALE_RATE (5 msgs/s
 # to the 100k subscribers), MAX_CONNS (2000: subscribers for the --max table),
 # OUT (target/bench-<time>.jsonl).
@@ -215,22 +217,31 @@ for t in $TABLES; do
       echo; echo "### Notifications"; echo "not measured: this gateway build has no Lane (issue 5)"
       continue
     fi
-    modes="embedded"
-    if $bin/ringcast gateway --help | grep -q -- '--amqp'; then modes="$modes rabbitmq"; fi
-    redis=()
-    if $bin/ringcast gateway --help | grep -q -- '--redis '; then redis=(--redis "$REDIS_URL"); fi
-    offline=$(( ${DURATION%s} / 2 ))s
+    modes=${NOTIFY_MODES:-"embedded rabbitmq rabbitmq-accept"}
+    redis=(--redis "$REDIS_URL")
+    offline=${NOTIFY_OFFLINE_FOR:-$(( ${DURATION%s} / 2 ))s}
     for run in $(seq 1 "$RUNS"); do
       for mode in $modes; do
+        prefix="bench.$$.$run.${mode//-/_}"
         lane=(--lane-dir "$PEERS_DIR/lane-$$-$run")
-        [ "$mode" = rabbitmq ] && lane=(--amqp "$AMQP_URL" --lane-prefix "bench.$$.$run" --lane-worker "${redis[@]}")
+        users=$NOTIFY_USERS rate=$NOTIFY_RATE settle=30s
+        case $mode in
+          rabbitmq) lane=(--amqp "$AMQP_URL" --lane-prefix "$prefix" --lane-worker "${redis[@]}") ;;
+          # Accept capacity alone: no worker, so nothing is delivered (missing = accepted
+          # by design); closed loop, every sender sends again as soon as it is answered.
+          rabbitmq-accept) lane=(--amqp "$AMQP_URL" --lane-prefix "$prefix" --lane-worker false); users=200 rate=0 settle=1s ;;
+        esac
         rm -rf "$PEERS_DIR/lane-$$-$run"
         start_gateway 1 --jwt-secret bench "${lane[@]}"
-        "${H[@]}" notify --url ws://127.0.0.1:$PORT/ws --api-key bench --jwt-secret bench --users "$NOTIFY_USERS" \
-          --rate "$NOTIFY_RATE" --senders "$NOTIFY_SENDERS" --duration "$DURATION" --offline-for "$offline" --settle 30s \
+        "${H[@]}" notify --url ws://127.0.0.1:$PORT/ws --api-key bench --jwt-secret bench --users "$users" \
+          --rate "$rate" --senders "$NOTIFY_SENDERS" --duration "$DURATION" --offline-for "$offline" --settle "$settle" \
           --server-pid "${GW// /}" --label "notify $mode" --json >>"$OUT" || echo "bench: notify $mode failed" >&2
         stop_gateway
         rm -rf "$PEERS_DIR/lane-$$-$run"
+        # The run's RabbitMQ queues (what no worker took stays in them otherwise).
+        if [ "$mode" != embedded ] && command -v rabbitmqctl >/dev/null; then
+          rabbitmqctl eval "lists:foldl(fun(Q, N) -> {resource, _, queue, Name} = amqqueue:get_name(Q), case binary:match(Name, [<<\"$prefix.\">>]) of {0, _} -> rabbit_amqqueue:delete(Q, false, false, <<\"bench\">>), N + 1; _ -> N end end, 0, rabbit_amqqueue:list(<<\"/\">>))." >/dev/null 2>&1 || true
+        fi
       done
     done
     table "Notifications: $NOTIFY_USERS users (half back after $offline), $NOTIFY_RATE/s asked over $NOTIFY_SENDERS connections" \
