@@ -127,19 +127,31 @@ fn closed_loop(run: &mut Run, publisher: &mut Box<dyn Publisher>, publish: &Publ
         } else {
             bad_rate = Some(bad_rate.map_or(rate, |b| b.min(rate)));
         }
-        let good_rate = good.as_ref().map(|g| g.rate);
-        rate = match (good_rate, bad_rate) {
-            (Some(g), None) => g * 2.0,
-            (Some(g), Some(b)) if (b - g) / g > limits::MAX_RESOLUTION => ((g + b) / 2.0).round(),
-            (None, Some(b)) if b > 2.0 => (b / 2.0).round(),
-            _ => break,
-        };
+        let Some(next) = next_rate(good.as_ref().map(|g| g.rate), bad_rate) else { break };
+        rate = next;
         if run.fleet.totals().ready < initial_subscribers * 9 / 10 {
             report.notes.push("more than 10% of subscribers were dropped: the search stops".into());
             break;
         }
     }
     Ok((good, delivered_total))
+}
+
+/// The `--max` search's next rate: double while nothing failed, halve while nothing passed,
+/// else bisect between the best passing rate `good` and the lowest failing rate `bad`.
+/// Rates stay whole msgs/s, so the search ends when it is within MAX_RESOLUTION or no
+/// whole rate lies strictly between the two: a rate is never measured twice (re-measuring
+/// a failed rate until noise lets one step pass would report a rate that mostly fails).
+fn next_rate(good: Option<f64>, bad: Option<f64>) -> Option<f64> {
+    match (good, bad) {
+        (Some(g), None) => Some(g * 2.0),
+        (None, Some(b)) if b >= 2.0 => Some((b / 2.0).round()),
+        (Some(g), Some(b)) if (b - g) / g > limits::MAX_RESOLUTION => {
+            let mid = ((g + b) / 2.0).round();
+            (mid > g && mid < b).then_some(mid)
+        }
+        _ => None,
+    }
 }
 
 struct NullPublisher;
@@ -190,4 +202,50 @@ pub fn limit(args: &LimitArgs) -> Result<Report> {
     let mut report = result?;
     report.notes.push(format!("ceiling server: one thread, epoll + plain write(), pid {} on {addr}", child.id()));
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the search against a server that sustains up to `ceiling` msgs/s; returns the
+    /// rates measured and the reported best.
+    fn search(start: f64, ceiling: f64) -> (Vec<f64>, Option<f64>) {
+        let (mut good, mut bad, mut rate) = (None::<f64>, None::<f64>, start);
+        let mut measured = Vec::new();
+        for _ in 0..limits::MAX_STEPS {
+            measured.push(rate);
+            if rate <= ceiling {
+                good = Some(rate);
+            } else {
+                bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
+            }
+            match next_rate(good, bad) {
+                Some(next) => rate = next,
+                None => break,
+            }
+        }
+        (measured, good)
+    }
+
+    #[test]
+    fn closed_loop_never_measures_a_rate_twice_and_ends_on_the_ceiling() {
+        // The 2026-11-27 nats-ws run: 2 passed, 3 failed, and the old bisection rounded
+        // (2 + 3) / 2 up to 3 again, three times, until one noisy step passed.
+        assert_eq!(next_rate(Some(2.0), Some(3.0)), None);
+        assert_eq!(next_rate(Some(2.0), Some(4.0)), Some(3.0));
+        assert_eq!(next_rate(None, Some(2.0)), Some(1.0));
+        assert_eq!(next_rate(None, Some(1.0)), None);
+        assert_eq!(next_rate(Some(800.0), Some(1600.0)), Some(1200.0));
+        for (start, ceiling) in [(50.0, 2.4), (50.0, 3.0), (50.0, 0.5), (50.0, 1_550.0), (50.0, 875.0), (1.0, 6.0), (50.0, 49.0)] {
+            let (measured, best) = search(start, ceiling);
+            let mut seen = measured.clone();
+            seen.sort_by(f64::total_cmp);
+            seen.dedup();
+            assert_eq!(seen.len(), measured.len(), "ceiling {ceiling}: a rate was measured twice: {measured:?}");
+            let best = best.unwrap_or(0.0);
+            assert!(best <= ceiling, "ceiling {ceiling}: reported {best}");
+            assert!(best >= (ceiling * (1.0 - limits::MAX_RESOLUTION)).floor().min(ceiling.floor()), "ceiling {ceiling}: reported only {best} after {measured:?}");
+        }
+    }
 }
