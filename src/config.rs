@@ -154,6 +154,12 @@ struct GatewayArgs {
     /// io_uring submission queue entries per shard (power of two, 64..=32768). [default: 4096]
     #[arg(long, env = "RINGCAST_URING_ENTRIES", value_name = "N")]
     uring_entries: Option<String>,
+    /// io_uring SQPOLL: a kernel thread per shard polls the submission queue, so sends and
+    /// receives need no io_uring_enter syscall while it is awake; it sleeps after this long
+    /// without work (0s = off; at most 1s). It burns a core while awake: only for hosts with
+    /// spare cores. [default: 0s]
+    #[arg(long, env = "RINGCAST_SQPOLL", value_name = "DURATION")]
+    sqpoll: Option<String>,
     /// Use epoll even where io_uring works (for comparison or buggy kernels). [default: false]
     #[arg(long, env = "RINGCAST_EPOLL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     epoll: Option<String>,
@@ -293,6 +299,7 @@ impl GatewayArgs {
             ("bridge_inbox", self.bridge_inbox.as_ref()),
             ("read_buffer", self.read_buffer.as_ref()),
             ("uring_entries", self.uring_entries.as_ref()),
+            ("sqpoll", self.sqpoll.as_ref()),
             ("epoll", self.epoll.as_ref()),
             ("max_subscriptions", self.max_subscriptions.as_ref()),
             ("client_rate", self.client_rate.as_ref()),
@@ -337,6 +344,8 @@ pub struct GatewayConfig {
     pub bridge_inbox_messages: usize,
     pub read_buffer_bytes: usize,
     pub uring_entries: u32,
+    /// io_uring SQPOLL idle time; zero = off.
+    pub sqpoll: Duration,
     pub force_epoll: bool,
     pub subscriptions_max: usize,
     pub client_messages_per_second: u32,
@@ -634,6 +643,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         bridge_inbox_messages: count("bridge_inbox", limits::BRIDGE_INBOX_MESSAGES_MAX)?,
         read_buffer_bytes: size("read_buffer", limits::READ_BUFFER_BYTES)?,
         uring_entries: count("uring_entries", limits::URING_ENTRIES as usize)? as u32,
+        sqpoll: duration("sqpoll", 0)?,
         force_epoll: flag("epoll")?,
         subscriptions_max: count("max_subscriptions", limits::SUBSCRIPTIONS_PER_CONNECTION_MAX)?,
         client_messages_per_second: count("client_rate", limits::CLIENT_MESSAGES_PER_SECOND_MAX as usize)?.min(u32::MAX as usize) as u32,
@@ -681,6 +691,9 @@ fn validate(c: &GatewayConfig, cpus: usize) -> Result<(), ConfigError> {
         if n < limits::INBOX_MESSAGES_MIN {
             return Err(error(key, format!("{n} is below the minimum {} messages", limits::INBOX_MESSAGES_MIN)));
         }
+    }
+    if c.sqpoll > Duration::from_millis(limits::SQPOLL_IDLE_MS_MAX) {
+        return Err(error("sqpoll", format!("{:?} is above the maximum {}ms (the poller's idle time before it sleeps)", c.sqpoll, limits::SQPOLL_IDLE_MS_MAX)));
     }
     if c.coalesce_delay > Duration::from_micros(limits::COALESCE_DELAY_US_MAX) {
         return Err(error("coalesce_delay", format!("{:?} is above the maximum {}us", c.coalesce_delay, limits::COALESCE_DELAY_US_MAX)));
@@ -916,6 +929,8 @@ mod tests {
         assert_eq!(gateway(&["--max-frame", "2MiB"]).unwrap_err().key, "max_frame");
         assert_eq!(gateway(&["--outbound-limit", "1KiB"]).unwrap_err().key, "outbound_limit");
         assert_eq!(gateway(&["--uring-entries", "100"]).unwrap_err().key, "uring_entries");
+        assert_eq!(gateway(&["--sqpoll", "2s"]).unwrap_err().key, "sqpoll");
+        assert_eq!(gateway(&["--sqpoll", "2ms"]).unwrap().sqpoll, Duration::from_millis(2));
         assert_eq!(gateway(&["--listen", "nowhere"]).unwrap_err().key, "listen");
         assert_eq!(gateway(&["--allow-anonymous"]).unwrap_err().key, "allow_anonymous");
         assert_eq!(gateway(&["--shard-inbox", "8"]).unwrap_err().key, "shard_inbox");

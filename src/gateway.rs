@@ -141,10 +141,13 @@ fn spawn_shard(
             }
             let use_uring = !node.config.force_epoll && monoio::utils::detect_uring();
             if use_uring {
-                let runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                    .with_entries(node.config.uring_entries)
-                    .enable_timer()
-                    .build();
+                let mut builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(node.config.uring_entries).enable_timer();
+                if !node.config.sqpoll.is_zero() {
+                    let mut uring = io_uring::IoUring::builder();
+                    uring.setup_sqpoll(node.config.sqpoll.as_millis().max(1) as u32);
+                    builder = builder.uring_builder(uring);
+                }
+                let runtime = builder.build();
                 match runtime {
                     Ok(mut runtime) => {
                         let _ = node.io_mode.set("io_uring");

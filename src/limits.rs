@@ -58,6 +58,8 @@ pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
 pub const CLIENT_MESSAGES_PER_SECOND_MAX: u32 = 1000;
 /// io_uring submission queue entries per shard.
 pub const URING_ENTRIES: u32 = 4096;
+/// Longest `--sqpoll` idle time: past a second of no work the poller should sleep anyway.
+pub const SQPOLL_IDLE_MS_MAX: u64 = 1000;
 /// HTTP request line, header count, whole head and body: room for long JWTs in the query
 /// string while keeping a hostile client's cost small.
 pub const REQUEST_LINE_BYTES_MAX: usize = 8 * 1024;

@@ -188,3 +188,26 @@ fn ten_thousand_connections_all_receive_one_broadcast() {
     }
     eprintln!("broadcast received by all {CONNECTIONS} in {:?}", started.elapsed());
 }
+
+#[test]
+fn shards_with_sqpoll_fan_out_through_a_kernel_polling_thread() {
+    let gateway = Gateway::start(&["--shards", "2", "--sqpoll", "5ms"]);
+    // One SQPOLL kernel thread per shard's ring, shown among the process's threads.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gateway.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert_eq!(threads.iter().filter(|t| t.starts_with("iou-sqp")).count(), 2, "{threads:?}");
+    let mut clients = clients_on_both_shards(&gateway, 2);
+    for (client, _) in clients.iter_mut() {
+        assert_eq!(request(client, json!({"op": "sub", "ch": "sq.room"}), 1)["op"], "ok");
+    }
+    for i in 0..50 {
+        publish(gateway.port, "sq.room", json!({ "i": i }));
+    }
+    publish(gateway.port, "sq.room", json!({ "sentinel": true }));
+    for (client, shard) in clients.iter_mut() {
+        let got: Vec<u64> = messages_before_sentinel(client).iter().map(|m| m["data"]["i"].as_u64().unwrap()).collect();
+        assert_eq!(got, (0..50).collect::<Vec<_>>(), "shard {shard}");
+    }
+}
