@@ -189,7 +189,8 @@ for t in $TABLES; do
   max)
     # Closed loop (--max): the highest publish rate each server sustains with MAX_CONNS
     # subscribers, nothing lost and p99 within 50 ms; ringcast and nats-server both fed by
-    # a pipelined NATS publisher (ringcast through its bridge), `limit` paces itself.
+    # a pipelined NATS publisher (ringcast through its bridge), mosquitto by one MQTT
+    # publisher, `limit` paces itself.
     for run in $(seq 1 "$RUNS"); do
       if want limit; then
         "${H[@]}" limit --conns "$MAX_CONNS" --max --duration 2s --server-cpu 0 --label "max $MAX_CONNS limit" --json >>"$OUT" || true
@@ -203,6 +204,10 @@ for t in $TABLES; do
       if want nats-ws; then
         "${H[@]}" fanout --target nats-ws --url ws://127.0.0.1:$NATS_WS_PORT --conns "$MAX_CONNS" --max --duration 2s \
           --publish nats://127.0.0.1:$NATS_PORT --server-pid "$(peer_pid nats)" --label "max $MAX_CONNS nats-ws" --json >>"$OUT" || true
+      fi
+      if want mqtt-ws; then
+        "${H[@]}" fanout --target mqtt-ws --url ws://127.0.0.1:$MQTT_WS_PORT/mqtt --conns "$MAX_CONNS" --max --duration 2s \
+          --publish mqtt://127.0.0.1:$MQTT_PORT --server-pid "$(peer_pid mosquitto)" --label "max $MAX_CONNS mqtt-ws" --json >>"$OUT" || true
       fi
       stop_peers; bash scripts/peers.sh start >/dev/null
     done

@@ -36,15 +36,17 @@ need_pkg() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
 }
 
+# 30 s: a peer starts in well under a second on a quiet host, but a CI run's parallel
+# tests and builds once kept mosquitto from listening within 10 s.
 wait_ports() {
   local name=$1; shift
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     local all=1
     for p in "$@"; do listening "$p" || all=0; done
     [ "$all" = 1 ] && return 0
     sleep 0.1
   done
-  echo "peers: $name did not listen on 127.0.0.1 ports $* within 10 s; see $DIR/$name.log" >&2
+  echo "peers: $name did not listen on 127.0.0.1 ports $* within 30 s; see $DIR/$name.log" >&2
   return 1
 }
 
