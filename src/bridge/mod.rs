@@ -152,7 +152,7 @@ impl Bridge {
                 }
             }
             ToBridge::PresenceQuery { channel, reply } => self.presence.query(channel, reply),
-            ToBridge::Notify { notification, reply } => self.lane.notify(*notification, reply),
+            ToBridge::Notify { notification, caller_nid, reply } => self.lane.notify(*notification, caller_nid, reply),
             ToBridge::NotifyDead { op, reply } => self.lane.dead(op, reply),
             ToBridge::Ack { user, nid } => self.lane.ack(&user, &nid),
             ToBridge::Stop => return false,

@@ -86,7 +86,9 @@ pub enum ToBridge {
     /// `reply`; the shard waits a bounded time for it.
     PresenceQuery { channel: Arc<str>, reply: crate::presence::MembersReply },
     /// Persist a notification (`POST /api/notify`); the answer says once it is durable.
-    Notify { notification: Box<crate::lane::Notification>, reply: tokio::sync::oneshot::Sender<Result<crate::lane::Accepted, String>> },
+    /// `caller_nid`: the request named the `nid` (else the gateway made a fresh one, which
+    /// no other request can repeat, so no cross-node check is needed).
+    Notify { notification: Box<crate::lane::Notification>, caller_nid: bool, reply: tokio::sync::oneshot::Sender<Result<crate::lane::Accepted, String>> },
     /// A dead-letter queue operation (`GET /api/notifications/dead`).
     NotifyDead { op: crate::lane::DeadOp, reply: tokio::sync::oneshot::Sender<Result<crate::lane::DeadAnswer, String>> },
     /// A client acked notification `nid` (its user from the token).

@@ -60,6 +60,11 @@ struct NotifyBody<'a> {
 
 /// Checks a request body and builds the notification, or says what is wrong (status, msg).
 pub fn parse_notify(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Result<Notification, (u16, String)> {
+    parse_notify_body(body, config, now_ms).map(|(notification, _)| notification)
+}
+
+/// As [`parse_notify`], and whether the body named its own `nid` (false: generated here).
+fn parse_notify_body(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Result<(Notification, bool), (u16, String)> {
     const SHAPE: &str = "body must be {\"user\":\"<user id>\",\"data\":<json>,\"nid\"?:\"<id>\",\"ttl\"?:\"1h\"}";
     let body: NotifyBody = serde_json::from_slice(body).map_err(|e| (400, format!("{SHAPE}: {e}")))?;
     let user = body.user.ok_or_else(|| (400, format!("user is required; {SHAPE}")))?;
@@ -70,6 +75,7 @@ pub fn parse_notify(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Res
     if data.get().len() > config.notify_bytes_max {
         return Err((413, format!("data is {} bytes, more than notify_max ({} bytes)", data.get().len(), config.notify_bytes_max)));
     }
+    let caller_nid = body.nid.is_some();
     let nid = match body.nid {
         Some(nid) => {
             super::validate_nid(&nid).map_err(|e| (400, e))?;
@@ -87,14 +93,15 @@ pub fn parse_notify(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Res
         }
         None => config.ttl,
     };
-    Ok(Notification {
+    let notification = Notification {
         nid,
         user: user.into_owned(),
         data: data.to_owned(),
         ts: now_ms,
         expires: now_ms + ttl.as_millis() as u64,
         attempts: 0,
-    })
+    };
+    Ok((notification, caller_nid))
 }
 
 async fn notify(shard: &Shard, request: &Request) -> Vec<u8> {
@@ -102,8 +109,8 @@ async fn notify(shard: &Shard, request: &Request) -> Vec<u8> {
         return rejected;
     }
     let metrics = &shard.node.lane_metrics;
-    let notification = match parse_notify(&request.body, &shard.node.config.lane, super::now_ms()) {
-        Ok(n) => n,
+    let (notification, caller_nid) = match parse_notify_body(&request.body, &shard.node.config.lane, super::now_ms()) {
+        Ok(parsed) => parsed,
         Err((status, msg)) => {
             super::metrics::LaneMetrics::inc(&metrics.rejected);
             return error(status, &msg);
@@ -111,7 +118,7 @@ async fn notify(shard: &Shard, request: &Request) -> Vec<u8> {
     };
     let nid = notification.nid.clone();
     let (reply, answer) = oneshot::channel();
-    if shard.node.bridge_inbox.push(ToBridge::Notify { notification: Box::new(notification), reply }).is_err() {
+    if shard.node.bridge_inbox.push(ToBridge::Notify { notification: Box::new(notification), caller_nid, reply }).is_err() {
         super::metrics::LaneMetrics::inc(&metrics.unavailable);
         return unavailable("the bridge queue is full; retry shortly");
     }
@@ -190,6 +197,8 @@ mod tests {
         assert_eq!((n.user.as_str(), n.data.get(), n.ts, n.attempts), ("alice", "{\"x\":1}", 1000, 0));
         assert_eq!(n.expires, 1000 + 86_400_000);
         assert_eq!(n.nid.len(), 32);
+        assert!(!parse_notify_body(br#"{"user":"alice","data":{"x":1}}"#, &config(), 0).unwrap().1);
+        assert!(parse_notify_body(br#"{"user":"bob","data":"hi","nid":"order-1"}"#, &config(), 0).unwrap().1);
         let n = parse_notify(br#"{"user":"bob","data":"hi","nid":"order-1","ttl":"2s"}"#, &config(), 0).unwrap();
         assert_eq!((n.nid.as_str(), n.expires), ("order-1", 2000));
     }

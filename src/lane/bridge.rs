@@ -108,13 +108,13 @@ impl LaneBridge {
         Ok(LaneBridge { lane: lane.map(Rc::new), events, nats, lane_prefix: config.prefix.clone(), reachable })
     }
 
-    pub fn notify(&self, notification: Notification, reply: oneshot::Sender<Result<Accepted, String>>) {
+    pub fn notify(&self, notification: Notification, caller_nid: bool, reply: oneshot::Sender<Result<Accepted, String>>) {
         let Some(lane) = self.lane.clone() else {
             let _ = reply.send(Err(OFF.into()));
             return;
         };
         tokio::task::spawn_local(async move {
-            let _ = reply.send(lane.enqueue(notification).await);
+            let _ = reply.send(lane.enqueue_from(notification, caller_nid).await);
         });
     }
 

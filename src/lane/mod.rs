@@ -129,6 +129,15 @@ impl Lane {
         }
     }
 
+    /// As [`Lane::enqueue`]; `caller_nid` false (a nid the gateway made) skips the
+    /// cross-node idempotency check, which such a nid cannot need.
+    pub async fn enqueue_from(&self, notification: Notification, caller_nid: bool) -> Result<Accepted, String> {
+        match self {
+            Lane::Embedded(lane) => lane.enqueue(notification).await,
+            Lane::Rabbit(lane) => lane.enqueue_checked(notification, caller_nid).await,
+        }
+    }
+
     pub async fn dead(&self, op: DeadOp) -> Result<DeadAnswer, String> {
         match self {
             Lane::Embedded(lane) => lane.dead(op).await,

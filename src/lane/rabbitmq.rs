@@ -383,11 +383,16 @@ impl RabbitLane {
     }
 
     pub async fn enqueue(&self, notification: Notification) -> Result<Accepted, String> {
+        self.enqueue_checked(notification, true).await
+    }
+
+    /// `shared_check` false: no claim in Redis (the gateway generated the nid just now).
+    pub async fn enqueue_checked(&self, notification: Notification, shared_check: bool) -> Result<Accepted, String> {
         if self.seen_before(&notification.nid, notification.ts) {
             return Ok(Accepted::Duplicate);
         }
         let link = self.link()?;
-        let claim = match &self.shared {
+        let claim = match self.shared.as_ref().filter(|_| shared_check) {
             None => None,
             Some(shared) => match shared.claim(&notification.nid).await {
                 Ok(super::nids::Claim::Mine(token)) => Some((shared, token)),

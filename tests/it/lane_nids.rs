@@ -103,6 +103,14 @@ fn a_nid_resent_to_another_node_is_not_enqueued_twice() {
     // A new nid through b is accepted normally.
     assert_eq!(notify(pair.b.port, json!({"user": "alice", "data": 1, "nid": "order-18"})).0, 202);
     assert_eq!(pair.work_queue_len() - before.0, 2);
+    // Only nids the caller chose are claimed in Redis: the start-up probes and this one,
+    // whose nids the gateway generated, cost no Redis round trip.
+    assert_eq!(notify(pair.a.port, json!({"user": "alice", "data": 2})).0, 202);
+    let mut redis = ::redis::Client::open(SHARED_REDIS).unwrap().get_connection().unwrap();
+    let mut keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{}:nid:*", pair.lane_prefix)).query(&mut redis).unwrap();
+    keys.sort();
+    assert_eq!(keys, [format!("{}:nid:order-17", pair.lane_prefix), format!("{}:nid:order-18", pair.lane_prefix)]);
+    let _: () = ::redis::cmd("DEL").arg(&keys).query(&mut redis).unwrap();
 }
 
 #[test]
