@@ -19,11 +19,15 @@
 //! `ringcast_lane_dedupe_unshared_total`, logged once per outage). Availability of
 //! `/api/notify` never depends on Redis.
 //!
-//! Runs on: the bridge thread (one multiplexed connection: concurrent requests pipeline).
+//! Concurrent accepts share their Redis round trips: claims that wait go out together in
+//! one script call (up to [`NIDS_PER_CALL_MAX`]), and so do `done` marks.
+//!
+//! Runs on: the bridge thread (one multiplexed connection).
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::AsyncConnectionConfig;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::time::Duration;
 
 /// How long a claim holds a `nid` while its request persists it: well above
@@ -35,11 +39,25 @@ pub const CLAIM_MS: u64 = 15_000;
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// Sets the claim unless the key exists; returns the existing value, or nil if it set it.
-const CLAIM_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) if v then return v end \
-                            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return false";
+/// Claims every key (KEYS[i] with token ARGV[i], expiry ARGV[#KEYS + 1] ms) that does
+/// not exist; returns, per key, '' when this call set it, else the value it found.
+const CLAIM_MANY_SCRIPT: &str = "local out = {} local ms = ARGV[#KEYS + 1] \
+                                 for i, k in ipairs(KEYS) do \
+                                   local v = redis.call('GET', k) \
+                                   if v then out[i] = v else redis.call('SET', k, ARGV[i], 'PX', ms) out[i] = '' end \
+                                 end return out";
+/// Marks every key `done` (KEYS[i] kept for ARGV[i] ms).
+const DONE_MANY_SCRIPT: &str = "for i, k in ipairs(KEYS) do redis.call('SET', k, 'done', 'PX', ARGV[i]) end return #KEYS";
 /// Deletes the key only while it still holds this request's claim.
 const RELEASE_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// Claims (or `done` marks) sent to Redis in one script call at most: concurrent accepts
+/// share a round trip, as they share a RabbitMQ envelope.
+pub const NIDS_PER_CALL_MAX: usize = 256;
+/// Script calls of each kind waiting for Redis at once.
+const CALLS_IN_FLIGHT: usize = 4;
+/// Claims waiting for a call at most; past it a notification is accepted with node-local
+/// idempotency only (counted like a Redis outage).
+pub const CLAIMS_WAITING_MAX: usize = 16_384;
 
 pub const DONE: &str = "done";
 
@@ -54,22 +72,126 @@ pub enum Claim {
     Busy,
 }
 
-pub struct SharedNids {
+struct Pending<T, R> {
+    item: T,
+    reply: tokio::sync::oneshot::Sender<Result<R, ()>>,
+}
+
+/// Requests waiting for the next script call.
+struct Waiting<T, R> {
+    items: RefCell<Vec<Pending<T, R>>>,
+    wake: tokio::sync::Notify,
+}
+
+impl<T, R> Default for Waiting<T, R> {
+    fn default() -> Self {
+        Waiting { items: RefCell::new(Vec::new()), wake: tokio::sync::Notify::new() }
+    }
+}
+
+impl<T, R> Waiting<T, R> {
+    async fn push(&self, item: T) -> Result<R, ()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut items = self.items.borrow_mut();
+            if items.len() >= CLAIMS_WAITING_MAX {
+                return Err(());
+            }
+            items.push(Pending { item, reply });
+        }
+        self.wake.notify_one();
+        answer.await.unwrap_or(Err(()))
+    }
+
+    async fn next_batch(&self) -> Vec<Pending<T, R>> {
+        loop {
+            {
+                let mut items = self.items.borrow_mut();
+                if !items.is_empty() {
+                    let n = items.len().min(NIDS_PER_CALL_MAX);
+                    return items.drain(..n).collect();
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+struct Inner {
     client: ::redis::Client,
     prefix: String,
-    node: String,
     con: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Logged that Redis is unreachable; cleared when it answers again.
     down_logged: Cell<bool>,
+    /// nid and token.
+    claims: Waiting<(String, String), Claim>,
+    /// nid and keep-for ms.
+    dones: Waiting<(String, u64), ()>,
+}
+
+pub struct SharedNids {
+    inner: Rc<Inner>,
+    node: String,
+    /// The two batching tasks run (started on first use, on the caller's LocalSet).
+    started: Cell<bool>,
 }
 
 impl SharedNids {
     pub fn new(url: &str, lane_prefix: &str, node: &str) -> Result<SharedNids, String> {
         let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
-        Ok(SharedNids { client, prefix: lane_prefix.to_owned(), node: node.to_owned(), con: tokio::sync::Mutex::new(None), down_logged: Cell::new(false) })
+        let inner = Inner {
+            client,
+            prefix: lane_prefix.to_owned(),
+            con: tokio::sync::Mutex::new(None),
+            down_logged: Cell::new(false),
+            claims: Waiting::default(),
+            dones: Waiting::default(),
+        };
+        Ok(SharedNids { inner: Rc::new(inner), node: node.to_owned(), started: Cell::new(false) })
     }
 
     pub fn key(&self, nid: &str) -> String {
+        self.inner.key(nid)
+    }
+
+    fn start(&self) {
+        if !self.started.replace(true) {
+            tokio::task::spawn_local(run_claims(self.inner.clone()));
+            tokio::task::spawn_local(run_dones(self.inner.clone()));
+        }
+    }
+
+    /// Claims `nid` for this request. `Err` means Redis did not answer (the caller goes on
+    /// with node-local idempotency).
+    pub async fn claim(&self, nid: &str) -> Result<Claim, ()> {
+        self.start();
+        let token = format!("p:{}:{:016x}", self.node, fastrand::u64(..));
+        self.inner.claims.push((nid.to_owned(), token)).await
+    }
+
+    /// The broker confirmed: `nid` is taken until `expires` (unix ms), the notification's
+    /// own end. A failure leaves the claim to expire (a later resend is then a duplicate).
+    pub async fn done(&self, nid: &str, expires: u64, now: u64) {
+        self.start();
+        let _ = self.inner.dones.push((nid.to_owned(), expires.saturating_sub(now).max(1))).await;
+    }
+
+    /// Persisting failed: give the `nid` back at once so the caller's resend is not held.
+    pub async fn release(&self, nid: &str, token: &str) {
+        let inner = &self.inner;
+        let result = async {
+            let mut con = inner.connection().await?;
+            ::redis::cmd("EVAL").arg(RELEASE_SCRIPT).arg(1).arg(inner.key(nid)).arg(token).query_async::<i64>(&mut con).await
+        }
+        .await;
+        if let Err(error) = result {
+            inner.failed(&error).await;
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, nid: &str) -> String {
         format!("{}:nid:{nid}", self.prefix)
     }
 
@@ -97,56 +219,92 @@ impl SharedNids {
             tracing::info!("Redis answers again: nid idempotency is shared across nodes");
         }
     }
+}
 
-    /// Claims `nid` for this request. `Err` means Redis did not answer (the caller goes on
-    /// with node-local idempotency).
-    pub async fn claim(&self, nid: &str) -> Result<Claim, ()> {
-        let token = format!("p:{}:{:016x}", self.node, fastrand::u64(..));
-        let result = async {
-            let mut con = self.connection().await?;
-            ::redis::cmd("EVAL").arg(CLAIM_SCRIPT).arg(1).arg(self.key(nid)).arg(&token).arg(CLAIM_MS).query_async::<Option<String>>(&mut con).await
-        }
-        .await;
-        match result {
-            Ok(None) => {
-                self.answered();
-                Ok(Claim::Mine(token))
+/// Sends waiting claims, up to [`NIDS_PER_CALL_MAX`] per script call.
+async fn run_claims(inner: Rc<Inner>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let batch = inner.claims.next_batch().await;
+        let inner = inner.clone();
+        tokio::task::spawn_local(async move {
+            let result = async {
+                let mut con = inner.connection().await?;
+                let mut call = ::redis::cmd("EVAL");
+                call.arg(CLAIM_MANY_SCRIPT).arg(batch.len());
+                for p in &batch {
+                    call.arg(inner.key(&p.item.0));
+                }
+                for p in &batch {
+                    call.arg(&p.item.1);
+                }
+                call.arg(CLAIM_MS).query_async::<Vec<String>>(&mut con).await
             }
-            Ok(Some(value)) => {
-                self.answered();
-                Ok(if value == DONE { Claim::Done } else { Claim::Busy })
+            .await;
+            match result {
+                Ok(values) if values.len() == batch.len() => {
+                    inner.answered();
+                    for (p, value) in batch.into_iter().zip(values) {
+                        let claim = if value.is_empty() {
+                            Claim::Mine(p.item.1)
+                        } else if value == DONE {
+                            Claim::Done
+                        } else {
+                            Claim::Busy
+                        };
+                        let _ = p.reply.send(Ok(claim));
+                    }
+                }
+                other => {
+                    if let Err(error) = &other {
+                        inner.failed(error).await;
+                    }
+                    for p in batch {
+                        let _ = p.reply.send(Err(()));
+                    }
+                }
             }
-            Err(error) => {
-                self.failed(&error).await;
-                Err(())
-            }
-        }
+            drop(permit);
+        });
     }
+}
 
-    /// The broker confirmed: `nid` is taken until `expires` (unix ms), the notification's
-    /// own end. A failure leaves the claim to expire (a later resend is then a duplicate).
-    pub async fn done(&self, nid: &str, expires: u64, now: u64) {
-        let ttl_ms = expires.saturating_sub(now).max(1);
-        let result = async {
-            let mut con = self.connection().await?;
-            ::redis::cmd("SET").arg(self.key(nid)).arg(DONE).arg("PX").arg(ttl_ms).exec_async(&mut con).await
-        }
-        .await;
-        match result {
-            Ok(()) => self.answered(),
-            Err(error) => self.failed(&error).await,
-        }
-    }
-
-    /// Persisting failed: give the `nid` back at once so the caller's resend is not held.
-    pub async fn release(&self, nid: &str, token: &str) {
-        let result = async {
-            let mut con = self.connection().await?;
-            ::redis::cmd("EVAL").arg(RELEASE_SCRIPT).arg(1).arg(self.key(nid)).arg(token).query_async::<i64>(&mut con).await
-        }
-        .await;
-        if let Err(error) = result {
-            self.failed(&error).await;
-        }
+/// Sends waiting `done` marks, up to [`NIDS_PER_CALL_MAX`] per script call.
+async fn run_dones(inner: Rc<Inner>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let batch = inner.dones.next_batch().await;
+        let inner = inner.clone();
+        tokio::task::spawn_local(async move {
+            let result = async {
+                let mut con = inner.connection().await?;
+                let mut call = ::redis::cmd("EVAL");
+                call.arg(DONE_MANY_SCRIPT).arg(batch.len());
+                for p in &batch {
+                    call.arg(inner.key(&p.item.0));
+                }
+                for p in &batch {
+                    call.arg(p.item.1);
+                }
+                call.query_async::<i64>(&mut con).await
+            }
+            .await;
+            let ok = match result {
+                Ok(_) => {
+                    inner.answered();
+                    true
+                }
+                Err(error) => {
+                    inner.failed(&error).await;
+                    false
+                }
+            };
+            for p in batch {
+                let _ = p.reply.send(if ok { Ok(()) } else { Err(()) });
+            }
+            drop(permit);
+        });
     }
 }
