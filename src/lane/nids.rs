@@ -156,8 +156,8 @@ impl SharedNids {
 
     fn start(&self) {
         if !self.started.replace(true) {
-            tokio::task::spawn_local(run_claims(self.inner.clone()));
-            tokio::task::spawn_local(run_dones(self.inner.clone()));
+            tokio::task::spawn_local(run_calls(self.inner.clone(), |inner| &inner.claims, claim_call));
+            tokio::task::spawn_local(run_calls(self.inner.clone(), |inner| &inner.dones, done_call));
         }
     }
 
@@ -221,90 +221,91 @@ impl Inner {
     }
 }
 
-/// Sends waiting claims, up to [`NIDS_PER_CALL_MAX`] per script call.
-async fn run_claims(inner: Rc<Inner>) {
+/// Sends what waits in `pick(inner)`, up to [`NIDS_PER_CALL_MAX`] per script call and
+/// [`CALLS_IN_FLIGHT`] calls at once; `call` makes one call and answers its batch.
+async fn run_calls<T: 'static, R: 'static, Fut: std::future::Future<Output = ()> + 'static>(
+    inner: Rc<Inner>,
+    pick: fn(&Inner) -> &Waiting<T, R>,
+    call: fn(Rc<Inner>, Vec<Pending<T, R>>) -> Fut,
+) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let batch = inner.claims.next_batch().await;
-        let inner = inner.clone();
+        let batch = pick(&inner).next_batch().await;
+        let answered = call(inner.clone(), batch);
         tokio::task::spawn_local(async move {
-            let result = async {
-                let mut con = inner.connection().await?;
-                let mut call = ::redis::cmd("EVAL");
-                call.arg(CLAIM_MANY_SCRIPT).arg(batch.len());
-                for p in &batch {
-                    call.arg(inner.key(&p.item.0));
-                }
-                for p in &batch {
-                    call.arg(&p.item.1);
-                }
-                call.arg(CLAIM_MS).query_async::<Vec<String>>(&mut con).await
-            }
-            .await;
-            match result {
-                Ok(values) if values.len() == batch.len() => {
-                    inner.answered();
-                    for (p, value) in batch.into_iter().zip(values) {
-                        let claim = if value.is_empty() {
-                            Claim::Mine(p.item.1)
-                        } else if value == DONE {
-                            Claim::Done
-                        } else {
-                            Claim::Busy
-                        };
-                        let _ = p.reply.send(Ok(claim));
-                    }
-                }
-                other => {
-                    if let Err(error) = &other {
-                        inner.failed(error).await;
-                    }
-                    for p in batch {
-                        let _ = p.reply.send(Err(()));
-                    }
-                }
-            }
+            answered.await;
             drop(permit);
         });
     }
 }
 
-/// Sends waiting `done` marks, up to [`NIDS_PER_CALL_MAX`] per script call.
-async fn run_dones(inner: Rc<Inner>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let batch = inner.dones.next_batch().await;
-        let inner = inner.clone();
-        tokio::task::spawn_local(async move {
-            let result = async {
-                let mut con = inner.connection().await?;
-                let mut call = ::redis::cmd("EVAL");
-                call.arg(DONE_MANY_SCRIPT).arg(batch.len());
-                for p in &batch {
-                    call.arg(inner.key(&p.item.0));
-                }
-                for p in &batch {
-                    call.arg(p.item.1);
-                }
-                call.query_async::<i64>(&mut con).await
+/// One claim-many call for a batch of (nid, token).
+async fn claim_call(inner: Rc<Inner>, batch: Vec<Pending<(String, String), Claim>>) {
+    let result = async {
+        let mut con = inner.connection().await?;
+        let mut call = ::redis::cmd("EVAL");
+        call.arg(CLAIM_MANY_SCRIPT).arg(batch.len());
+        for p in &batch {
+            call.arg(inner.key(&p.item.0));
+        }
+        for p in &batch {
+            call.arg(&p.item.1);
+        }
+        call.arg(CLAIM_MS).query_async::<Vec<String>>(&mut con).await
+    }
+    .await;
+    match result {
+        Ok(values) if values.len() == batch.len() => {
+            inner.answered();
+            for (p, value) in batch.into_iter().zip(values) {
+                let claim = if value.is_empty() {
+                    Claim::Mine(p.item.1)
+                } else if value == DONE {
+                    Claim::Done
+                } else {
+                    Claim::Busy
+                };
+                let _ = p.reply.send(Ok(claim));
             }
-            .await;
-            let ok = match result {
-                Ok(_) => {
-                    inner.answered();
-                    true
-                }
-                Err(error) => {
-                    inner.failed(&error).await;
-                    false
-                }
-            };
+        }
+        other => {
+            if let Err(error) = &other {
+                inner.failed(error).await;
+            }
             for p in batch {
-                let _ = p.reply.send(if ok { Ok(()) } else { Err(()) });
+                let _ = p.reply.send(Err(()));
             }
-            drop(permit);
-        });
+        }
+    }
+}
+
+/// One done-many call for a batch of (nid, keep-for ms).
+async fn done_call(inner: Rc<Inner>, batch: Vec<Pending<(String, u64), ()>>) {
+    let result = async {
+        let mut con = inner.connection().await?;
+        let mut call = ::redis::cmd("EVAL");
+        call.arg(DONE_MANY_SCRIPT).arg(batch.len());
+        for p in &batch {
+            call.arg(inner.key(&p.item.0));
+        }
+        for p in &batch {
+            call.arg(p.item.1);
+        }
+        call.query_async::<i64>(&mut con).await
+    }
+    .await;
+    let answer = match result {
+        Ok(_) => {
+            inner.answered();
+            Ok(())
+        }
+        Err(error) => {
+            inner.failed(&error).await;
+            Err(())
+        }
+    };
+    for p in batch {
+        let _ = p.reply.send(answer);
     }
 }
