@@ -42,6 +42,9 @@ pub struct LaneMetrics {
     pub in_progress: AtomicU64,
     /// Accepted while Redis was unreachable, so with node-local `nid` idempotency only.
     pub dedupe_unshared: AtomicU64,
+    /// RabbitMQ work-queue messages the gateway published (confirmed): accepted divided by
+    /// this is the notifications per envelope.
+    pub work_messages: AtomicU64,
 }
 
 impl LaneMetrics {
@@ -51,7 +54,7 @@ impl LaneMetrics {
 
     pub fn render_into(&self, out: &mut String, now_ms: u64) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             ("accepted", "Notifications persisted and answered 202.", &self.accepted),
             ("duplicates", "Notifications whose nid was already accepted (202, not enqueued again).", &self.duplicates),
             ("rejected", "POST /api/notify refused for bad input (400/413).", &self.rejected),
@@ -65,6 +68,7 @@ impl LaneMetrics {
             ("webhook_failed", "Webhook POSTs that failed (each try).", &self.webhook_failed),
             ("in_progress", "POST /api/notify answered 409: another request was persisting the same nid.", &self.in_progress),
             ("dedupe_unshared", "Notifications accepted while Redis was unreachable (nid idempotency node-local only).", &self.dedupe_unshared),
+            ("work_messages", "RabbitMQ work messages published (an envelope carries up to lane_envelope notifications).", &self.work_messages),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP ringcast_lane_{name}_total {help}\n# TYPE ringcast_lane_{name}_total counter");

@@ -250,10 +250,11 @@ impl Batcher {
     }
 }
 
-/// A work-queue message body: one notification (`{..}`) or an envelope (`[{..},..]`).
-fn envelope_body(batch: &[Waiting]) -> Vec<u8> {
+/// A work-queue message body: one notification (`{..}`, its body moved, not copied) or
+/// an envelope (`[{..},..]`).
+fn envelope_body(batch: &mut [Waiting]) -> Vec<u8> {
     if let [one] = batch {
-        return one.body.clone();
+        return std::mem::take(&mut one.body);
     }
     let mut body = Vec::with_capacity(batch.iter().map(|w| w.body.len() + 1).sum::<usize>() + 1);
     body.push(b'[');
@@ -279,7 +280,8 @@ pub fn parse_work(data: &[u8]) -> Result<Vec<Notification>, serde_json::Error> {
 /// Publishes what waits in `b`, one envelope per free slot ([`PUBLISH_CHANNELS`] at
 /// once), on the channel `channel(i)` gives for the i-th envelope (None: not connected,
 /// the envelope fails), until `b` is closed.
-async fn run_batcher(b: Rc<Batcher>, channel: impl Fn(usize) -> Option<Channel>, envelope: usize) {
+/// `published`, if given, counts the messages RabbitMQ confirmed.
+async fn run_batcher(b: Rc<Batcher>, channel: impl Fn(usize) -> Option<Channel>, envelope: usize, published: Option<std::sync::Arc<super::metrics::LaneMetrics>>) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PUBLISH_CHANNELS));
     let mut sent = 0usize;
     while !b.closed.get() {
@@ -288,7 +290,7 @@ async fn run_batcher(b: Rc<Batcher>, channel: impl Fn(usize) -> Option<Channel>,
             continue;
         }
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let batch = b.next_envelope(envelope);
+        let mut batch = b.next_envelope(envelope);
         if batch.is_empty() {
             continue;
         }
@@ -299,9 +301,13 @@ async fn run_batcher(b: Rc<Batcher>, channel: impl Fn(usize) -> Option<Channel>,
             continue;
         };
         sent = sent.wrapping_add(1);
+        let published = published.clone();
         tokio::task::spawn_local(async move {
-            let body = envelope_body(&batch);
+            let body = envelope_body(&mut batch);
             let result = publish_confirmed(&channel, &batch[0].queue, &batch[0].nid, &body).await;
+            if let (Ok(()), Some(metrics)) = (&result, &published) {
+                super::metrics::LaneMetrics::inc(&metrics.work_messages);
+            }
             for w in batch {
                 let _ = w.reply.send(result.clone());
             }
@@ -356,7 +362,7 @@ impl RabbitLane {
         let batcher = Batcher::new();
         let weak = Rc::downgrade(&link);
         let channel = move |i: usize| weak.upgrade().and_then(|l| l.borrow().clone()).map(|l: Rc<PublishLink>| l.channels[i % l.channels.len()].clone());
-        tokio::task::spawn_local(run_batcher(batcher.clone(), channel, envelope.max(1)));
+        tokio::task::spawn_local(run_batcher(batcher.clone(), channel, envelope.max(1), Some(metrics.clone())));
         let work: Rc<str> = topology.work.as_str().into();
         RabbitLane { topology, link, connected, batcher, work, seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
     }
@@ -571,7 +577,7 @@ impl RabbitSource {
             publish.confirm_select(ConfirmSelectOptions::default()).await?;
             let retries = Batcher::new();
             let channel = publish.clone();
-            tokio::task::spawn_local(run_batcher(retries.clone(), move |_| Some(channel.clone()), envelope));
+            tokio::task::spawn_local(run_batcher(retries.clone(), move |_| Some(channel.clone()), envelope, None));
             let link = Rc::new(ConsumeLink { publish, retries });
             let mut consumer = consume
                 .basic_consume(topology.work.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
@@ -701,10 +707,10 @@ mod tests {
 
     #[test]
     fn one_notification_is_a_plain_message_and_several_an_envelope() {
-        let one = envelope_body(&[waiting("a")]);
+        let one = envelope_body(&mut [waiting("a")]);
         assert_eq!(one[0], b'{', "a lone accept is published as before (old workers read it)");
         assert_eq!(parse_work(&one).unwrap().len(), 1);
-        let three = envelope_body(&[waiting("a"), waiting("b"), waiting("c")]);
+        let three = envelope_body(&mut [waiting("a"), waiting("b"), waiting("c")]);
         let parsed = parse_work(&three).unwrap();
         assert_eq!(parsed.iter().map(|n| n.nid.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(parsed[1].data.get(), "{\"x\":1}");

@@ -122,7 +122,8 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
     run(async {
         let prefix = prefix("envelope");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = std::rc::Rc::new(RabbitLane::start(AMQP, &prefix, &backoff, 64, None, Default::default()));
+        let metrics = std::sync::Arc::new(ringcast::lane::metrics::LaneMetrics::default());
+        let lane = std::rc::Rc::new(RabbitLane::start(AMQP, &prefix, &backoff, 64, None, metrics.clone()));
         connected(&lane.connected).await;
         // 400 accepts at once: while 8 publishes wait for their confirm, the rest queue up
         // and go out together.
@@ -136,6 +137,8 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
         let work = format!("{prefix}.work");
         let messages = ready(&work).await;
         assert!((400 / 64..400).contains(&messages), "400 notifications in {messages} messages");
+        let counted = metrics.work_messages.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(counted, u64::from(messages), "ringcast_lane_work_messages_total counts what RabbitMQ holds");
         // A worker sees each notification on its own; a message is acked once all of its
         // notifications are settled, and one left unsettled keeps its whole message.
         let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 64, 64);
