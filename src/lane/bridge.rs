@@ -70,13 +70,13 @@ impl LaneBridge {
             },
             Some(url) => {
                 let shared = match &node.config.presence.redis {
-                    Some(redis) => Some(super::nids::SharedNids::new(&redis.url, &config.prefix, &node.config.node)?),
+                    Some(redis) => Some(super::nids::SharedNids::new(&redis.url, &config.prefix, &node.config.node, config.waiting)?),
                     None => None,
                 };
-                let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, config.envelope, shared, node.lane_metrics.clone()));
+                let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, (&config).into(), shared, node.lane_metrics.clone()));
                 let source = config
                     .worker_in_process
-                    .then(|| Source::Rabbit(super::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight, config.envelope)));
+                    .then(|| Source::Rabbit(super::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight, (&config).into())));
                 (Some(lane), source)
             }
         };
@@ -101,7 +101,7 @@ impl LaneBridge {
             let frames = FrameSink::Bridge(node.bridge_inbox.clone());
             let mut worker = Worker::new(config.clone(), source, frames, online, rx, node.lane_metrics.clone());
             if let Some(redis) = &node.config.presence.redis {
-                worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &config.prefix)?);
+                worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &config.prefix, config.inbox_per_user)?);
             }
             tokio::task::spawn_local(worker.run());
         }

@@ -34,6 +34,16 @@ pub const LANE_IN_FLIGHT: usize = 1024;
 /// for its size bound); 1 publishes each on its own.
 pub const LANE_ENVELOPE: usize = 64;
 pub const LANE_ENVELOPE_MAX: usize = 1024;
+/// Publishes waiting for a RabbitMQ publishing slot (a gateway's accepts, a worker's
+/// retries) and accepts waiting for their Redis nid claim, each at most; past it an accept
+/// answers 503 (`ringcast_lane_unavailable_total`), a claim is skipped
+/// (`ringcast_lane_dedupe_unshared_total`).
+pub const LANE_WAITING: usize = 16_384;
+pub const LANE_WAITING_MAX: usize = 1_048_576;
+/// Notifications held per user for the online fast path in Redis (`--redis`); past it
+/// they wait for their backoff tick (`ringcast_lane_inbox_full_total`).
+pub const LANE_INBOX_PER_USER: usize = 1_000;
+pub const LANE_INBOX_PER_USER_MAX: usize = 100_000;
 pub const LANE_PREFIX: &str = "rc.lane";
 pub const LANE_DIR: &str = "ringcast-lane";
 
@@ -79,6 +89,14 @@ pub struct LaneArgs {
     /// together, up to this many per message (1 = one message each; at most 1024). [default: 64]
     #[arg(long, env = "RINGCAST_LANE_ENVELOPE", value_name = "N")]
     pub lane_envelope: Option<String>,
+    /// RabbitMQ: publishes waiting for a publishing slot, and accepts waiting for their Redis
+    /// nid claim, at most each (past it: 503, or a node-local check). [default: 16384]
+    #[arg(long, env = "RINGCAST_LANE_WAITING", value_name = "N")]
+    pub lane_waiting: Option<String>,
+    /// RabbitMQ with --redis: notifications held per user for the online fast path (past
+    /// it they wait for their backoff tick). [default: 1000]
+    #[arg(long, env = "RINGCAST_LANE_INBOX_PER_USER", value_name = "N")]
+    pub lane_inbox_per_user: Option<String>,
     /// Push fallback: POST notifications still undelivered after their first try to this http:// URL.
     #[arg(long, env = "RINGCAST_WEBHOOK", value_name = "URL")]
     pub webhook: Option<String>,
@@ -100,6 +118,8 @@ impl LaneArgs {
             ("notify_max", self.notify_max.clone()),
             ("lane_in_flight", self.lane_in_flight.clone()),
             ("lane_envelope", self.lane_envelope.clone()),
+            ("lane_waiting", self.lane_waiting.clone()),
+            ("lane_inbox_per_user", self.lane_inbox_per_user.clone()),
             ("webhook", self.webhook.clone()),
         ]
     }
@@ -123,6 +143,10 @@ pub struct LaneConfig {
     pub in_flight: usize,
     /// Notifications per RabbitMQ work message at most.
     pub envelope: usize,
+    /// Publishes (and nid claims) waiting at most.
+    pub waiting: usize,
+    /// Fast-path notifications held per user in Redis.
+    pub inbox_per_user: usize,
     pub webhook: Option<Webhook>,
 }
 
@@ -149,6 +173,8 @@ impl std::fmt::Debug for LaneConfig {
             .field("ttl", &self.ttl)
             .field("in_flight", &self.in_flight)
             .field("envelope", &self.envelope)
+            .field("waiting", &self.waiting)
+            .field("inbox_per_user", &self.inbox_per_user)
             .field("webhook", &self.webhook)
             .finish_non_exhaustive()
     }
@@ -193,6 +219,8 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError>
         notify_bytes_max: get("notify_max").map_or(Ok(NOTIFY_BYTES_MAX), |v| parse_size(v).map_err(|m| error("notify_max", m)))?,
         in_flight: count("lane_in_flight", LANE_IN_FLIGHT)?,
         envelope: count("lane_envelope", LANE_ENVELOPE)?,
+        waiting: count("lane_waiting", LANE_WAITING)?,
+        inbox_per_user: count("lane_inbox_per_user", LANE_INBOX_PER_USER)?,
         webhook: get("webhook").map(|url| parse_webhook(url).map_err(|m| error("webhook", m))).transpose()?,
     };
     if config.ack_timeout.is_zero() {
@@ -212,6 +240,12 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError>
     }
     if config.envelope == 0 || config.envelope > LANE_ENVELOPE_MAX {
         return Err(error("lane_envelope", format!("must be from 1 to {LANE_ENVELOPE_MAX}")));
+    }
+    if config.waiting == 0 || config.waiting > LANE_WAITING_MAX {
+        return Err(error("lane_waiting", format!("must be from 1 to {LANE_WAITING_MAX}")));
+    }
+    if config.inbox_per_user == 0 || config.inbox_per_user > LANE_INBOX_PER_USER_MAX {
+        return Err(error("lane_inbox_per_user", format!("must be from 1 to {LANE_INBOX_PER_USER_MAX}")));
     }
     Ok(config)
 }
@@ -267,6 +301,9 @@ mod tests {
         assert_eq!(lane(&[("lane_in_flight", "70000")]).unwrap_err().key, "lane_in_flight");
         assert_eq!(lane(&[("lane_envelope", "0")]).unwrap_err().key, "lane_envelope");
         assert_eq!(lane(&[("lane_envelope", "1025")]).unwrap_err().key, "lane_envelope");
+        assert_eq!(lane(&[("lane_waiting", "0")]).unwrap_err().key, "lane_waiting");
+        assert_eq!(lane(&[("lane_inbox_per_user", "100001")]).unwrap_err().key, "lane_inbox_per_user");
+        assert_eq!((lane(&[]).unwrap().waiting, lane(&[]).unwrap().inbox_per_user), (16_384, 1_000));
         assert_eq!(lane(&[("webhook", "https://x")]).unwrap_err().key, "webhook");
     }
 

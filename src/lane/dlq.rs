@@ -40,7 +40,7 @@ async fn execute(config: &LaneConfig, action: DlqAction) -> Result<String, Strin
             format!("{e}. A running gateway holds the embedded queue: stop it, or use GET /api/notifications/dead")
         })?),
         Some(url) => {
-            let lane = super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, 1, None, Default::default());
+            let lane = super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, Default::default(), None, Default::default());
             let deadline = Instant::now() + CONNECT_TIMEOUT;
             while !lane.connected.get() {
                 if Instant::now() > deadline {

@@ -21,9 +21,6 @@ use ::redis::AsyncConnectionConfig;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// Notifications held per user; past it a returning user waits for the next backoff tick
-/// for the rest (counted in `ringcast_lane_inbox_full_total`).
-pub const INBOX_PER_USER_MAX: usize = 1_000;
 /// How long one worker holds a user's wake-up (the others skip that online event).
 pub const WAKE_HOLD_MS: u64 = 1_000;
 /// After a Redis error, the worker goes without the shared inbox for this long.
@@ -43,12 +40,15 @@ pub struct RedisInbox {
     con: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Set after an error: Redis is skipped until then.
     down_until: Cell<Option<Instant>>,
+    /// Notifications held per user (`--lane-inbox-per-user`); past it a returning user waits
+    /// for the next backoff tick for the rest (`ringcast_lane_inbox_full_total`).
+    per_user: usize,
 }
 
 impl RedisInbox {
-    pub fn new(url: &str, lane_prefix: &str) -> Result<RedisInbox, String> {
+    pub fn new(url: &str, lane_prefix: &str, per_user: usize) -> Result<RedisInbox, String> {
         let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
-        Ok(RedisInbox { client, prefix: lane_prefix.to_owned(), con: tokio::sync::Mutex::new(None), down_until: Cell::new(None) })
+        Ok(RedisInbox { client, prefix: lane_prefix.to_owned(), con: tokio::sync::Mutex::new(None), down_until: Cell::new(None), per_user })
     }
 
     pub fn inbox_key(&self, user: &str) -> String {
@@ -111,7 +111,7 @@ impl RedisInbox {
             .arg(self.inbox_key(&n.user))
             .arg(&n.nid)
             .arg(json)
-            .arg(INBOX_PER_USER_MAX)
+            .arg(self.per_user)
             .arg(keep_ms)
             .query_async::<i64>(&mut con)
             .await;

@@ -55,9 +55,6 @@ const RELEASE_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then retu
 pub const NIDS_PER_CALL_MAX: usize = 256;
 /// Script calls of each kind waiting for Redis at once.
 const CALLS_IN_FLIGHT: usize = 4;
-/// Claims waiting for a call at most; past it a notification is accepted with node-local
-/// idempotency only (counted like a Redis outage).
-pub const CLAIMS_WAITING_MAX: usize = 16_384;
 
 pub const DONE: &str = "done";
 
@@ -78,23 +75,24 @@ struct Pending<T, R> {
 }
 
 /// Requests waiting for the next script call.
+/// At most `max` (`--lane-waiting`); past it a request is answered `Err` at once (the
+/// accept goes on with node-local idempotency, counted like a Redis outage).
 struct Waiting<T, R> {
     items: RefCell<Vec<Pending<T, R>>>,
     wake: tokio::sync::Notify,
-}
-
-impl<T, R> Default for Waiting<T, R> {
-    fn default() -> Self {
-        Waiting { items: RefCell::new(Vec::new()), wake: tokio::sync::Notify::new() }
-    }
+    max: usize,
 }
 
 impl<T, R> Waiting<T, R> {
+    fn new(max: usize) -> Self {
+        Waiting { items: RefCell::new(Vec::new()), wake: tokio::sync::Notify::new(), max }
+    }
+
     async fn push(&self, item: T) -> Result<R, ()> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         {
             let mut items = self.items.borrow_mut();
-            if items.len() >= CLAIMS_WAITING_MAX {
+            if items.len() >= self.max {
                 return Err(());
             }
             items.push(Pending { item, reply });
@@ -137,15 +135,16 @@ pub struct SharedNids {
 }
 
 impl SharedNids {
-    pub fn new(url: &str, lane_prefix: &str, node: &str) -> Result<SharedNids, String> {
+    /// `waiting_max`: claims (and `done` marks) waiting for a call at most.
+    pub fn new(url: &str, lane_prefix: &str, node: &str, waiting_max: usize) -> Result<SharedNids, String> {
         let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
         let inner = Inner {
             client,
             prefix: lane_prefix.to_owned(),
             con: tokio::sync::Mutex::new(None),
             down_logged: Cell::new(false),
-            claims: Waiting::default(),
-            dones: Waiting::default(),
+            claims: Waiting::new(waiting_max),
+            dones: Waiting::new(waiting_max),
         };
         Ok(SharedNids { inner: Rc::new(inner), node: node.to_owned(), started: Cell::new(false) })
     }

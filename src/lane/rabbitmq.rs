@@ -38,8 +38,26 @@ pub const PUBLISH_CHANNELS: usize = 8;
 /// `--lane-envelope` notifications and about this many bytes. No wait is added when the
 /// broker keeps up; under load the broker's per-message cost is shared.
 pub const ENVELOPE_BYTES_MAX: usize = 1024 * 1024;
-/// Accepts waiting for a publishing channel, at most; past it `/api/notify` answers 503.
-pub const ACCEPTS_WAITING_MAX: usize = 16_384;
+/// How publishes are grouped and bounded (`--lane-envelope`, `--lane-waiting`).
+#[derive(Clone, Copy, Debug)]
+pub struct Envelopes {
+    /// Notifications per message at most.
+    pub per_message: usize,
+    /// Publishes waiting for a slot at most; past it a publish fails at once.
+    pub waiting_max: usize,
+}
+
+impl Default for Envelopes {
+    fn default() -> Self {
+        Envelopes { per_message: super::config::LANE_ENVELOPE, waiting_max: super::config::LANE_WAITING }
+    }
+}
+
+impl From<&super::LaneConfig> for Envelopes {
+    fn from(config: &super::LaneConfig) -> Self {
+        Envelopes { per_message: config.envelope, waiting_max: config.waiting }
+    }
+}
 /// How often a worker asks RabbitMQ how many notifications wait in its queues (one
 /// passive declare per queue: `.work` and each retry bucket).
 pub const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(2);
@@ -202,11 +220,12 @@ struct Batcher {
     wake: tokio::sync::Notify,
     /// The owner is gone: the publishing task stops.
     closed: Cell<bool>,
+    waiting_max: usize,
 }
 
 impl Batcher {
-    fn new() -> Rc<Batcher> {
-        Rc::new(Batcher { waiting: RefCell::new(VecDeque::new()), wake: tokio::sync::Notify::new(), closed: Cell::new(false) })
+    fn new(waiting_max: usize) -> Rc<Batcher> {
+        Rc::new(Batcher { waiting: RefCell::new(VecDeque::new()), wake: tokio::sync::Notify::new(), closed: Cell::new(false), waiting_max })
     }
 
     /// Queues one notification for the next envelope to `queue` and waits for its confirm.
@@ -215,8 +234,8 @@ impl Batcher {
         let (reply, confirmed) = tokio::sync::oneshot::channel();
         {
             let mut waiting = self.waiting.borrow_mut();
-            if waiting.len() >= ACCEPTS_WAITING_MAX {
-                return Err(format!("{ACCEPTS_WAITING_MAX} notifications already wait for RabbitMQ; retry shortly"));
+            if waiting.len() >= self.waiting_max {
+                return Err(format!("{} notifications already wait for RabbitMQ (lane_waiting); retry shortly", self.waiting_max));
             }
             waiting.push_back(Waiting { queue, nid, body, reply });
         }
@@ -339,8 +358,7 @@ pub struct RabbitLane {
 
 impl RabbitLane {
     /// Starts connecting in the background; until connected, accepts answer with an error.
-    /// `envelope`: notifications per work message at most (`--lane-envelope`).
-    pub fn start(url: &str, prefix: &str, backoff: &Backoff, envelope: usize, shared: Option<super::nids::SharedNids>, metrics: std::sync::Arc<super::metrics::LaneMetrics>) -> RabbitLane {
+    pub fn start(url: &str, prefix: &str, backoff: &Backoff, envelopes: Envelopes, shared: Option<super::nids::SharedNids>, metrics: std::sync::Arc<super::metrics::LaneMetrics>) -> RabbitLane {
         let topology = Topology::new(prefix);
         let link = Rc::new(RefCell::new(None));
         let connected = Rc::new(Cell::new(false));
@@ -359,10 +377,10 @@ impl RabbitLane {
             dead.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok(PublishLink { channels, dead: tokio::sync::Mutex::new(dead) })
         });
-        let batcher = Batcher::new();
+        let batcher = Batcher::new(envelopes.waiting_max);
         let weak = Rc::downgrade(&link);
         let channel = move |i: usize| weak.upgrade().and_then(|l| l.borrow().clone()).map(|l: Rc<PublishLink>| l.channels[i % l.channels.len()].clone());
-        tokio::task::spawn_local(run_batcher(batcher.clone(), channel, envelope.max(1), Some(metrics.clone())));
+        tokio::task::spawn_local(run_batcher(batcher.clone(), channel, envelopes.per_message.max(1), Some(metrics.clone())));
         let work: Rc<str> = topology.work.as_str().into();
         RabbitLane { topology, link, connected, batcher, work, seen: RefCell::new((HashMap::new(), VecDeque::new())), shared, metrics }
     }
@@ -559,9 +577,9 @@ pub struct RabbitSource {
 }
 
 impl RabbitSource {
-    /// `envelope`: retries per message at most, per bucket queue (`--lane-envelope`).
-    pub fn start(url: &str, prefix: &str, backoff: &Backoff, in_flight: usize, envelope: usize) -> RabbitSource {
-        let envelope = envelope.max(1);
+    /// `envelopes`: how retries are grouped per bucket queue and bounded.
+    pub fn start(url: &str, prefix: &str, backoff: &Backoff, in_flight: usize, envelopes: Envelopes) -> RabbitSource {
+        let envelope = envelopes.per_message.max(1);
         let topology = Topology::new(prefix);
         let (tx, jobs) = mpsc::channel(in_flight.max(1));
         let slot: Rc<RefCell<Option<Rc<()>>>> = Rc::new(RefCell::new(None));
@@ -575,7 +593,7 @@ impl RabbitSource {
             consume.basic_qos(in_flight as u16, BasicQosOptions::default()).await?;
             let publish = conn.create_channel().await?;
             publish.confirm_select(ConfirmSelectOptions::default()).await?;
-            let retries = Batcher::new();
+            let retries = Batcher::new(envelopes.waiting_max);
             let channel = publish.clone();
             tokio::task::spawn_local(run_batcher(retries.clone(), move |_| Some(channel.clone()), envelope, None));
             let link = Rc::new(ConsumeLink { publish, retries });
@@ -719,7 +737,7 @@ mod tests {
 
     #[test]
     fn an_envelope_holds_one_queue_and_at_most_its_bound() {
-        let b = Batcher::new();
+        let b = Batcher::new(16);
         for (queue, nid) in [("r.100", "a"), ("r.200", "b"), ("r.100", "c"), ("r.100", "d"), ("r.200", "e")] {
             b.waiting.borrow_mut().push_back(waiting_to(queue, nid));
         }

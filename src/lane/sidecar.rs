@@ -65,7 +65,7 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
         tokio::task::spawn_local(serve_metrics(listener, metrics.clone()));
         println!("ringcast worker metrics on http://{local}/metrics");
     }
-    let source = Source::Rabbit(super::rabbitmq::RabbitSource::start(&url, &lane.prefix, &lane.backoff, lane.in_flight, lane.envelope));
+    let source = Source::Rabbit(super::rabbitmq::RabbitSource::start(&url, &lane.prefix, &lane.backoff, lane.in_flight, lane.into()));
     let frames = FrameSink::Nats { client, prefix: config.nats.prefix.clone() };
     println!("ringcast worker consuming {}.work (in flight ≤ {})", lane.prefix, lane.in_flight);
     let online = match &config.presence {
@@ -74,7 +74,7 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
     };
     let mut worker = Worker::new(lane.clone(), source, frames, online, events, metrics);
     if let Some(redis) = config.presence.as_ref().and_then(|p| p.redis.as_ref()) {
-        worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &lane.prefix)?);
+        worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &lane.prefix, lane.inbox_per_user)?);
     }
     worker.run().await;
     Ok(())

@@ -37,11 +37,11 @@ fn accept_retry_dead_replay_purge() {
     run(async {
         let prefix = prefix("cycle");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = RabbitLane::start(AMQP, &prefix, &backoff, 64, None, Default::default());
+        let lane = RabbitLane::start(AMQP, &prefix, &backoff, Default::default(), None, Default::default());
         connected(&lane.connected).await;
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::New);
         assert_eq!(lane.enqueue(note("r1")).await.unwrap(), Accepted::Duplicate, "same nid on the same node");
-        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 16, 64);
+        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 16, Default::default());
         let job = tokio::time::timeout(Duration::from_secs(10), source.next()).await.unwrap().unwrap();
         assert_eq!(job.notification.nid, "r1");
         // Retry after 200 ms: it must come back through the bucket queue, not sooner.
@@ -84,19 +84,19 @@ fn unacked_work_is_redelivered_to_the_next_consumer() {
     run(async {
         let prefix = prefix("redeliver");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
-        let lane = RabbitLane::start(AMQP, &prefix, &backoff, 64, None, Default::default());
+        let lane = RabbitLane::start(AMQP, &prefix, &backoff, Default::default(), None, Default::default());
         connected(&lane.connected).await;
         for i in 0..20 {
             lane.enqueue(note(&format!("w{i}"))).await.unwrap();
         }
         {
             // A consumer that takes work and dies without settling it.
-            let mut first = RabbitSource::start(AMQP, &prefix, &backoff, 4, 64);
+            let mut first = RabbitSource::start(AMQP, &prefix, &backoff, 4, Default::default());
             let job = tokio::time::timeout(Duration::from_secs(10), first.next()).await.unwrap().unwrap();
             drop(job);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut second = RabbitSource::start(AMQP, &prefix, &backoff, 64, 64);
+        let mut second = RabbitSource::start(AMQP, &prefix, &backoff, 64, Default::default());
         let mut seen = std::collections::BTreeSet::new();
         while seen.len() < 20 {
             let job = tokio::time::timeout(Duration::from_secs(10), second.next()).await.expect("every accepted notification comes back").unwrap();
@@ -123,7 +123,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
         let prefix = prefix("envelope");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
         let metrics = std::sync::Arc::new(ringcast::lane::metrics::LaneMetrics::default());
-        let lane = std::rc::Rc::new(RabbitLane::start(AMQP, &prefix, &backoff, 64, None, metrics.clone()));
+        let lane = std::rc::Rc::new(RabbitLane::start(AMQP, &prefix, &backoff, Default::default(), None, metrics.clone()));
         connected(&lane.connected).await;
         // 400 accepts at once: while 8 publishes wait for their confirm, the rest queue up
         // and go out together.
@@ -141,7 +141,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
         assert_eq!(counted, u64::from(messages), "ringcast_lane_work_messages_total counts what RabbitMQ holds");
         // A worker sees each notification on its own; a message is acked once all of its
         // notifications are settled, and one left unsettled keeps its whole message.
-        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 64, 64);
+        let mut source = RabbitSource::start(AMQP, &prefix, &backoff, 64, Default::default());
         let mut seen = std::collections::BTreeSet::new();
         let mut held = None;
         while seen.len() < 400 {
@@ -158,7 +158,7 @@ fn concurrent_accepts_share_envelopes_and_every_notification_is_settled() {
         let left = ready(&work).await;
         assert_eq!(left, 1, "the message of the unsettled notification went back to the queue, nothing else");
         // Its notifications come again, the unsettled one among them.
-        let mut again = RabbitSource::start(AMQP, &prefix, &backoff, 64, 64);
+        let mut again = RabbitSource::start(AMQP, &prefix, &backoff, 64, Default::default());
         let nid = held.take().unwrap().notification.nid;
         let mut back = Vec::new();
         while !back.contains(&nid) {
