@@ -123,6 +123,29 @@ fn notify_rabbitmq_lane_delivers_every_accepted_notification() {
         panic!("RabbitMQ is not running on 127.0.0.1:5672: start it with `bash scripts/services.sh`");
     }
     let prefix = format!("lt.notify.{}.{}", std::process::id(), free_port());
-    let gw = Gateway::start(&["--amqp", "amqp://guest:guest@127.0.0.1:5672/%2f", "--lane-prefix", &prefix, "--lane-worker"]);
+    let _queues = QueuesGone { amqp: AMQP, prefix: prefix.clone() };
+    let gw = Gateway::start(&["--amqp", AMQP, "--lane-prefix", &prefix, "--lane-worker"]);
     assert_all_delivered(&notify(&gw, &SMALL_RUN));
+}
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Deletes the test's RabbitMQ queues (work, retry buckets, dead letters) when the test
+/// ends, passed or failed, with the gateway's own topology so no name is guessed here.
+/// Declared before the gateway, so it drops after it: nothing re-declares them.
+struct QueuesGone {
+    amqp: &'static str,
+    prefix: String,
+}
+
+impl Drop for QueuesGone {
+    fn drop(&mut self) {
+        use ringcast::lane::config::{RETRY_BASE_MS, RETRY_MAX_MS};
+        let backoff = ringcast::lane::backoff::Backoff::new(Duration::from_millis(RETRY_BASE_MS), Duration::from_millis(RETRY_MAX_MS)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let deleted = tokio::task::LocalSet::new().block_on(&runtime, ringcast::lane::rabbitmq::delete_queues(self.amqp, &self.prefix, &backoff));
+        if let Err(e) = deleted {
+            eprintln!("could not delete the queues of {}: {e}", self.prefix);
+        }
+    }
 }
