@@ -30,6 +30,8 @@ struct ServerConn {
 
 struct Publishing {
     rate: f64,
+    /// Wall-clock ns read just before `started`, so no due time lies in the future.
+    started_ns: u64,
     started: Instant,
     until: Instant,
     sent: u64,
@@ -212,10 +214,15 @@ impl Server {
         if due == 0 {
             return;
         }
-        let ts = crate::host::now_ns();
-        frame::write_timestamp(&mut self.template[self.ts_at..self.ts_at + frame::TIMESTAMP_DIGITS], ts);
+        // Each message carries the time it was due, not the time of this pass: a message
+        // that fell due while the previous pass was still writing has been waiting since
+        // then, exactly as a published message waits inside a real server. (Stamping the
+        // pass start left that wait out and halved the ceiling's latency at 10k clients.)
+        let now_ns = crate::host::now_ns();
         self.batch.clear();
-        for _ in 0..due {
+        for k in p.sent..p.sent + due as u64 {
+            let ts = due_ns(p.started_ns, p.rate, k).min(now_ns);
+            frame::write_timestamp(&mut self.template[self.ts_at..self.ts_at + frame::TIMESTAMP_DIGITS], ts);
             self.batch.extend_from_slice(&self.template);
         }
         p.sent += due as u64;
@@ -226,6 +233,11 @@ impl Server {
             }
         }
     }
+}
+
+/// When message `k` (from 0) of a run started at `started_ns` at `rate` msgs/s was due.
+fn due_ns(started_ns: u64, rate: f64, k: u64) -> u64 {
+    started_ns + (k as f64 * 1e9 / rate) as u64
 }
 
 /// A listener with a deep accept backlog: a connect storm must not hit SYN retransmits
@@ -339,9 +351,10 @@ pub fn serve(
                 ["publish", rate, ms] => {
                     let rate: f64 = rate.parse::<f64>().unwrap_or(1.0).max(0.001);
                     let ms: u64 = ms.parse().unwrap_or(1000);
+                    let started_ns = crate::host::now_ns();
                     let started = Instant::now();
                     server.dropped = 0;
-                    publishing = Some(Publishing { rate, started, until: started + Duration::from_millis(ms), sent: 0 });
+                    publishing = Some(Publishing { rate, started_ns, started, until: started + Duration::from_millis(ms), sent: 0 });
                 }
                 ["stop"] => return Ok(()),
                 _ => eprintln!("limit server: unknown command {line:?}"),
@@ -375,31 +388,56 @@ mod tests {
         panic!("condition not met within {within:?}; last report: {last:?}");
     }
 
+    /// A ceiling server on a thread, driven as the parent process drives it.
+    struct TestServer {
+        commands: mpsc::Sender<String>,
+        waker: std::sync::Arc<mio::Waker>,
+        out: mpsc::Receiver<String>,
+        addr: std::net::SocketAddr,
+        thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl TestServer {
+        fn start() -> TestServer {
+            let (commands, commands_rx) = mpsc::channel::<String>();
+            let (out_tx, out) = mpsc::channel::<String>();
+            let (waker_tx, waker_rx) = mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                super::serve(
+                    "127.0.0.1:0".parse().unwrap(),
+                    "bench",
+                    200,
+                    Duration::from_secs(60),
+                    move |waker| {
+                        waker_tx.send(waker).unwrap();
+                        commands_rx
+                    },
+                    move |line| out_tx.send(line).unwrap(),
+                )
+            });
+            let waker = waker_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            let listening = out.recv_timeout(Duration::from_secs(5)).unwrap();
+            let addr = listening.strip_prefix("listening ").unwrap().parse().unwrap();
+            TestServer { commands, waker, out, addr, thread }
+        }
+
+        fn send(&self, line: &str) {
+            self.commands.send(line.to_string()).unwrap();
+            self.waker.wake().unwrap();
+        }
+
+        fn stop(self) {
+            self.send("stop");
+            self.thread.join().unwrap().unwrap();
+        }
+    }
+
     #[test]
     fn limit_server_fans_out_to_every_harness_client() {
-        let (server_cmd_tx, server_cmd_rx) = mpsc::channel::<String>();
-        let (server_out_tx, server_out_rx) = mpsc::channel::<String>();
-        let (server_waker_tx, server_waker_rx) = mpsc::channel();
-        let server = std::thread::spawn(move || {
-            super::serve(
-                "127.0.0.1:0".parse().unwrap(),
-                "bench",
-                200,
-                Duration::from_secs(60),
-                move |waker| {
-                    server_waker_tx.send(waker).unwrap();
-                    server_cmd_rx
-                },
-                move |line| server_out_tx.send(line).unwrap(),
-            )
-        });
-        let server_waker = server_waker_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        let to_server = |line: &str| {
-            server_cmd_tx.send(line.to_string()).unwrap();
-            server_waker.wake().unwrap();
-        };
-        let listening = server_out_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        let addr = listening.strip_prefix("listening ").unwrap().parse().unwrap();
+        let server = TestServer::start();
+        let to_server = |line: &str| server.send(line);
+        let server_out_rx = &server.out;
+        let addr = server.addr;
 
         let cfg = WorkerConfig {
             worker_index: 0,
@@ -463,7 +501,79 @@ mod tests {
         let done = wait_report(&report_rx, Duration::from_secs(5), |r| r.done);
         assert_eq!(done.ready as usize, CONNS);
         worker.join().unwrap().unwrap();
-        to_server("stop");
-        server.join().unwrap().unwrap();
+        server.stop();
+    }
+
+    /// The ceiling stamps each message with the time it fell due, never with the time its
+    /// pass got to it: stamps follow the schedule to the nanosecond (1 ms apart at 1,000
+    /// msgs/s) however the passes fell, and none is in the future when it arrives.
+    #[test]
+    fn limit_server_stamps_each_message_with_its_due_time() {
+        use std::io::{Read, Write};
+        let server = TestServer::start();
+        let to_server = |line: &str| server.send(line);
+        let out_rx = &server.out;
+        let addr = server.addr;
+
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        client.write_all(crate::frame::handshake_request("127.0.0.1", "/ws", "dGhlIHNhbXBsZSBub25jZQ==", None).as_bytes()).unwrap();
+        let mut sub = Vec::new();
+        crate::frame::encode_client_frame(&mut sub, crate::frame::OPCODE_TEXT, br#"{"op":"sub","ch":"bench","id":1}"#, [1, 2, 3, 4]);
+        client.write_all(&sub).unwrap();
+
+        // Read frames until the `ok`, then publish and collect every message's stamp.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let mut stamps: Vec<u64> = Vec::new();
+        let mut head_done = false;
+        let mut subscribed = false;
+        let (rate, ms) = (1000u64, 300u64);
+        let mut published: Option<usize> = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while published.map_or(true, |p| stamps.len() < p) {
+            assert!(Instant::now() < deadline, "not every message arrived: {} stamps, published {published:?}", stamps.len());
+            if let Ok(line) = out_rx.try_recv() {
+                let count = line.strip_prefix("published ").and_then(|rest| rest.split_whitespace().next()).unwrap();
+                published = Some(count.parse().unwrap());
+            }
+            let n = match client.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e) => panic!("reading from the ceiling server: {e}"),
+            };
+            assert!(n > 0, "server closed; stamps so far {}", stamps.len());
+            buf.extend_from_slice(&chunk[..n]);
+            let mut pos = 0;
+            if !head_done {
+                let Some(end) = crate::frame::http_head_end(&buf) else { continue };
+                assert_eq!(crate::frame::http_status(&buf[..end]), Some(101));
+                head_done = true;
+                pos = end;
+            }
+            while let Some(h) = crate::frame::parse_header(&buf[pos..]) {
+                if ((buf.len() - pos) as u64) < h.frame_len() {
+                    break;
+                }
+                let payload = &buf[pos + h.header_len..pos + h.frame_len() as usize];
+                if let Some(ts) = crate::frame::find_timestamp(payload) {
+                    assert!(ts <= crate::host::now_ns(), "a stamp in the future");
+                    stamps.push(ts);
+                } else if !subscribed && crate::frame::contains(payload, br#""ok""#) {
+                    subscribed = true;
+                    to_server(&format!("publish {rate} {ms}"));
+                }
+                pos += h.frame_len() as usize;
+            }
+            buf.drain(..pos);
+        }
+        let published = published.unwrap();
+        assert!(published >= 250, "1,000 msgs/s for 0.3 s published {published}");
+        assert_eq!(stamps.len(), published);
+        let step = 1_000_000_000 / rate;
+        for (k, ts) in stamps.iter().enumerate() {
+            assert_eq!(ts - stamps[0], k as u64 * step, "message {k} is stamped off its due time; stamps {:?}", &stamps[..stamps.len().min(k + 2)]);
+        }
+        server.stop();
     }
 }
