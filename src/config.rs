@@ -145,6 +145,12 @@ struct GatewayArgs {
     /// once. At most 1ms. [default: 0s]
     #[arg(long, env = "RINGCAST_COALESCE_DELAY", value_name = "DURATION")]
     coalesce_delay: Option<String>,
+    /// Run coalescing: consecutive messages on one channel that a shard takes in one turn
+    /// go to each subscriber as one buffer of up to this many bytes (one queue entry and
+    /// one iovec per subscriber instead of one per message; the bytes on the wire are the
+    /// same). 0 = one entry per message. At most 1MiB. [default: 64KiB]
+    #[arg(long, env = "RINGCAST_COALESCE_BYTES", value_name = "SIZE")]
+    coalesce_bytes: Option<String>,
     /// Shard → bridge queue bound, in messages; full answers 503 to publishers. [default: 65536]
     #[arg(long, env = "RINGCAST_BRIDGE_INBOX", value_name = "N")]
     bridge_inbox: Option<String>,
@@ -296,6 +302,7 @@ impl GatewayArgs {
             ("node", self.node.as_ref()),
             ("shard_inbox", self.shard_inbox.as_ref()),
             ("coalesce_delay", self.coalesce_delay.as_ref()),
+            ("coalesce_bytes", self.coalesce_bytes.as_ref()),
             ("bridge_inbox", self.bridge_inbox.as_ref()),
             ("read_buffer", self.read_buffer.as_ref()),
             ("uring_entries", self.uring_entries.as_ref()),
@@ -341,6 +348,8 @@ pub struct GatewayConfig {
     pub shard_inbox_messages: usize,
     /// How long a shard waits for more messages before writing a small batch (0: never).
     pub coalesce_delay: Duration,
+    /// Bytes of one run of same-channel messages sent to a subscriber as one buffer (0: off).
+    pub coalesce_bytes: usize,
     pub bridge_inbox_messages: usize,
     pub read_buffer_bytes: usize,
     pub uring_entries: u32,
@@ -640,6 +649,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         node: get("node").map(str::to_owned).unwrap_or_else(default_node),
         shard_inbox_messages: count("shard_inbox", limits::SHARD_INBOX_MESSAGES_MAX)?,
         coalesce_delay: duration("coalesce_delay", 0)?,
+        coalesce_bytes: size("coalesce_bytes", limits::COALESCE_BYTES)?,
         bridge_inbox_messages: count("bridge_inbox", limits::BRIDGE_INBOX_MESSAGES_MAX)?,
         read_buffer_bytes: size("read_buffer", limits::READ_BUFFER_BYTES)?,
         uring_entries: count("uring_entries", limits::URING_ENTRIES as usize)? as u32,
@@ -697,6 +707,9 @@ fn validate(c: &GatewayConfig, cpus: usize) -> Result<(), ConfigError> {
     }
     if c.coalesce_delay > Duration::from_micros(limits::COALESCE_DELAY_US_MAX) {
         return Err(error("coalesce_delay", format!("{:?} is above the maximum {}us", c.coalesce_delay, limits::COALESCE_DELAY_US_MAX)));
+    }
+    if c.coalesce_bytes > limits::COALESCE_BYTES_MAX {
+        return Err(error("coalesce_bytes", format!("{} bytes is above the maximum 1MiB (a run is one buffer every subscriber holds until written)", c.coalesce_bytes)));
     }
     if c.read_buffer_bytes < 4096 {
         return Err(error("read_buffer", "must be at least 4KiB"));

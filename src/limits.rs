@@ -43,6 +43,12 @@ pub const SHARD_INBOX_MESSAGES_MAX: usize = 65_536;
 /// Upper bound for `coalesce_delay` (µs): past it the wait is latency a person notices
 /// more than syscalls saved.
 pub const COALESCE_DELAY_US_MAX: u64 = 1_000;
+/// Default for `coalesce_bytes`: consecutive messages on one channel in one shard turn
+/// go to each subscriber as one buffer up to this size. A turn takes at most 256
+/// messages, so 64KiB holds a whole turn of ~250-byte messages.
+pub const COALESCE_BYTES: usize = 64 * 1024;
+/// Upper bound for `coalesce_bytes`.
+pub const COALESCE_BYTES_MAX: usize = 1 << 20;
 /// Shard → bridge queue (publishes and interest changes), in messages.
 pub const BRIDGE_INBOX_MESSAGES_MAX: usize = 65_536;
 /// Smallest queue a user may configure: below this, ordinary bursts drop.

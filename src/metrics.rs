@@ -159,6 +159,9 @@ pub struct ShardMetrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub deliveries: Counter,
+    /// Published messages that went out inside a run (several consecutive messages on one
+    /// channel sent to each subscriber as one buffer).
+    pub coalesced: Counter,
     pub writes: Counter,
     pub subscriptions: Counter,
     pub client_errors: Counter,
@@ -273,7 +276,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 16] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 17] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -282,6 +285,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_bytes_in_total", "Bytes read from sockets.", |m| m.bytes_in.get()),
         ("ringcast_bytes_out_total", "Bytes written to sockets.", |m| m.bytes_out.get()),
         ("ringcast_deliveries_total", "Published messages queued to a subscriber.", |m| m.deliveries.get()),
+        ("ringcast_coalesced_messages_total", "Published messages a shard sent inside a run: consecutive messages on one channel, one buffer per subscriber (--coalesce-bytes).", |m| m.coalesced.get()),
         ("ringcast_writes_total", "Vectored send calls (deliveries / writes = coalescing).", |m| m.writes.get()),
         ("ringcast_subscriptions", "Active (connection, pattern) subscriptions.", |m| m.subscriptions.get()),
         ("ringcast_client_errors_total", "err frames sent to clients.", |m| m.client_errors.get()),

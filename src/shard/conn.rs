@@ -210,6 +210,12 @@ impl Conn {
     /// Queues a frame, enforcing the backlog bound. Returns true when the connection just
     /// became dirty (the caller adds it to the shard's flush list).
     pub fn enqueue(&self, frame: Bytes, limit_bytes: usize, now_ms: u64, close_timeout_ms: u64, metrics: &ShardMetrics) -> bool {
+        self.enqueue_frames(frame, 1, limit_bytes, now_ms, close_timeout_ms, metrics)
+    }
+
+    /// [`Conn::enqueue`] for a buffer holding `frames` whole frames back to back (a run of
+    /// messages sent as one queue entry).
+    pub fn enqueue_frames(&self, frame: Bytes, frames: u64, limit_bytes: usize, now_ms: u64, close_timeout_ms: u64, metrics: &ShardMetrics) -> bool {
         let mut st = self.state.borrow_mut();
         if st.closing.is_some() || st.finished.is_some() {
             return false;
@@ -220,7 +226,7 @@ impl Conn {
         }
         st.outbox_bytes += frame.len();
         st.outbox.push_back(frame);
-        metrics.frames_out.inc();
+        metrics.frames_out.add(frames);
         let newly = !st.dirty;
         st.dirty = true;
         newly

@@ -48,6 +48,18 @@ pub const REPLAY_TIMEOUT_MS: u64 = 30_000;
 /// its history channels at once); past it `sub … since` answers 429.
 pub const REPLAYS_PER_CONNECTION_MAX: usize = 64;
 
+/// What one fan-out pass sends: a message, or a run of consecutive messages on one
+/// channel joined into one buffer (see `coalesce_bytes`).
+struct Outgoing<'a> {
+    channel: &'a str,
+    /// The message's stream sequence; always None for a run of several.
+    seq: Option<u64>,
+    /// What each subscriber gets: the message's frame, or the run's frames back to back.
+    frame: Bytes,
+    /// The messages in it, in order (one for a single message).
+    parts: &'a [Arc<Delivery>],
+}
+
 pub struct Shard {
     pub id: u16,
     pub node: Arc<Node>,
@@ -261,19 +273,20 @@ impl Shard {
         self.closing.borrow_mut().push(conn.slot);
     }
 
-    /// Fans one published message out to every local subscriber, sharing its frame.
-    /// Returns the copies counted as deliveries.
-    fn deliver(&self, delivery: &Delivery) -> u32 {
+    /// Fans one published message, or a run of them, out to every local subscriber,
+    /// sharing one buffer. Returns the copies of each message counted as deliveries.
+    fn deliver(&self, out: &Outgoing) -> u32 {
         let copies = Cell::new(0u32);
         let seq = self.delivery_seq.get().wrapping_add(1);
         self.delivery_seq.set(seq);
         let conns = self.conns.borrow();
         let limit = self.node.config.outbound_bytes_max;
         let now = self.now_ms();
-        let private = crate::channel::private_owner(&delivery.channel).is_some();
+        let private = crate::channel::private_owner(out.channel).is_some();
+        let frames = out.parts.len() as u64;
         let mut dirty = self.dirty.borrow_mut();
         let mut closing = self.closing.borrow_mut();
-        self.subs.borrow().for_each_match(&delivery.channel, |slot| {
+        self.subs.borrow().for_each_match(out.channel, |slot| {
             let Some(conn) = conns[slot as usize].as_ref() else { return };
             {
                 let mut st = conn.state.borrow_mut();
@@ -282,11 +295,12 @@ impl Shard {
                 }
                 st.last_delivery = seq;
             }
-            if private && !permission::may_receive(conn.user(), &delivery.channel) {
+            if private && !permission::may_receive(conn.user(), out.channel) {
                 return;
             }
-            if let Some(seq) = delivery.seq {
-                match conn.hold_if_replaying(&delivery.channel, seq, &delivery.frame, limit) {
+            if let Some(seq) = out.seq {
+                // Only a single message carries a sequence (runs are of seq-less ones).
+                match conn.hold_if_replaying(out.channel, seq, &out.frame, limit) {
                     Hold::No => {}
                     Hold::Held => {
                         copies.set(copies.get() + 1);
@@ -304,13 +318,23 @@ impl Shard {
                 }
             }
             let was_closing = conn.state.borrow().closing.is_some();
-            if conn.enqueue(delivery.frame.clone(), limit, now, CLOSE_TIMEOUT_MS, &self.metrics) {
+            let newly_dirty = if conn.stream.is_none() && frames > 1 {
+                // A long-poll session numbers its frames one by one: give it each message.
+                let mut newly = false;
+                for part in out.parts {
+                    newly |= conn.enqueue(part.frame.clone(), limit, now, CLOSE_TIMEOUT_MS, &self.metrics);
+                }
+                newly
+            } else {
+                conn.enqueue_frames(out.frame.clone(), frames, limit, now, CLOSE_TIMEOUT_MS, &self.metrics)
+            };
+            if newly_dirty {
                 dirty.push(slot);
             }
             if !was_closing && conn.state.borrow().closing.is_some() {
                 closing.push(slot);
             }
-            self.metrics.deliveries.inc();
+            self.metrics.deliveries.add(frames);
             copies.set(copies.get() + 1);
         });
         copies.get()
@@ -356,9 +380,42 @@ impl Shard {
 
     fn handle_inbox(self: &Rc<Self>, batch: &mut Vec<ToShard>) {
         let mut latency = crate::histogram::PendingLatency::<INBOX_BATCH_MESSAGES_MAX>::new();
-        for message in batch.drain(..) {
+        let run_bytes_max = self.node.config.coalesce_bytes;
+        let mut run: Vec<Arc<Delivery>> = Vec::new();
+        let mut messages = batch.drain(..).peekable();
+        while let Some(message) = messages.next() {
             match message {
-                ToShard::Deliver(delivery) => latency.push(delivery.received_us, self.deliver(&delivery)),
+                ToShard::Deliver(head) => {
+                    // The run: this message and the ones right behind it on the same channel,
+                    // without sequences (a resume stitches those one by one), within the
+                    // byte bound. Only consecutive ones, so every connection keeps the order.
+                    run.clear();
+                    let mut bytes = head.frame.len();
+                    run.push(head.clone());
+                    if head.seq.is_none() {
+                        while let Some(ToShard::Deliver(next)) = messages.next_if(|m| {
+                            matches!(m, ToShard::Deliver(d) if d.seq.is_none() && d.channel == head.channel && bytes + d.frame.len() <= run_bytes_max)
+                        }) {
+                            bytes += next.frame.len();
+                            run.push(next);
+                        }
+                    }
+                    let frame = match run.len() {
+                        1 => head.frame.clone(),
+                        n => {
+                            self.metrics.coalesced.add(n as u64);
+                            let mut joined = bytes::BytesMut::with_capacity(bytes);
+                            for part in &run {
+                                joined.extend_from_slice(&part.frame);
+                            }
+                            joined.freeze()
+                        }
+                    };
+                    let copies = self.deliver(&Outgoing { channel: &head.channel, seq: head.seq, frame, parts: &run });
+                    for part in &run {
+                        latency.push(part.received_us, copies);
+                    }
+                }
                 ToShard::Shutdown => self.begin_shutdown(),
                 ToShard::Drain => drain::begin(self),
                 ToShard::Replay { target, replay, frames } => self.replay_frames(target, replay, frames),

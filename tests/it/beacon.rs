@@ -4,7 +4,7 @@
 //! real WebSocket clients.
 
 
-use crate::common::nats::{free_port, NatsClient, NatsServer, Proxy, SHARED_NATS};
+use crate::common::nats::{free_port, wait_live, NatsClient, NatsServer, Proxy, SHARED_NATS};
 use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -73,25 +73,6 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("timed out waiting for: {what}");
-}
-
-/// A subscription made on a node is live once a probe published through NATS arrives.
-fn wait_live(client: &mut Client, nats_port: u16, subject: &str) {
-    let mut nats = NatsClient::connect(nats_port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    client.get_mut().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    loop {
-        assert!(Instant::now() < deadline, "subscription to {subject} never became live");
-        nats.publish(subject, br#"{"probe":true}"#);
-        nats.flush();
-        match client.read() {
-            Ok(tungstenite::Message::Text(text)) if text.contains("probe") => break,
-            _ => {}
-        }
-    }
-    // Drain late probe copies.
-    while let Ok(tungstenite::Message::Text(_)) = client.read() {}
-    client.get_mut().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
 }
 
 #[test]

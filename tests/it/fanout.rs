@@ -211,3 +211,55 @@ fn shards_with_sqpoll_fan_out_through_a_kernel_polling_thread() {
         assert_eq!(got, (0..50).collect::<Vec<_>>(), "shard {shard}");
     }
 }
+
+/// Consecutive messages on one channel that a shard takes in one turn go to each
+/// subscriber as one buffer (`--coalesce-bytes`), yet every message still arrives as its
+/// own WebSocket message, in order, exactly once. A pipelined burst through NATS makes
+/// such runs (the metric counts the messages sent in them); with `--coalesce-bytes 0`
+/// none are made and the same burst arrives the same way.
+#[test]
+fn a_burst_goes_out_in_runs_and_every_message_arrives_once_in_order() {
+    use crate::common::edge_a::{metric, scrape};
+    use crate::common::nats::{wait_live, NatsClient, SHARED_NATS};
+    const BURST: u64 = 3_000;
+    const SUBSCRIBERS: usize = 40;
+    for (flags, coalesces) in [(&[][..], true), (&["--coalesce-bytes", "0"][..], false)] {
+        let p = format!("t{}", unique());
+        let mut args = vec!["--nats", SHARED_NATS, "--nats-prefix", &p, "--shards", "1"];
+        args.extend_from_slice(flags);
+        let gateway = Gateway::start(&args);
+        let mut clients: Vec<Client> = (0..SUBSCRIBERS).map(|_| connect(&gateway.url("")).0).collect();
+        for client in clients.iter_mut() {
+            assert_eq!(request(client, json!({"op": "sub", "ch": "burst.room"}), 1)["op"], "ok");
+        }
+        let subject = format!("{p}.burst.room");
+        wait_live(&mut clients[0], 4222, &subject);
+        let mut nats = NatsClient::connect(4222);
+        for i in 0..BURST {
+            nats.publish(&subject, format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(100)).as_bytes());
+        }
+        nats.flush();
+        for (n, client) in clients.iter_mut().enumerate() {
+            let mut next = 0;
+            while next < BURST {
+                let frame = recv_json(client);
+                if frame["data"]["probe"] == true {
+                    continue; // wait_live's probes reached every subscriber
+                }
+                assert_eq!((frame["op"].as_str(), frame["data"]["i"].as_u64()), (Some("msg"), Some(next)), "subscriber {n}: {frame}");
+                next += 1;
+            }
+        }
+        let metrics = scrape(gateway.port);
+        let coalesced = metric(&metrics, "ringcast_coalesced_messages_total", &[]);
+        if coalesces {
+            assert!(coalesced > 0.0, "a {BURST}-message burst to {SUBSCRIBERS} subscribers made no run");
+            assert!(coalesced <= BURST as f64 + 64.0, "counted per message, not per copy: {coalesced}");
+        } else {
+            assert_eq!(coalesced, 0.0, "--coalesce-bytes 0 turns runs off");
+        }
+        for counted in ["ringcast_deliveries_total", "ringcast_frames_out_total"] {
+            assert!(metric(&metrics, counted, &[]) >= (BURST as usize * SUBSCRIBERS) as f64, "{counted} counts every message to every subscriber");
+        }
+    }
+}

@@ -299,3 +299,48 @@ fn an_expired_token_closes_the_session_with_1008() {
     }
     assert_eq!(get(port, &sid, ack).0, 404);
 }
+
+/// A burst that a shard sends in runs (`--coalesce-bytes`: consecutive messages on one
+/// channel as one buffer per WebSocket subscriber) still reaches a long-poll session as
+/// one numbered frame per message, in order, none lost or doubled.
+#[test]
+fn a_burst_sent_in_runs_reaches_a_session_one_frame_per_message() {
+    use crate::common::nats::{wait_live, NatsClient, SHARED_NATS};
+    const BURST: u64 = 1_000;
+    let p = format!("t{}", crate::common::unique());
+    let gateway = Gateway::start(&["--nats", SHARED_NATS, "--nats-prefix", &p, "--shards", "1", "--poll-wait", "1s"]);
+    let port = gateway.port;
+    let (sid, _) = open(port, "", &[]);
+    assert_eq!(post(port, &sid, json!({"op": "sub", "ch": "lp.burst", "id": 1})), 202);
+    let (_, mut ack) = poll_frames(port, &sid, 1, 1);
+    // A WebSocket subscriber on the same shard shows when the NATS subscription is live.
+    let (mut ws, _) = crate::common::connect(&gateway.url(""));
+    assert_eq!(crate::common::request(&mut ws, json!({"op": "sub", "ch": "lp.burst"}), 1)["op"], "ok");
+    wait_live(&mut ws, 4222, &format!("{p}.lp.burst"));
+    let mut nats = NatsClient::connect(4222);
+    for i in 0..BURST {
+        nats.publish(&format!("{p}.lp.burst"), format!(r#"{{"i":{i}}}"#).as_bytes());
+    }
+    nats.flush();
+    let mut seen = Vec::new();
+    let mut frames_total = 0u64;
+    let first_number = ack;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (seen.len() as u64) < BURST {
+        assert!(Instant::now() < deadline, "got {} of {BURST}", seen.len());
+        let (status, answer) = get(port, &sid, ack);
+        assert_eq!(status, 200, "{answer}");
+        let batch = answer["frames"].as_array().unwrap();
+        frames_total += batch.len() as u64;
+        for frame in batch {
+            if frame["data"]["probe"] != true {
+                seen.push(frame["data"]["i"].as_u64().unwrap());
+            }
+        }
+        ack = answer["next"].as_u64().unwrap();
+    }
+    assert_eq!(seen, (0..BURST).collect::<Vec<_>>());
+    assert_eq!(ack - first_number, frames_total, "one frame number per message");
+    let coalesced = metric_value(&metrics(port), "ringcast_coalesced_messages_total{shard=\"0\"}");
+    assert!(coalesced > 0.0, "the burst was sent in runs (else this test shows nothing)");
+}

@@ -110,21 +110,7 @@ fn wait_live(client: &mut Client, nats_prefix: &str, id: u32) {
     let probe = format!("probe.{}", unique());
     let answer = request(client, json!({"op": "sub", "ch": probe}), id);
     assert_eq!(answer["op"], "ok", "{answer}");
-    let mut nats = crate::common::nats::NatsClient::connect(4222);
-    client.get_mut().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "subscriptions never became live on NATS");
-        nats.publish(&format!("{nats_prefix}.{probe}"), br#"{"probe":true}"#);
-        nats.flush();
-        if let Ok(tungstenite::Message::Text(text)) = client.read() {
-            if text.contains("probe") {
-                break;
-            }
-        }
-    }
-    while let Ok(tungstenite::Message::Text(_)) = client.read() {}
-    client.get_mut().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    crate::common::nats::wait_live(client, 4222, &format!("{nats_prefix}.{probe}"));
 }
 
 /// Two nodes on one NATS and one Redis: joins and leaves (by `unsub` and by disconnect)

@@ -276,3 +276,22 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
 }
+
+/// Publishes a probe on `subject` over NATS until `client` (subscribed to it) receives it:
+/// the gateway's NATS subscription is live. Late probe copies are drained.
+pub fn wait_live(client: &mut super::Client, nats_port: u16, subject: &str) {
+    let mut nats = NatsClient::connect(nats_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    client.get_mut().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    loop {
+        assert!(Instant::now() < deadline, "subscription to {subject} never became live");
+        nats.publish(subject, br#"{"probe":true}"#);
+        nats.flush();
+        match client.read() {
+            Ok(tungstenite::Message::Text(text)) if text.contains("probe") => break,
+            _ => {}
+        }
+    }
+    while let Ok(tungstenite::Message::Text(_)) = client.read() {}
+    client.get_mut().set_read_timeout(Some(super::READ_TIMEOUT)).unwrap();
+}
