@@ -8,6 +8,43 @@ fn duration(text: &str) -> Result<Duration, String> {
     crate::host::parse_duration(text)
 }
 
+/// `--max-p99`: a fixed bound, or one scaled to the subscriber count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxP99 {
+    Auto,
+    Fixed(Duration),
+}
+
+/// The `auto` bound's floor and its share per subscriber.
+pub const MAX_P99_AUTO_FLOOR: Duration = Duration::from_millis(50);
+pub const MAX_P99_AUTO_PER_SUBSCRIBER: Duration = Duration::from_micros(25);
+
+impl MaxP99 {
+    /// The bound for a run with `subscribers` subscribers.
+    pub fn bound(self, subscribers: usize) -> Duration {
+        match self {
+            MaxP99::Fixed(d) => d,
+            MaxP99::Auto => MAX_P99_AUTO_FLOOR.max(MAX_P99_AUTO_PER_SUBSCRIBER * subscribers.min(u32::MAX as usize) as u32),
+        }
+    }
+}
+
+impl std::fmt::Display for MaxP99 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxP99::Auto => f.write_str("auto"),
+            MaxP99::Fixed(d) => write!(f, "{d:?}"),
+        }
+    }
+}
+
+fn max_p99(text: &str) -> Result<MaxP99, String> {
+    if text == "auto" {
+        return Ok(MaxP99::Auto);
+    }
+    duration(text).map(MaxP99::Fixed).map_err(|e| format!("{e} (or `auto`: 50ms, and 25us per subscriber past 2,000)"))
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ringcast-loadtest",
@@ -142,9 +179,13 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 50.0)]
     pub max_start: f64,
     /// --max: a step also fails when its p99 latency exceeds this (a queue building up
-    /// delivers everything, late).
-    #[arg(long, value_parser = duration, default_value = "50ms")]
-    pub max_p99: Duration,
+    /// delivers everything, late). `auto` (default) scales the bound with the subscribers:
+    /// 50ms up to 2,000, then 25us per subscriber (250ms at 10,000, 2.5s at 100,000). One
+    /// message to N subscribers is N socket writes (~9-12us each on loopback here), and a
+    /// message that arrives during one pass waits for it and then for its own, so a fixed
+    /// 50ms bound is one no server can meet past ~4,000 subscribers on one core.
+    #[arg(long, value_parser = max_p99, default_value = "auto")]
+    pub max_p99: MaxP99,
     /// How long to publish (with --max: the length of each step, default 5s then).
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
@@ -359,4 +400,22 @@ pub struct LimitServerArgs {
     /// The server exits by itself after this long.
     #[arg(long, value_parser = duration, default_value = "1h")]
     pub lifetime: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_p99_auto_scales_with_subscribers_and_a_fixed_bound_does_not() {
+        let auto = max_p99("auto").unwrap();
+        assert_eq!(auto.bound(100), Duration::from_millis(50));
+        assert_eq!(auto.bound(2_000), Duration::from_millis(50));
+        assert_eq!(auto.bound(10_000), Duration::from_millis(250));
+        assert_eq!(auto.bound(100_000), Duration::from_millis(2_500));
+        let fixed = max_p99("80ms").unwrap();
+        assert_eq!(fixed.bound(100_000), Duration::from_millis(80));
+        assert_eq!(fixed.to_string(), "80ms");
+        assert!(max_p99("soon").unwrap_err().contains("auto"));
+    }
 }

@@ -14,6 +14,7 @@ fn fanout_parameters(client: &ClientArgs, publish: &PublishArgs, via: &str) -> s
             "rate": publish.rate, "max": publish.max, "duration_s": publish.duration.map(|d| d.as_secs_f64()),
             "payload": publish.source.payload, "channel": publish.channel, "publish": via,
             "publishers": publish.source.publishers,
+            "max_p99": publish.max_p99.to_string(),
         }),
     )
 }
@@ -81,7 +82,11 @@ fn run_fanout(
                 report.figure("max_sustained_rate", "highest rate without loss, p99 within --max-p99 (msgs/s)", json!(p.rate));
                 phase_figures(&mut report, &p);
             }
-            None => report.notes.push(format!("even {} msgs/s failed (loss or p99 over --max-p99); lower --max-start", publish.max_start)),
+            None => report.notes.push(format!(
+                "even {} msgs/s failed (loss or p99 over {:?}); lower --max-start or raise --max-p99",
+                publish.max_start,
+                publish.max_p99.bound(client.conns())
+            )),
         }
         cost_figures(&mut report, &before, &after, delivered_total, "(all steps) ");
     }
@@ -102,6 +107,8 @@ fn closed_loop(run: &mut Run, publisher: &mut Box<dyn Publisher>, publish: &Publ
     let mut rate = publish.max_start.max(1.0);
     let mut delivered_total = 0;
     let initial_subscribers = run.fleet.totals().ready;
+    let p99_bound = publish.max_p99.bound(initial_subscribers as usize);
+    report.figure("max_p99_bound_ms", "p99 bound of each step (ms)", json!(p99_bound.as_secs_f64() * 1e3));
     for _ in 0..limits::MAX_STEPS {
         let owned = std::mem::replace(publisher, Box::new(NullPublisher));
         let (returned, phase) = publish_phase(run, owned, rate, step, |r, t| r.published * t.ready)?;
@@ -109,7 +116,7 @@ fn closed_loop(run: &mut Run, publisher: &mut Box<dyn Publisher>, publish: &Publ
         delivered_total += phase.delivered;
         let loss = stats::loss(phase.result.published, phase.subscribers(), phase.delivered);
         let achieved = phase.result.achieved_rate() >= rate * limits::MAX_PUBLISH_ACHIEVED_MIN;
-        let timely = phase.latency.p99_ns <= publish.max_p99.as_nanos() as u64;
+        let timely = phase.latency.p99_ns <= p99_bound.as_nanos() as u64;
         let pass = loss.lost == 0 && achieved && timely && phase.result.errors.is_empty();
         report.steps.push(json!({
             "rate": rate, "published": phase.result.published, "achieved_rate": phase.result.achieved_rate(),
