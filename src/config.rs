@@ -944,6 +944,9 @@ mod tests {
         assert_eq!(gateway(&["--uring-entries", "100"]).unwrap_err().key, "uring_entries");
         assert_eq!(gateway(&["--sqpoll", "2s"]).unwrap_err().key, "sqpoll");
         assert_eq!(gateway(&["--sqpoll", "2ms"]).unwrap().sqpoll, Duration::from_millis(2));
+        assert_eq!(gateway(&["--coalesce-bytes", "2MiB"]).unwrap_err().key, "coalesce_bytes");
+        assert_eq!(gateway(&["--coalesce-bytes", "0"]).unwrap().coalesce_bytes, 0);
+        assert_eq!(gateway(&[]).unwrap().coalesce_bytes, 64 * 1024);
         assert_eq!(gateway(&["--listen", "nowhere"]).unwrap_err().key, "listen");
         assert_eq!(gateway(&["--allow-anonymous"]).unwrap_err().key, "allow_anonymous");
         assert_eq!(gateway(&["--shard-inbox", "8"]).unwrap_err().key, "shard_inbox");

@@ -3,67 +3,18 @@
 //! of a burst of accepts. Either way every notification that got a 202 reaches its user at
 //! least once (duplicates allowed and counted) or sits in the dead-letter queue.
 
-use crate::common::lane::{ack, dead, delete_queues, next_notify, notify, user, Sidecar, AMQP};
+use crate::common::lane::{ack, dead, next_notify, notify, user, Setup, AMQP};
 use crate::common::rabbit::RabbitServer;
-use crate::common::{http, Client, Gateway, API_KEY, SECRET};
+use crate::common::{http, Client, API_KEY};
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const NATS: &str = "nats://127.0.0.1:4222";
 /// Short timers so retries cycle quickly, and enough attempts that nothing dead-letters
 /// while the user is away.
 const TIMERS: [&str; 8] = ["--ack-timeout", "500ms", "--retry-base", "200ms", "--retry-max", "1s", "--max-attempts", "1000"];
-
-struct Setup {
-    amqp: String,
-    lane_prefix: String,
-    nats_prefix: String,
-}
-
-impl Setup {
-    fn new(amqp: &str, name: &str) -> Setup {
-        Setup {
-            amqp: amqp.to_owned(),
-            lane_prefix: crate::common::lane::prefix(name),
-            nats_prefix: format!("n{}", crate::common::unique() % 100_000_000),
-        }
-    }
-
-    fn shared(&self) -> Vec<String> {
-        let mut args: Vec<String> = ["--nats", NATS, "--nats-prefix", &self.nats_prefix, "--amqp", &self.amqp, "--lane-prefix", &self.lane_prefix]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(TIMERS.iter().map(|s| s.to_string()));
-        args
-    }
-
-    fn gateway(&self) -> Gateway {
-        let mut args = vec!["--jwt-secret".to_string(), SECRET.to_string()];
-        args.extend(self.shared());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Gateway::start(&args)
-    }
-
-    fn worker(&self) -> Sidecar {
-        let args = self.shared();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Sidecar::start(&args)
-    }
-}
-
-impl Drop for Setup {
-    /// Queues on the shared node go, even after a failed test; a private node's go with
-    /// its directory.
-    fn drop(&mut self) {
-        if self.amqp == AMQP {
-            delete_queues(AMQP, &self.lane_prefix, Duration::from_millis(200), Duration::from_secs(1));
-        }
-    }
-}
 
 /// Posts until one answers 202 (the gateway's RabbitMQ link is up); returns the nid.
 fn notify_when_up(port: u16, body: serde_json::Value, within: Duration) -> String {
@@ -106,7 +57,7 @@ fn report(what: &str, seen: &HashMap<String, usize>) {
 fn a_rabbitmq_restart_leaves_every_accepted_notification_delivered() {
     const N: usize = 200;
     let mut rabbit = RabbitServer::start();
-    let setup = Setup::new(&rabbit.amqp(), "restart");
+    let setup = Setup::new(&rabbit.amqp(), "restart", &TIMERS);
     let gw = setup.gateway();
     let worker = setup.worker();
     let mut accepted = BTreeSet::new();
@@ -177,7 +128,7 @@ fn try_notify(port: u16, nid: &str) -> Option<u16> {
 fn kill_9_of_a_rabbitmq_gateway_mid_burst_loses_no_accepted_notification() {
     const SENDERS: usize = 4;
     const KILL_AFTER: usize = 150;
-    let setup = Setup::new(AMQP, "killgw");
+    let setup = Setup::new(AMQP, "killgw", &TIMERS);
     let mut first = setup.gateway();
     notify_when_up(first.port, json!({"user": "warmup", "data": 0}), Duration::from_secs(10));
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));

@@ -3,60 +3,10 @@
 //! them, unique queue and subject prefixes per test.
 
 
-use crate::common::lane::{ack, delete_queues, next_notify, notify_ok, prefix, user, wait_dead, Sidecar, AMQP};
-use crate::common::{Gateway, SECRET};
+use crate::common::lane::{ack, next_notify, notify_ok, prefix, user, wait_dead, Setup, AMQP};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-const NATS: &str = "nats://127.0.0.1:4222";
-
-struct Setup {
-    lane_prefix: String,
-    nats_prefix: String,
-    timers: Vec<String>,
-}
-
-impl Setup {
-    fn new(name: &str, timers: &[&str]) -> Setup {
-        Setup {
-            lane_prefix: prefix(name),
-            nats_prefix: format!("n{}", crate::common::unique() % 100_000_000),
-            timers: timers.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    fn shared(&self) -> Vec<String> {
-        let mut args: Vec<String> = ["--nats", NATS, "--nats-prefix", &self.nats_prefix, "--amqp", AMQP, "--lane-prefix", &self.lane_prefix]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(self.timers.iter().cloned());
-        args
-    }
-
-    fn gateway(&self) -> Gateway {
-        let mut args = vec!["--jwt-secret".to_string(), SECRET.to_string()];
-        args.extend(self.shared());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Gateway::start(&args)
-    }
-
-    fn worker(&self) -> Sidecar {
-        let args = self.shared();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Sidecar::start(&args)
-    }
-
-    fn timer(&self, flag: &str, default: Duration) -> Duration {
-        self.timers.iter().position(|t| t == flag).map_or(default, |i| ringcast::config::parse_duration(&self.timers[i + 1]).unwrap())
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        delete_queues(AMQP, &self.lane_prefix, self.timer("--retry-base", Duration::from_secs(1)), self.timer("--retry-max", Duration::from_secs(300)));
-    }
-}
 
 /// Waits until the gateway's RabbitMQ link is up (a notify answers 202).
 fn first_notify(port: u16, body: serde_json::Value) -> String {
@@ -74,7 +24,7 @@ fn first_notify(port: u16, body: serde_json::Value) -> String {
 
 #[test]
 fn sidecar_delivers_to_an_online_user_and_a_returning_one() {
-    let setup = Setup::new("online", &["--ack-timeout", "1s", "--retry-base", "20s", "--retry-max", "1m"]);
+    let setup = Setup::new(AMQP, "online", &["--ack-timeout", "1s", "--retry-base", "20s", "--retry-max", "1m"]);
     let gw = setup.gateway();
     let worker = setup.worker();
     let mut alice = user(gw.port, "alice");
@@ -111,7 +61,7 @@ fn sidecar_delivers_to_an_online_user_and_a_returning_one() {
 
 #[test]
 fn kill_9_of_the_worker_mid_delivery_loses_nothing() {
-    let setup = Setup::new("killw", &["--ack-timeout", "3s", "--retry-base", "200ms", "--retry-max", "1s"]);
+    let setup = Setup::new(AMQP, "killw", &["--ack-timeout", "3s", "--retry-base", "200ms", "--retry-max", "1s"]);
     let gw = setup.gateway();
     let mut first = setup.worker();
     let mut carol = user(gw.port, "carol");
@@ -130,7 +80,7 @@ fn kill_9_of_the_worker_mid_delivery_loses_nothing() {
 
 #[test]
 fn dead_letters_are_listed_replayed_and_purged() {
-    let setup = Setup::new("dlq", &["--ack-timeout", "200ms", "--retry-base", "100ms", "--retry-max", "300ms", "--max-attempts", "3"]);
+    let setup = Setup::new(AMQP, "dlq", &["--ack-timeout", "200ms", "--retry-base", "100ms", "--retry-max", "300ms", "--max-attempts", "3"]);
     let gw = setup.gateway();
     let worker = setup.worker();
     let nid = first_notify(gw.port, json!({"user": "nobody", "data": 1, "nid": "dlq-1"}));
@@ -165,6 +115,7 @@ fn a_restarted_worker_still_brings_a_returning_users_notifications_within_a_seco
     // 30 s backoff tick.
     let redis_prefix = format!("{}.presence", prefix("inbox"));
     let setup = Setup::new(
+        AMQP,
         "inbox",
         &["--ack-timeout", "300ms", "--retry-base", "30s", "--retry-max", "1m", "--redis", crate::common::presence::SHARED_REDIS, "--redis-prefix", &redis_prefix],
     );

@@ -182,3 +182,59 @@ pub fn delete_queues(amqp: &str, prefix: &str, retry_base: Duration, retry_max: 
         let _ = ringcast::lane::rabbitmq::delete_queues(amqp, prefix, &backoff).await;
     });
 }
+
+/// A gateway and its workers sharing one lane prefix (RabbitMQ) and one NATS prefix, with
+/// the same timer flags. Its queues go when it drops (on the shared broker; a private
+/// node's go with its directory), even after a failed test.
+pub struct Setup {
+    pub amqp: String,
+    pub lane_prefix: String,
+    pub nats_prefix: String,
+    timers: Vec<String>,
+}
+
+impl Setup {
+    pub fn new(amqp: &str, name: &str, timers: &[&str]) -> Setup {
+        Setup {
+            amqp: amqp.to_owned(),
+            lane_prefix: prefix(name),
+            nats_prefix: format!("n{}", super::unique() % 100_000_000),
+            timers: timers.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn shared(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["--nats", "nats://127.0.0.1:4222", "--nats-prefix", &self.nats_prefix, "--amqp", &self.amqp, "--lane-prefix", &self.lane_prefix]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(self.timers.iter().cloned());
+        args
+    }
+
+    pub fn gateway(&self) -> super::Gateway {
+        let mut args = vec!["--jwt-secret".to_string(), super::SECRET.to_string()];
+        args.extend(self.shared());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        super::Gateway::start(&args)
+    }
+
+    pub fn worker(&self) -> Sidecar {
+        let args = self.shared();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Sidecar::start(&args)
+    }
+
+    /// The value of a timer flag, or `default` when the setup does not set it.
+    pub fn timer(&self, flag: &str, default: Duration) -> Duration {
+        self.timers.iter().position(|t| t == flag).map_or(default, |i| ringcast::config::parse_duration(&self.timers[i + 1]).unwrap())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if self.amqp == AMQP {
+            delete_queues(AMQP, &self.lane_prefix, self.timer("--retry-base", Duration::from_secs(1)), self.timer("--retry-max", Duration::from_secs(300)));
+        }
+    }
+}
