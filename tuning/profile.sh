@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 RATE=${RATE:-300} CONNS=${CONNS:-10000} DURATION=${DURATION:-14s} PERF_SECONDS=${PERF_SECONDS:-4}
 GATEWAY_FLAGS=${GATEWAY_FLAGS:-} TARGETS=${TARGETS:-"ringcast limit"} PORT=${PORT:-18790} PUBLISH=${PUBLISH:-nats}
 DIR=${DIR:-target/profile-$(date +%Y%m%d-%H%M%S)}
+secs=${DURATION%s}
+[[ $secs =~ ^[0-9]+$ ]] && [ "$secs" -ge 4 ] || { echo "profile: DURATION is whole seconds, at least 4s (got $DURATION)" >&2; exit 2; }
 command -v perf >/dev/null || { echo "profile: perf is missing (apt-get install linux-perf)" >&2; exit 2; }
 cargo build --release --workspace --all-targets --locked -q
 ulimit -n "$(ulimit -Hn)"
@@ -30,7 +32,7 @@ trap cleanup EXIT
 bash scripts/peers.sh start >/dev/null
 # The harness connects for a few seconds first: profile the middle of the publishing.
 perf_middle() {
-  sleep $(( ${DURATION%s} / 2 ))
+  sleep $(( secs / 2 ))
   perf record -q -C "${PERF_CPU:-0}" -g -o "$DIR/$1.perf" -- sleep "$PERF_SECONDS" >/dev/null 2>&1
 }
 for target in $TARGETS; do
