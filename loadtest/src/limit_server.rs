@@ -435,10 +435,7 @@ mod tests {
     #[test]
     fn limit_server_fans_out_to_every_harness_client() {
         let server = TestServer::start();
-        let to_server = |line: &str| server.send(line);
-        let server_out_rx = &server.out;
         let addr = server.addr;
-
         let cfg = WorkerConfig {
             worker_index: 0,
             endpoints: vec![client::Endpoint { addr, host: "127.0.0.1".into(), path: "/ws".into() }],
@@ -481,8 +478,8 @@ mod tests {
         let ready = wait_report(&report_rx, Duration::from_secs(20), |r| r.ready as usize == CONNS);
         assert!(ready.failures.is_empty(), "{:?}", ready.failures);
 
-        to_server("publish 100 500");
-        let answer = server_out_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        server.send("publish 100 500");
+        let answer = server.out.recv_timeout(Duration::from_secs(10)).unwrap();
         let mut words = answer.split_whitespace();
         assert_eq!(words.next(), Some("published"));
         let published: u64 = words.next().unwrap().parse().unwrap();
@@ -511,10 +508,7 @@ mod tests {
     fn limit_server_stamps_each_message_with_its_due_time() {
         use std::io::{Read, Write};
         let server = TestServer::start();
-        let to_server = |line: &str| server.send(line);
-        let out_rx = &server.out;
         let addr = server.addr;
-
         let mut client = std::net::TcpStream::connect(addr).unwrap();
         client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         client.write_all(crate::frame::handshake_request("127.0.0.1", "/ws", "dGhlIHNhbXBsZSBub25jZQ==", None).as_bytes()).unwrap();
@@ -533,7 +527,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         while published.map_or(true, |p| stamps.len() < p) {
             assert!(Instant::now() < deadline, "not every message arrived: {} stamps, published {published:?}", stamps.len());
-            if let Ok(line) = out_rx.try_recv() {
+            if let Ok(line) = server.out.try_recv() {
                 let count = line.strip_prefix("published ").and_then(|rest| rest.split_whitespace().next()).unwrap();
                 published = Some(count.parse().unwrap());
             }
@@ -561,7 +555,7 @@ mod tests {
                     stamps.push(ts);
                 } else if !subscribed && crate::frame::contains(payload, br#""ok""#) {
                     subscribed = true;
-                    to_server(&format!("publish {rate} {ms}"));
+                    server.send(&format!("publish {rate} {ms}"));
                 }
                 pos += h.frame_len() as usize;
             }

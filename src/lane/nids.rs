@@ -239,18 +239,24 @@ async fn run_calls<T: 'static, R: 'static, Fut: std::future::Future<Output = ()>
     }
 }
 
+/// `EVAL script` over a batch of (nid, argument): every nid's key, then every argument.
+fn eval_many<'a, A: ::redis::ToRedisArgs>(inner: &Inner, script: &str, batch: impl Iterator<Item = (&'a str, A)> + Clone) -> ::redis::Cmd {
+    let mut call = ::redis::cmd("EVAL");
+    call.arg(script).arg(batch.clone().count());
+    for (nid, _) in batch.clone() {
+        call.arg(inner.key(nid));
+    }
+    for (_, argument) in batch {
+        call.arg(argument);
+    }
+    call
+}
+
 /// One claim-many call for a batch of (nid, token).
 async fn claim_call(inner: Rc<Inner>, batch: Vec<Pending<(String, String), Claim>>) {
     let result = async {
         let mut con = inner.connection().await?;
-        let mut call = ::redis::cmd("EVAL");
-        call.arg(CLAIM_MANY_SCRIPT).arg(batch.len());
-        for p in &batch {
-            call.arg(inner.key(&p.item.0));
-        }
-        for p in &batch {
-            call.arg(&p.item.1);
-        }
+        let mut call = eval_many(&inner, CLAIM_MANY_SCRIPT, batch.iter().map(|p| (p.item.0.as_str(), &p.item.1)));
         call.arg(CLAIM_MS).query_async::<Vec<String>>(&mut con).await
     }
     .await;
@@ -283,15 +289,7 @@ async fn claim_call(inner: Rc<Inner>, batch: Vec<Pending<(String, String), Claim
 async fn done_call(inner: Rc<Inner>, batch: Vec<Pending<(String, u64), ()>>) {
     let result = async {
         let mut con = inner.connection().await?;
-        let mut call = ::redis::cmd("EVAL");
-        call.arg(DONE_MANY_SCRIPT).arg(batch.len());
-        for p in &batch {
-            call.arg(inner.key(&p.item.0));
-        }
-        for p in &batch {
-            call.arg(p.item.1);
-        }
-        call.query_async::<i64>(&mut con).await
+        eval_many(&inner, DONE_MANY_SCRIPT, batch.iter().map(|p| (p.item.0.as_str(), p.item.1))).query_async::<i64>(&mut con).await
     }
     .await;
     let answer = match result {
