@@ -251,6 +251,10 @@ struct BrokerArgs {
     /// JetStream stream holding history (NATS mode). [default: RINGCAST_<PREFIX>]
     #[arg(long, env = "RINGCAST_HISTORY_STREAM", value_name = "NAME")]
     history_stream: Option<String>,
+    /// Replicas of the history stream on a NATS cluster (1..=5; 3 keeps `since` resume
+    /// working when one of three servers is lost). [default: 1]
+    #[arg(long, env = "RINGCAST_HISTORY_REPLICAS", value_name = "N")]
+    history_replicas: Option<String>,
     /// Embedded broker: most channels with history kept in memory; the least recently
     /// published channel's history is dropped past it. [default: 100000]
     #[arg(long, env = "RINGCAST_HISTORY_CHANNELS", value_name = "N")]
@@ -276,6 +280,7 @@ impl BrokerArgs {
             ("history_age", self.history_age.clone()),
             ("history_replay_max", self.history_replay_max.clone()),
             ("history_stream", self.history_stream.clone()),
+            ("history_replicas", self.history_replicas.clone()),
             ("history_channels", self.history_channels.clone()),
         ]
     }
@@ -418,6 +423,8 @@ pub struct HistoryConfig {
     pub replay_messages_max: usize,
     /// JetStream stream name (NATS mode).
     pub stream: String,
+    /// Replicas of the JetStream stream (NATS mode, 1..=HISTORY_REPLICAS_MAX).
+    pub replicas: usize,
     /// Embedded mode: channels with a history ring.
     pub channels_max: usize,
 }
@@ -787,7 +794,11 @@ fn build_broker(values: &BTreeMap<&str, String>) -> Result<BrokerConfig, ConfigE
         replay_messages_max: count("history_replay_max", limits::HISTORY_REPLAY_MESSAGES_MAX)?,
         stream: get("history_stream").map(str::to_owned).unwrap_or_else(|| format!("RINGCAST_{}", prefix.replace(['.', '-'], "_").to_ascii_uppercase())),
         channels_max: count("history_channels", limits::HISTORY_CHANNELS_MAX)?,
+        replicas: count("history_replicas", 1)?,
     };
+    if !(1..=limits::HISTORY_REPLICAS_MAX).contains(&history.replicas) {
+        return Err(error("history_replicas", format!("must be 1 to {} (JetStream's limit)", limits::HISTORY_REPLICAS_MAX)));
+    }
     if history.messages_per_channel == 0 {
         return Err(error("history_messages", "must be at least 1"));
     }
@@ -991,6 +1002,10 @@ mod tests {
         assert_eq!(gateway(&["--history", "a..b"]).unwrap_err().key, "history");
         assert_eq!(gateway(&["--history-messages", "0"]).unwrap_err().key, "history_messages");
         assert_eq!(gateway(&["--history-age", "0s"]).unwrap_err().key, "history_age");
+        assert_eq!(gateway(&["--history-replicas", "0"]).unwrap_err().key, "history_replicas");
+        assert_eq!(gateway(&["--history-replicas", "6"]).unwrap_err().key, "history_replicas");
+        assert_eq!(gateway(&["--history-replicas", "3"]).unwrap().broker.history.replicas, 3);
+        assert_eq!(gateway(&[]).unwrap().broker.history.replicas, 1);
         let file = parse_file("history = [\"chat.>\", \"orders.*\"]\n").unwrap();
         assert_eq!(file["history"], "chat.>,orders.*");
     }

@@ -85,10 +85,22 @@ pub const HISTORY_AGE_MS: u64 = 3_600_000;
 pub const HISTORY_REPLAY_MESSAGES_MAX: usize = 10_000;
 /// Embedded mode: channels with a history ring (each up to HISTORY_MESSAGES_PER_CHANNEL).
 pub const HISTORY_CHANNELS_MAX: usize = 100_000;
+/// Replicas a JetStream stream may have (the server's own limit).
+pub const HISTORY_REPLICAS_MAX: usize = 5;
 /// Replays running at once on the bridge; more answer 503 (retry) rather than queue.
 pub const REPLAYS_CONCURRENT_MAX: usize = 256;
 /// Replayed frames per bridge → shard message, so one replay cannot fill a shard inbox.
 pub const REPLAY_CHUNK_FRAMES: usize = 256;
+/// NATS mode: how long a `sub` waits for its subscription to be confirmed on the server
+/// before it is answered 503 and undone. A healthy round trip takes well under a
+/// millisecond; this rides out a short reconnect.
+pub const SUB_CONFIRM_TIMEOUT_MS: u64 = 5_000;
+/// NATS mode: `sub`s waiting for that confirmation on one node. Each costs a small task
+/// on the bridge; past it a `sub` answers 503 at once (counted): a node this far behind
+/// is not confirming anything anyway.
+pub const SUB_CONFIRMS_WAITING_MAX: usize = 65_536;
+/// How long one confirming round trip to NATS may take before it is tried again.
+pub const SUB_CONFIRM_ROUND_TRIP_TIMEOUT_MS: u64 = 2_000;
 
 /// WebSocket frame header, largest form (2 + 8 length bytes; server frames are unmasked).
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;

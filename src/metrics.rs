@@ -28,8 +28,6 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// Socket error (reset, broken pipe).
     IoError,
-    /// The close handshake did not finish within its timeout.
-    CloseTimeout,
     /// The token's `exp` passed during the session (1008).
     TokenExpired,
     /// Closed with 1012 by a drain (SIGTERM or `POST /admin/drain`).
@@ -37,7 +35,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::ProtocolError,
@@ -46,7 +44,6 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::HeartbeatTimeout,
         CloseReason::IoError,
-        CloseReason::CloseTimeout,
         CloseReason::TokenExpired,
         CloseReason::Drain,
     ];
@@ -61,7 +58,6 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::IoError => "io_error",
-            CloseReason::CloseTimeout => "close_timeout",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::Drain => "drain",
         }
@@ -173,6 +169,9 @@ pub struct ShardMetrics {
     pub publish_refused: Counter,
     /// Live messages dropped at a resume's seam because the replay already carried them.
     pub resume_duplicates: Counter,
+    /// Server-started closes whose handshake did not finish within `CLOSE_TIMEOUT_MS` (the
+    /// socket was shut; the close is counted under its cause in `closes`).
+    pub close_handshake_timeouts: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
     /// Broker receipt → socket write, per delivered copy.
@@ -222,6 +221,13 @@ pub struct BridgeMetrics {
     /// (written by the sysfeed thread, its only writer).
     pub sys_snapshots: Counter,
     pub sys_snapshots_dropped: Counter,
+    /// NATS: round trips that confirmed a batch of subscribes, and failed tries of one.
+    pub sub_confirm_round_trips: Counter,
+    pub sub_confirm_retries: Counter,
+    /// `sub`s waiting for their subscription to be confirmed live (bound:
+    /// `limits::SUB_CONFIRMS_WAITING_MAX`), and those answered 503: timed out or refused.
+    pub sub_confirms_waiting: Counter,
+    pub sub_confirm_failures: Counter,
 }
 
 /// What a scrape needs to see of one shard besides its counters.
@@ -276,7 +282,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 17] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 18] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -294,12 +300,13 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_replayed_frames_total", "History frames sent to resuming connections (sub with since).", |m| m.replayed.get()),
         ("ringcast_publish_refused_total", "Publishes (pub op or /api/publish) answered 503 because the broker link was down.", |m| m.publish_refused.get()),
         ("ringcast_resume_duplicates_dropped_total", "Live messages dropped at a resume's seam because the replay already carried them.", |m| m.resume_duplicates.get()),
+        ("ringcast_close_handshake_timeouts_total", "Server-started closes whose handshake did not finish in 5 s, so the socket was shut (each is also counted under its cause in ringcast_closes_total).", |m| m.close_handshake_timeouts.get()),
     ];
     for (name, help, get) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         per_shard(&mut out, view, name, kind, help, |s| get(s.metrics));
     }
-    family(&mut out, "ringcast_closes_total", "counter", "Closed connections by reason.");
+    family(&mut out, "ringcast_closes_total", "counter", "Closed connections by the cause of the close (a server-started close keeps its cause whatever happens to its handshake).");
     for (shard, s) in view.shards.iter().enumerate() {
         for reason in CloseReason::ALL {
             let _ = writeln!(out, "ringcast_closes_total{{shard=\"{shard}\",reason=\"{}\"}} {}", reason.label(), s.metrics.closes[reason as usize].get());
@@ -328,7 +335,7 @@ pub fn render(view: &NodeView) -> String {
     family(&mut out, "ringcast_broker_connected", "gauge", "1 when the broker link is up (always 1 for the embedded broker).");
     let _ = writeln!(out, "ringcast_broker_connected{{broker=\"{}\"}} {}", view.broker, view.broker_connected as u8);
     let b = view.bridge;
-    let bridge: [(&str, &str, &str, u64); 23] = [
+    let bridge: [(&str, &str, &str, u64); 27] = [
         ("ringcast_bridge_queue_depth", "gauge", "Messages waiting in the shard → bridge queue.", view.bridge_inbox_depth as u64),
         ("ringcast_bridge_queue_capacity", "gauge", "Bound of the shard → bridge queue (bridge_inbox).", view.bridge_inbox_capacity as u64),
         ("ringcast_bridge_queue_drops_total", "counter", "Messages refused because the bridge queue was full.", view.bridge_inbox_dropped),
@@ -352,6 +359,10 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_history_channels", "gauge", "Embedded broker: channels with a history ring (history_channels bound).", b.history_channels.get()),
         ("ringcast_sys_snapshots_total", "counter", "$sys.metrics snapshots published (one a second with sys_subscribe).", view.bridge.sys_snapshots.get()),
         ("ringcast_sys_snapshots_dropped_total", "counter", "$sys.metrics snapshots refused by the full bridge queue.", view.bridge.sys_snapshots_dropped.get()),
+        ("ringcast_sub_confirm_round_trips_total", "counter", "NATS round trips that confirmed a batch of new subscriptions live on the server (sub is answered ok after one).", b.sub_confirm_round_trips.get()),
+        ("ringcast_sub_confirm_retries_total", "counter", "Confirming round trips that failed or timed out and were tried again (NATS unreachable).", b.sub_confirm_retries.get()),
+        ("ringcast_sub_confirms_waiting", "gauge", "sub requests waiting for NATS to confirm their subscription (bound 65536).", b.sub_confirms_waiting.get()),
+        ("ringcast_sub_confirm_failures_total", "counter", "sub requests answered 503 because NATS did not confirm the subscription in time, or too many were waiting.", b.sub_confirm_failures.get()),
     ];
     for (name, kind, help, value) in bridge {
         family(&mut out, name, kind, help);

@@ -80,6 +80,9 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// Connection storm: N connections as fast as possible; handshakes/s and failures.
     Burst(BurstArgs),
+    /// ringcast: `sub` → `ok` latency. Each `sub` is a new channel (on NATS a new
+    /// subscription the server must confirm); sent open loop at --rate over --conns.
+    Subscribe(SubscribeArgs),
     /// Medians and spread of figures over runs: reads `--json` results (one per line) and
     /// prints one Markdown table (rows: --label, columns: figures).
     Summarize(SummarizeArgs),
@@ -371,6 +374,26 @@ pub struct BurstArgs {
     /// own), so each connection is also an identified, online user.
     #[arg(long, value_name = "SECRET")]
     pub jwt_secret: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SubscribeArgs {
+    /// --conns defaults to 100 here; the subs are spread round-robin over them.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// `sub`s per second over all connections (each a new channel).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// How long to send.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub duration: Duration,
+    /// How long to wait for the last answers after sending stops.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub settle: Duration,
+    /// The gateway's per-connection subscription bound (`--max-subscriptions`): the run
+    /// refuses to start if it would send more subs than that on one connection.
+    #[arg(long, default_value_t = 1024)]
+    pub max_per_conn: usize,
 }
 
 #[derive(Args, Debug, Clone)]

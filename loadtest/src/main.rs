@@ -14,7 +14,7 @@
 //! - `limit_server` the machine's ceiling: a minimal one-thread fan-out server
 //! - `jwt`          HS256 tokens for per-user connections (`notify`)
 //! - `notify_api`   paced `POST /api/notify` senders (`notify`)
-//! - `scenario`     fanout, telemetry, reconnect, notify, limit, idle, burst: phases and figures
+//! - `scenario`     fanout, telemetry, reconnect, notify, limit, idle, burst, subscribe: phases and figures
 //! - `report`       table, JSON and SVG output
 
 mod adapter;
@@ -98,6 +98,10 @@ fn run(cli: cli::Cli) -> Result<()> {
         Scenario::Burst(a) => {
             prepare(&a.client)?;
             output(scenario::burst(&a)?, &a.client)
+        }
+        Scenario::Subscribe(a) => {
+            prepare(&a.client)?;
+            output(scenario::subscribe(&a)?, &a.client)
         }
         Scenario::Telemetry(a) => {
             prepare(&a.client)?;

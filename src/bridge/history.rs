@@ -161,6 +161,7 @@ mod tests {
             age: Duration::from_secs(60),
             replay_messages_max: 5,
             stream: "S".into(),
+            replicas: 1,
             channels_max,
         };
         HistoryRings::new(config, 1000)

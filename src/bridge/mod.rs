@@ -17,7 +17,7 @@ pub mod nats;
 pub use embedded::EmbeddedBroker;
 
 use crate::channel::{Insert, Remove, SubIndex};
-use crate::fanout::{ConnRef, Delivery, Full, Mailbox, ReplayError, ToBridge, ToShard};
+use crate::fanout::{ConnRef, Delivery, Full, Mailbox, ReplayError, SubConfirm, ToBridge, ToShard};
 use crate::metrics::BridgeMetrics;
 use crate::node::Node;
 use crate::presence::{PresenceEngine, Presence};
@@ -143,6 +143,7 @@ impl Bridge {
     fn handle(&mut self, message: ToBridge) -> bool {
         match message {
             ToBridge::Interest { shard, pattern, add } => self.interest_changed(shard, &pattern, add),
+            ToBridge::ConfirmLive { shard, confirm } => self.confirm_live(shard, confirm),
             ToBridge::Publish { channel, data } => self.publish(channel, data),
             ToBridge::PublishFrame { channel, frame } => self.publish_frame(channel, frame),
             ToBridge::Replay { shard, target, replay, channel, since } => self.replay(shard, target, replay, channel, since),
@@ -184,6 +185,35 @@ impl Bridge {
                 nats.publish_frame(&channel, frame);
             }
         }
+    }
+
+    /// Answers a `sub` once its interest is live on the broker's server. The embedded
+    /// broker's interest is live as soon as the bridge has seen it (it has: this message
+    /// came after it).
+    fn confirm_live(&mut self, shard: u16, confirm: Box<SubConfirm>) {
+        let mailbox = self.node.shard_inboxes[shard as usize].clone();
+        let Broker::Nats(nats) = &self.broker else {
+            tokio::task::spawn_local(hand_confirmed(mailbox, confirm, true));
+            return;
+        };
+        let waiting = self.metrics.sub_confirms_waiting.get() as usize;
+        if waiting >= crate::limits::SUB_CONFIRMS_WAITING_MAX {
+            self.metrics.sub_confirm_failures.inc();
+            tokio::task::spawn_local(hand_confirmed(mailbox, confirm, false));
+            return;
+        }
+        let barrier = nats.live_barrier();
+        let metrics = self.metrics.clone();
+        metrics.sub_confirms_waiting.inc();
+        tokio::task::spawn_local(async move {
+            let timeout = Duration::from_millis(crate::limits::SUB_CONFIRM_TIMEOUT_MS);
+            let live = tokio::time::timeout(timeout, barrier).await.unwrap_or(false);
+            metrics.sub_confirms_waiting.sub(1);
+            if !live {
+                metrics.sub_confirm_failures.inc();
+            }
+            hand_confirmed(mailbox, confirm, live).await;
+        });
     }
 
     fn replay(&mut self, shard: u16, target: ConnRef, replay: u32, channel: Box<str>, since: u64) {
@@ -262,6 +292,12 @@ async fn hand_replay(shard: Arc<Mailbox<ToShard>>, target: ConnRef, replay: u32,
         }
     }
     push_until(&shard, ToShard::ReplayDone { target, replay, outcome }, deadline).await;
+}
+
+/// Gives a `sub`'s confirmation to its shard (retried on a full inbox, like a replay).
+async fn hand_confirmed(shard: Arc<Mailbox<ToShard>>, confirm: Box<SubConfirm>, live: bool) {
+    let deadline = tokio::time::Instant::now() + REPLAY_HANDOFF_TIMEOUT;
+    push_until(&shard, ToShard::Confirmed { confirm, live }, deadline).await;
 }
 
 async fn push_until(shard: &Mailbox<ToShard>, mut message: ToShard, deadline: tokio::time::Instant) -> bool {

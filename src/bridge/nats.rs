@@ -59,6 +59,11 @@ const JETSTREAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a resume waits for history to become available (NATS reachable, stream and
 /// live consumer set up) before answering 503.
 const REPLAY_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between failed confirming round trips.
+const SUB_CONFIRM_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Core subscribes sent before one confirming round trip at most (a connect burst's new
+/// patterns share it).
+const SUBSCRIBE_BATCH_MAX: usize = 4_096;
 /// Messages fetched per pull request while replaying.
 const REPLAY_FETCH_BATCH: usize = 256;
 
@@ -102,8 +107,16 @@ struct Outgoing {
 
 type CoreStream = LocalBoxStream<'static, (u64, async_nats::Message)>;
 
+/// One core subscribe on its way to the server.
+struct PendingSubscribe {
+    /// Its number in the node's order of subscribes.
+    issue: u64,
+    subject: String,
+    order: u64,
+    cancelled: oneshot::Receiver<()>,
+}
+
 pub struct NatsBroker {
-    client: async_nats::Client,
     js: jetstream::Context,
     prefix: String,
     history: Rc<HistoryConfig>,
@@ -111,7 +124,15 @@ pub struct NatsBroker {
     core_index: SubIndex<u64>,
     next_order: u64,
     streams: SelectAll<CoreStream>,
-    new_streams_tx: mpsc::UnboundedSender<CoreStream>,
+    /// Core subscribes for the subscriber task, in order (one per new interest pattern,
+    /// so bounded by the node's patterns).
+    subscribe_tx: mpsc::UnboundedSender<PendingSubscribe>,
+    /// Core subscribes handed to the subscriber task so far (the number of the last).
+    issued: u64,
+    /// The number of the last core subscribe confirmed on the server.
+    confirmed: Rc<watch::Sender<u64>>,
+    /// Bumped whenever a history pattern's live consumer first exists.
+    consumers_started: Rc<watch::Sender<u64>>,
     new_streams_rx: mpsc::UnboundedReceiver<CoreStream>,
     consumers: Vec<HistoryConsumer>,
     history_tx: mpsc::Sender<HistoryIn>,
@@ -148,6 +169,10 @@ pub async fn start(
         tokio::task::spawn_local(ensure_stream(js.clone(), history.clone(), config.prefix.clone(), stream_ready.clone(), connections.clone()));
     }
     let (new_streams_tx, new_streams_rx) = mpsc::unbounded_channel();
+    let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
+    let confirmed = Rc::new(watch::channel(0u64).0);
+    let consumers_started = Rc::new(watch::channel(0u64).0);
+    tokio::task::spawn_local(run_subscriber(client.clone(), subscribe_rx, new_streams_tx, confirmed.clone(), metrics.clone()));
     let (history_tx, history_rx) = mpsc::channel(HISTORY_QUEUE_MESSAGES);
     let consumers = history
         .patterns
@@ -155,7 +180,6 @@ pub async fn start(
         .map(|_| HistoryConsumer { refs: 0, cancel: None, start: Rc::new(Cell::new(None)) })
         .collect();
     Ok(NatsBroker {
-        client,
         js,
         prefix: config.prefix.clone(),
         history,
@@ -163,7 +187,10 @@ pub async fn start(
         core_index: SubIndex::new(),
         next_order: 0,
         streams: SelectAll::new(),
-        new_streams_tx,
+        subscribe_tx,
+        issued: 0,
+        confirmed,
+        consumers_started,
         new_streams_rx,
         consumers,
         history_tx,
@@ -262,6 +289,56 @@ pub fn rand_u64() -> u64 {
     hasher.finish()
 }
 
+/// Sends the node's core subscribes in order and confirms them: after each batch (every
+/// subscribe that arrived meanwhile), one round trip through the server proves it has
+/// handled every SUB before it (a server handles one connection's commands in order), so
+/// concurrent subscribes share one round trip. Retried until it succeeds: while NATS is
+/// away the `sub`s waiting on it time out (503) and async-nats restores the SUBs on
+/// reconnect.
+async fn run_subscriber(
+    client: async_nats::Client,
+    mut queue: mpsc::UnboundedReceiver<PendingSubscribe>,
+    streams: mpsc::UnboundedSender<CoreStream>,
+    confirmed: Rc<watch::Sender<u64>>,
+    metrics: Arc<BridgeMetrics>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, SUBSCRIBE_BATCH_MAX).await > 0 {
+        let mut upto = 0;
+        for pending in batch.drain(..) {
+            upto = pending.issue;
+            match client.subscribe(pending.subject.clone()).await {
+                Ok(subscriber) => {
+                    let order = pending.order;
+                    let stream = subscriber.map(move |message| (order, message)).take_until(pending.cancelled);
+                    let _ = streams.send(stream.boxed_local());
+                }
+                Err(error) => tracing::error!(%error, subject = pending.subject, "NATS subscribe failed"),
+            }
+        }
+        // A failed try is paced by its own timeout while NATS is away; the short pause
+        // only keeps an instant failure (a refused publish, say) from spinning.
+        while !round_trip(&client).await {
+            metrics.sub_confirm_retries.inc();
+            tokio::time::sleep(SUB_CONFIRM_RETRY_PAUSE).await;
+        }
+        metrics.sub_confirm_round_trips.inc();
+        confirmed.send_modify(|c| *c = (*c).max(upto));
+    }
+}
+
+/// One round trip through the server: a request to a fresh inbox nobody listens on,
+/// answered by the server itself ("no responders") once it has handled everything this
+/// connection sent before it.
+async fn round_trip(client: &async_nats::Client) -> bool {
+    let timeout = Duration::from_millis(crate::limits::SUB_CONFIRM_ROUND_TRIP_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, client.request(client.new_inbox(), Bytes::new())).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => matches!(error.kind(), async_nats::client::RequestErrorKind::NoResponders),
+        Err(_elapsed) => false,
+    }
+}
+
 async fn run_publisher(client: async_nats::Client, mut queue: mpsc::Receiver<Outgoing>, metrics: Arc<BridgeMetrics>) {
     while let Some(out) = queue.recv().await {
         let sent = if out.raw_frame {
@@ -298,13 +375,36 @@ async fn ensure_stream(
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::Old,
         allow_direct: true,
+        num_replicas: history.replicas,
         ..Default::default()
     };
     let mut attempt = 0;
     loop {
+        if let Ok(mut existing) = js.get_stream(&config.name).await {
+            if let Ok(info) = existing.info().await {
+                let replicas = info.config.num_replicas.max(1);
+                if replicas != history.replicas {
+                    tracing::warn!(
+                        stream = %config.name,
+                        replicas,
+                        wanted = history.replicas,
+                        "the history stream exists with {replicas} replica(s) but --history-replicas asks for {}: changing it (every node must give the same value)",
+                        history.replicas
+                    );
+                }
+            }
+        }
         match js.create_or_update_stream(config.clone()).await {
             Ok(info) => {
-                tracing::info!(stream = %info.config.name, subjects = ?info.config.subjects, "history stream ready");
+                if info.config.num_replicas.max(1) != history.replicas {
+                    tracing::error!(
+                        stream = %info.config.name,
+                        replicas = info.config.num_replicas,
+                        wanted = history.replicas,
+                        "the history stream kept its replica count; change it with `nats stream edit` or delete the stream"
+                    );
+                }
+                tracing::info!(stream = %info.config.name, subjects = ?info.config.subjects, replicas = info.config.num_replicas, "history stream ready");
                 ready.set(true);
                 attempt = 0;
                 if connections.changed().await.is_err() {
@@ -312,7 +412,11 @@ async fn ensure_stream(
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, stream = %config.name, "cannot create the history stream yet; retrying");
+                if history.replicas > 1 {
+                    tracing::warn!(%error, stream = %config.name, replicas = history.replicas, "cannot create or update the history stream with {} replicas yet (a cluster with at least that many JetStream servers is needed); retrying", history.replicas);
+                } else {
+                    tracing::warn!(%error, stream = %config.name, "cannot create the history stream yet; retrying");
+                }
                 tokio::time::sleep(reconnect_delay(attempt, rand_u64()).max(Duration::from_millis(50))).await;
                 attempt += 1;
             }
@@ -369,18 +473,29 @@ impl NatsBroker {
         let (cancel, cancelled) = oneshot::channel();
         self.core.insert(pattern.into(), CoreSub { order, _cancel: cancel });
         self.metrics.nats_subscriptions.set(self.core.len() as u64);
-        let client = self.client.clone();
-        let subject = self.subject(pattern);
-        let streams = self.new_streams_tx.clone();
-        tokio::task::spawn_local(async move {
-            match client.subscribe(subject.clone()).await {
-                Ok(subscriber) => {
-                    let stream = subscriber.map(move |message| (order, message)).take_until(cancelled);
-                    let _ = streams.send(stream.boxed_local());
-                }
-                Err(error) => tracing::error!(%error, subject, "NATS subscribe failed"),
+        self.issued += 1;
+        let pending = PendingSubscribe { issue: self.issued, subject: self.subject(pattern), order, cancelled };
+        if self.subscribe_tx.send(pending).is_err() {
+            tracing::error!(pattern, "the NATS subscriber task is gone; cannot subscribe");
+        }
+    }
+
+    /// Resolves to true once every subscription this node asked for so far is live on
+    /// the NATS server (its SUB confirmed by a round trip; a history pattern's live
+    /// consumer created), false if one never will be (the broker stopped). `'static`,
+    /// so it may wait in a task of its own.
+    pub fn live_barrier(&self) -> impl std::future::Future<Output = bool> + 'static {
+        let target = self.issued;
+        let mut confirmed = self.confirmed.subscribe();
+        let starting: Vec<Rc<Cell<Option<u64>>>> =
+            self.consumers.iter().filter(|c| c.refs > 0 && c.start.get().is_none()).map(|c| c.start.clone()).collect();
+        let mut started = self.consumers_started.subscribe();
+        async move {
+            if confirmed.wait_for(|upto| *upto >= target).await.is_err() {
+                return false;
             }
-        });
+            starting.is_empty() || started.wait_for(|_| starting.iter().all(|s| s.get().is_some())).await.is_ok()
+        }
     }
 
     /// The node's last subscriber to `pattern` left.
@@ -413,6 +528,7 @@ impl NatsBroker {
                     ready: self.stream_ready.clone(),
                     queue: self.history_tx.clone(),
                     connections: self.connections.clone(),
+                    started: self.consumers_started.clone(),
                 };
                 tokio::task::spawn_local(task.run(cancelled));
                 self.metrics.history_consumers.inc();
@@ -500,8 +616,14 @@ impl NatsBroker {
         let running = self.replays_running.clone();
         running.set(running.get() + 1);
         metrics.replays_running.set(running.get() as u64);
+        // The connection's other new interest (its `$pres` channel, say) must be live too
+        // before the resume's `ok`.
+        let barrier = self.live_barrier();
         tokio::task::spawn_local(async move {
-            let (frames, outcome) = match job.run().await {
+            let timeout = Duration::from_millis(crate::limits::SUB_CONFIRM_TIMEOUT_MS);
+            let live = tokio::time::timeout(timeout, barrier).await.unwrap_or(false);
+            let result = if live { job.run().await } else { Err(ReplayError { code: 503, msg: "NATS did not confirm the subscription in time; retry shortly".into() }) };
+            let (frames, outcome) = match result {
                 Ok((frames, upto)) => {
                     metrics.replayed_messages.add(frames.len() as u64);
                     (frames, Ok(upto))
@@ -536,6 +658,8 @@ struct LiveConsumer {
     ready: Rc<Cell<bool>>,
     queue: mpsc::Sender<HistoryIn>,
     connections: watch::Receiver<u64>,
+    /// Told when `start` is first set (a `sub` may be waiting for it: see `live_barrier`).
+    started: Rc<watch::Sender<u64>>,
 }
 
 impl LiveConsumer {
@@ -589,6 +713,7 @@ impl LiveConsumer {
         *resume_from = Some(start);
         if self.start.get().is_none() {
             self.start.set(Some(start));
+            self.started.send_modify(|n| *n += 1);
         }
         let floor = self.start.get().unwrap_or(start);
         let mut messages = std::pin::pin!(messages);

@@ -46,6 +46,21 @@ pub struct ReplayError {
     pub msg: String,
 }
 
+/// A `sub` whose `ok` waits until the node's interest in its pattern is live on the
+/// broker's server (NATS: the SUB confirmed by a round trip), so whatever is published
+/// after the client reads `ok`, on any node, reaches it.
+#[derive(Debug)]
+pub struct SubConfirm {
+    pub target: ConnRef,
+    /// The `sub`'s id, echoed on its `ok`/`err`.
+    pub id: Option<u32>,
+    /// The subscribed pattern: undone when the broker cannot confirm it (`undo`).
+    pub pattern: Box<str>,
+    /// The `sub` added the pattern (false: the connection already held it, and an
+    /// unconfirmed repeat leaves it as it was).
+    pub undo: bool,
+}
+
 /// Bridge → shard.
 #[derive(Debug)]
 pub enum ToShard {
@@ -62,6 +77,9 @@ pub enum ToShard {
     ReplayDone { target: ConnRef, replay: u32, outcome: Result<u64, ReplayError> },
     /// A long-poll request for a session this shard owns, from the shard that received it.
     Poll(Box<poll::PollForward>),
+    /// The answer to [`ToBridge::ConfirmLive`]: `live` false when the broker did not confirm
+    /// within `limits::SUB_CONFIRM_TIMEOUT` (the `sub` is answered 503 and undone).
+    Confirmed { confirm: Box<SubConfirm>, live: bool },
 }
 
 /// Shard → bridge.
@@ -69,6 +87,10 @@ pub enum ToShard {
 pub enum ToBridge {
     /// The shard's first subscriber to `pattern` appeared (`add`) or its last left.
     Interest { shard: u16, pattern: Box<str>, add: bool },
+    /// Answer `confirm` once every interest this shard sent before it is live on the
+    /// broker's server (sent right after the `Interest` it depends on, so the bridge
+    /// has seen that first: a mailbox keeps one producer's order).
+    ConfirmLive { shard: u16, confirm: Box<SubConfirm> },
     /// Publish `data` (one JSON value, bytes kept verbatim) on a concrete channel.
     Publish { channel: Box<str>, data: Bytes },
     /// Publish a complete server frame (one JSON object such as a `join` or `notify`) on

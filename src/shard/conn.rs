@@ -258,11 +258,13 @@ impl Conn {
         newly
     }
 
-    /// Ends the connection now: the reading task wakes with EOF and cleans up.
+    /// Ends the connection now: the reading task wakes with EOF and cleans up. A close
+    /// the server started keeps its cause (a slow consumer whose 4008 is stuck behind a
+    /// full socket is a slow consumer, not an I/O error or a handshake timeout).
     pub fn finish(&self, why: CloseReason) {
         let mut st = self.state.borrow_mut();
         if st.finished.is_none() {
-            st.finished = Some(why);
+            st.finished = Some(st.closing.map_or(why, |(cause, _)| cause));
             match st.poll.as_mut() {
                 Some(poll) => poll.wake(true),
                 None => sys::shutdown(self.fd),

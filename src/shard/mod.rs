@@ -421,6 +421,7 @@ impl Shard {
                 ToShard::Replay { target, replay, frames } => self.replay_frames(target, replay, frames),
                 ToShard::ReplayDone { target, replay, outcome } => self.replay_done(target, replay, outcome),
                 ToShard::Poll(forward) => crate::transport::longpoll::serve_forwarded(self, *forward),
+                ToShard::Confirmed { confirm, live } => crate::transport::websocket::sub_confirmed(self, confirm, live),
             }
         }
         self.retry_presence();
@@ -501,10 +502,11 @@ impl Shard {
             let Some(conn) = conns[*slot as usize].as_ref() else { return false };
             let st = conn.state.borrow();
             match st.closing {
-                Some((_, deadline)) if st.finished.is_none() => {
+                Some((why, deadline)) if st.finished.is_none() => {
                     if now >= deadline {
                         drop(st);
-                        conn.finish(CloseReason::CloseTimeout);
+                        self.metrics.close_handshake_timeouts.inc();
+                        conn.finish(why);
                         return false;
                     }
                     true

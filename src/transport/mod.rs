@@ -10,7 +10,7 @@ mod http;
 pub mod longpoll;
 mod presence;
 pub mod tls;
-mod websocket;
+pub(crate) mod websocket;
 
 pub use http::serve;
 

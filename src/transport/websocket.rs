@@ -2,7 +2,7 @@
 //! place, protocol v1 ops are answered, and replies are queued and flushed once per read.
 
 use crate::channel;
-use crate::fanout::{ConnRef, ReplayError, ToBridge};
+use crate::fanout::{ConnRef, ReplayError, SubConfirm, ToBridge};
 use crate::metrics::CloseReason;
 use crate::permission::{self, Principal};
 use crate::protocol::ops::{self, ClientOp};
@@ -294,7 +294,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
             if presence && !super::presence::join(shard, conn, pattern) {
                 return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
             }
-            return reply(shard, conn, ops::ok(id));
+            return answer_when_live(shard, conn, id, pattern, false);
         }
         st.subscriptions.len()
     };
@@ -316,9 +316,50 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
         return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
     }
     match resume {
-        None => reply(shard, conn, ops::ok(id)),
+        None => answer_when_live(shard, conn, id, pattern, true),
         Some(since) => start_resume(shard, conn, id, pattern, since),
     }
+}
+
+/// `ok` means live (PROTOCOL.md): whatever is published after the client reads it, on any
+/// node, reaches the connection. With NATS the answer waits for the bridge to confirm
+/// that the node's subscriptions are on the server; the embedded broker's interest is in
+/// place as soon as the bridge has seen it, which it has before any later publish.
+/// `undo`: this `sub` added the pattern, so an unconfirmed one is taken back.
+fn answer_when_live(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, undo: bool) {
+    if shard.node.config.broker.nats.is_none() {
+        return reply(shard, conn, ops::ok(id));
+    }
+    let confirm = Box::new(SubConfirm { target: ConnRef { slot: conn.slot, conn: conn.id }, id, pattern: pattern.into(), undo });
+    if shard.node.bridge_inbox.push(ToBridge::ConfirmLive { shard: shard.id, confirm }).is_err() {
+        shard.metrics.bridge_full.inc();
+        if undo {
+            super::presence::leave(shard, conn, pattern);
+            unsubscribe_quietly(shard, conn, pattern);
+        }
+        reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
+    }
+}
+
+/// The bridge's answer to [`answer_when_live`]: the `sub`'s `ok`, or 503 and the
+/// subscription undone when NATS did not confirm it in time.
+pub fn sub_confirmed(shard: &Rc<Shard>, confirm: Box<SubConfirm>, live: bool) {
+    let Some(conn) = shard.conn_at(confirm.target) else { return };
+    if conn.state.borrow().finished.is_some() {
+        return;
+    }
+    if live {
+        return reply(shard, &conn, ops::ok(confirm.id));
+    }
+    if confirm.undo {
+        super::presence::leave(shard, &conn, &confirm.pattern);
+        unsubscribe_quietly(shard, &conn, &confirm.pattern);
+    }
+    let msg = format!(
+        "NATS did not confirm the subscription within {} ms (broker unreachable?), so it was not made; retry shortly",
+        crate::limits::SUB_CONFIRM_TIMEOUT_MS
+    );
+    reply_err(shard, &conn, confirm.id, 503, &msg);
 }
 
 /// Live messages of `channel` now reach the connection; they are held while the bridge

@@ -18,6 +18,7 @@ mod lane_webhook;
 mod longpoll;
 mod metrics;
 mod presence;
+mod seams;
 mod tls;
 mod websocket;
 mod worker_rabbitmq;

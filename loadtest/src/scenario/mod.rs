@@ -8,17 +8,20 @@
 //! - `reconnect`: disruption and recovery
 //! - `connect`: idle, burst
 //! - `notify`: in-app notifications through the Lane
+//! - `subscribe`: sub → ok latency
 
 mod connect;
 mod fanout;
 mod notify;
 mod reconnect;
+mod subscribe;
 mod telemetry;
 
 pub use connect::{burst, idle};
 pub use fanout::{fanout, limit};
 pub use notify::notify;
 pub use reconnect::reconnect;
+pub use subscribe::subscribe;
 pub use telemetry::telemetry;
 
 use crate::adapter::TargetKind;

@@ -110,6 +110,96 @@ impl Drop for NatsServer {
     }
 }
 
+/// A private three-server (or n-server) nats-server cluster with JetStream, on free
+/// ports; every process is stopped when it is dropped.
+pub struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    pub monitors: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let dir = std::env::temp_dir().join(format!("ringcast-nats-cluster-{}-{}", std::process::id(), super::unique()));
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let name = format!("rc{}", super::unique());
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let store = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&store).unwrap();
+            let child = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &ports[i].to_string(), "-m", &monitors[i].to_string(), "-js", "-sd"])
+                .arg(&store)
+                .args(["--server_name", &format!("{name}-n{i}"), "--cluster_name", &name])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i]), "--routes", &all_routes])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server must be installed (scripts/services.sh installs it)");
+            servers.push(Some(child));
+        }
+        for port in ports.iter().chain(&monitors) {
+            assert!(wait_for_port(*port, Duration::from_secs(10)), "cluster nats-server did not listen on {port}");
+        }
+        let cluster = NatsCluster { servers, ports, monitors, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.has_meta_leader() {
+            assert!(Instant::now() < deadline, "the JetStream cluster elected no leader within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// Every URL, comma-separated (the form `--nats` takes).
+    pub fn urls(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    fn has_meta_leader(&self) -> bool {
+        self.monitors.iter().enumerate().any(|(i, monitor)| {
+            self.servers[i].is_some() && {
+                let (status, _, body) = super::http(*monitor, "GET", "/jsz", &[], b"");
+                status == 200
+                    && serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["meta_cluster"]["leader"].as_str().map(|l| !l.is_empty()))
+                        .unwrap_or(false)
+            }
+        })
+    }
+
+    /// The server whose clients include one named `name` (`/connz`), if any.
+    pub fn server_with_client(&self, name: &str) -> Option<usize> {
+        (0..self.ports.len()).find(|&i| {
+            self.servers[i].is_some() && {
+                let (_, _, body) = super::http(self.monitors[i], "GET", "/connz?limit=1024", &[], b"");
+                body.contains(&format!("\"name\":\"{name}\""))
+            }
+        })
+    }
+
+    /// kill -9 of one server, as a crash.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A minimal NATS client: the text protocol over a blocking socket.
 pub struct NatsClient {
     stream: TcpStream,
