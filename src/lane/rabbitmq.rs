@@ -784,6 +784,15 @@ mod tests {
     }
 
     #[test]
+    fn a_park_comes_back_by_its_expiry() {
+        assert_eq!(park_bucket(0), 250, "under the smallest bucket: rounded up");
+        assert_eq!(park_bucket(1_999), 1_000);
+        assert_eq!(park_bucket(2_000), 2_000);
+        assert_eq!(park_bucket(86_400_000), 3_600_000, "a long ttl is looked at once per hour");
+        assert!(PARK_BUCKETS_MS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
     fn one_notification_is_a_plain_message_and_several_an_envelope() {
         let one = envelope_body(&mut [waiting("a")]);
         assert_eq!(one[0], b'{', "a lone accept is published as before (old workers read it)");
