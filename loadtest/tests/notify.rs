@@ -128,6 +128,16 @@ fn notify_rabbitmq_lane_delivers_every_accepted_notification() {
     assert_all_delivered(&notify(&gw, &SMALL_RUN));
 }
 
+/// Users offline far longer than the retry schedule: with these gateway timers a user's
+/// notification used to be dead-lettered ("attempts exhausted (4 of 4)") within ~1.5 s of
+/// time offline; now time offline is not an attempt, so nothing may be missing.
+#[test]
+fn notify_users_offline_longer_than_the_retry_schedule_miss_nothing() {
+    let gw = Gateway::start(&["--retry-base", "200ms", "--retry-max", "1s", "--max-attempts", "4"]);
+    let run = ["--users", "20", "--rate", "100", "--duration", "2s", "--offline-for", "8s", "--settle", "20s", "--senders", "4"];
+    assert_all_delivered(&notify(&gw, &run));
+}
+
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Deletes the test's RabbitMQ queues (work, retry buckets, dead letters) when the test

@@ -100,6 +100,7 @@ fn parse_notify_body(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Re
         ts: now_ms,
         expires: now_ms + ttl.as_millis() as u64,
         attempts: 0,
+        parked: 0,
     };
     Ok((notification, caller_nid))
 }

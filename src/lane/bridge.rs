@@ -92,7 +92,12 @@ impl LaneBridge {
                 None => OnlineCheck::Local(reachable.clone()),
                 Some(client) => {
                     tokio::task::spawn_local(forward_nats_events(client.clone(), config.prefix.clone(), tx.clone()));
-                    OnlineCheck::Unknown
+                    // Users on other nodes: presence in Redis knows them; without it a
+                    // try cannot tell offline from unacked (see `OnlineCheck::Unknown`).
+                    match &node.config.presence.redis {
+                        Some(_) => OnlineCheck::Presence(crate::presence::Presence::reader(&node.config.presence)?),
+                        None => OnlineCheck::Unknown,
+                    }
                 }
             };
             if nats.is_none() {

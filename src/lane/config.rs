@@ -19,8 +19,17 @@ pub const RETRY_BASE_MS: u64 = 1_000;
 /// Longest wait between tries: 5 min keeps a returning user's wait short even without
 /// the online fast path.
 pub const RETRY_MAX_MS: u64 = 300_000;
-/// Tries before the dead-letter queue: 12 tries with the defaults span ~30 min.
+/// Online tries without an ack before the dead-letter queue: 12 with the defaults span
+/// ~30 min of a user who is connected and never acks (time offline is not counted).
 pub const MAX_ATTEMPTS: u32 = 12;
+/// Longest a notification for an offline user is parked before the worker looks at it
+/// again (it comes back sooner when its user subscribes, through the online fast path, and
+/// never later than its expiry). 1 h: a re-check per notification per hour costs nothing,
+/// and it bounds a returning user's wait when no fast path can reach the notification
+/// (RabbitMQ without `--redis` after a worker restart).
+pub const LANE_PARK_MAX_MS: u64 = 3_600_000;
+/// The smallest `lane_park_max`: below it parking turns into polling.
+pub const LANE_PARK_MAX_MIN_MS: u64 = 1_000;
 /// How long a notification may wait for its user by default (`ttl` per request).
 pub const NOTIFY_TTL_MS: u64 = 86_400_000;
 /// The longest `ttl` a request may ask for: 30 days, beyond which "in-app" stops meaning much.
@@ -73,7 +82,8 @@ pub struct LaneArgs {
     /// Backoff ceiling: no retry waits longer. [default: 5m]
     #[arg(long, env = "RINGCAST_RETRY_MAX", value_name = "DURATION")]
     pub retry_max: Option<String>,
-    /// Delivery tries before a notification goes to the dead-letter queue. [default: 12]
+    /// Online delivery tries without an ack before a notification goes to the dead-letter
+    /// queue (time its user is offline is not counted). [default: 12]
     #[arg(long, env = "RINGCAST_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<String>,
     /// Default time a notification waits for its user (a request's `ttl` overrides it, up to 30 days). [default: 24h]
@@ -97,6 +107,10 @@ pub struct LaneArgs {
     /// it they wait for their backoff tick). [default: 1000]
     #[arg(long, env = "RINGCAST_LANE_INBOX_PER_USER", value_name = "N")]
     pub lane_inbox_per_user: Option<String>,
+    /// Longest a notification waits parked for its offline user before the worker checks it
+    /// again (the user's return brings it at once; at most 1h). [default: 1h]
+    #[arg(long, env = "RINGCAST_LANE_PARK_MAX", value_name = "DURATION")]
+    pub lane_park_max: Option<String>,
     /// Push fallback: POST notifications still undelivered after their first try to this http:// URL.
     #[arg(long, env = "RINGCAST_WEBHOOK", value_name = "URL")]
     pub webhook: Option<String>,
@@ -120,6 +134,7 @@ impl LaneArgs {
             ("lane_envelope", self.lane_envelope.clone()),
             ("lane_waiting", self.lane_waiting.clone()),
             ("lane_inbox_per_user", self.lane_inbox_per_user.clone()),
+            ("lane_park_max", self.lane_park_max.clone()),
             ("webhook", self.webhook.clone()),
         ]
     }
@@ -147,6 +162,8 @@ pub struct LaneConfig {
     pub waiting: usize,
     /// Fast-path notifications held per user in Redis.
     pub inbox_per_user: usize,
+    /// Longest park of a notification whose user is offline (`lane_park_max`).
+    pub park_max: Duration,
     pub webhook: Option<Webhook>,
 }
 
@@ -175,6 +192,7 @@ impl std::fmt::Debug for LaneConfig {
             .field("envelope", &self.envelope)
             .field("waiting", &self.waiting)
             .field("inbox_per_user", &self.inbox_per_user)
+            .field("park_max", &self.park_max)
             .field("webhook", &self.webhook)
             .finish_non_exhaustive()
     }
@@ -221,6 +239,7 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError>
         envelope: count("lane_envelope", LANE_ENVELOPE)?,
         waiting: count("lane_waiting", LANE_WAITING)?,
         inbox_per_user: count("lane_inbox_per_user", LANE_INBOX_PER_USER)?,
+        park_max: duration("lane_park_max", LANE_PARK_MAX_MS)?,
         webhook: get("webhook").map(|url| parse_webhook(url).map_err(|m| error("webhook", m))).transpose()?,
     };
     if config.ack_timeout.is_zero() {
@@ -246,6 +265,9 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError>
     }
     if config.inbox_per_user == 0 || config.inbox_per_user > LANE_INBOX_PER_USER_MAX {
         return Err(error("lane_inbox_per_user", format!("must be from 1 to {LANE_INBOX_PER_USER_MAX}")));
+    }
+    if config.park_max < Duration::from_millis(LANE_PARK_MAX_MIN_MS) || config.park_max > Duration::from_millis(LANE_PARK_MAX_MS) {
+        return Err(error("lane_park_max", "must be from 1s to 1h"));
     }
     Ok(config)
 }
@@ -305,6 +327,10 @@ mod tests {
         assert_eq!(lane(&[("lane_inbox_per_user", "100001")]).unwrap_err().key, "lane_inbox_per_user");
         assert_eq!((lane(&[]).unwrap().waiting, lane(&[]).unwrap().inbox_per_user), (16_384, 1_000));
         assert_eq!(lane(&[("webhook", "https://x")]).unwrap_err().key, "webhook");
+        assert_eq!(lane(&[]).unwrap().park_max, Duration::from_secs(3600));
+        assert_eq!(lane(&[("lane_park_max", "90s")]).unwrap().park_max, Duration::from_secs(90));
+        assert_eq!(lane(&[("lane_park_max", "500ms")]).unwrap_err().key, "lane_park_max");
+        assert_eq!(lane(&[("lane_park_max", "2h")]).unwrap_err().key, "lane_park_max");
     }
 
     #[test]

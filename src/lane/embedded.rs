@@ -9,7 +9,11 @@
 //!
 //! Tables: `pending` (nid → record with its due time), `due` ((due ms, nid) → ()) to find
 //! what is due, `age` ((accepted ms, nid) → ()) for the oldest-pending metric, `dead`
-//! (nid → dead record), `seen` (nid → expiry) and `seen_expiry` for idempotency.
+//! (nid → dead record), `seen` (nid → expiry) and `seen_expiry` for idempotency,
+//! `by_user` ((user, nid) → ()) so a returning user's notifications are found at once, and
+//! `parked` (nid → ()) for those waiting for an offline user: such a record is simply due
+//! at `min(now + lane_park_max, expires)`, so waiting costs no timer; `wake_user` makes it
+//! due now when its user subscribes again.
 //! Leases (a due time moved forward while a try is in flight) and finishes commit without
 //! fsync: lost on a crash, they only make a notification due again (a duplicate, which
 //! at-least-once allows). Accepts, dead-letter moves and DLQ operations commit durably.
@@ -29,6 +33,8 @@ const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 const SEEN_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("seen_expiry");
 const BY_USER: TableDefinition<(&str, &str), ()> = TableDefinition::new("by_user");
+/// nid → () of the notifications parked for an offline user (for the parked gauge).
+const PARKED: TableDefinition<&str, ()> = TableDefinition::new("parked");
 
 /// Requests waiting for the store thread; a full queue answers 503 (`try_send`).
 pub const STORE_QUEUE_REQUESTS_MAX: usize = 65_536;
@@ -47,6 +53,9 @@ struct Stored {
     /// Handed to a worker (due = lease end) rather than waiting for a retry.
     #[serde(default)]
     leased: bool,
+    /// Waiting for its offline user (due = the next look at it), not for a retry.
+    #[serde(default)]
+    parked: bool,
 }
 
 enum Request {
@@ -72,6 +81,8 @@ pub struct Stats {
     pub dead: u64,
     /// Accepted-at time of the oldest pending notification, unix ms.
     pub oldest_ms: Option<u64>,
+    /// Pending notifications parked for an offline user.
+    pub parked: u64,
 }
 
 /// A handle to the store thread (cheap to clone; the thread stops when every handle is gone).
@@ -159,6 +170,7 @@ impl Store {
         tx.open_table(SEEN)?;
         tx.open_table(SEEN_EXPIRY)?;
         tx.open_table(BY_USER)?;
+        tx.open_table(PARKED)?;
         tx.commit()?;
         Ok(())
     }
@@ -225,6 +237,7 @@ struct Tables<'t> {
     seen: redb::Table<'t, &'static str, u64>,
     seen_expiry: redb::Table<'t, (u64, &'static str), ()>,
     by_user: redb::Table<'t, (&'static str, &'static str), ()>,
+    parked: redb::Table<'t, &'static str, ()>,
 }
 
 type Answer = Box<dyn FnOnce(Result<(), String>)>;
@@ -254,6 +267,7 @@ impl<'t> Tables<'t> {
             seen: tx.open_table(SEEN)?,
             seen_expiry: tx.open_table(SEEN_EXPIRY)?,
             by_user: tx.open_table(BY_USER)?,
+            parked: tx.open_table(PARKED)?,
         })
     }
 
@@ -298,10 +312,10 @@ impl<'t> Tables<'t> {
     }
 
     fn put_pending(&mut self, notification: Notification, due: u64) -> TxResult<()> {
-        self.put(notification, due, false)
+        self.put(notification, due, false, false)
     }
 
-    fn put(&mut self, notification: Notification, due: u64, leased: bool) -> TxResult<()> {
+    fn put(&mut self, notification: Notification, due: u64, leased: bool, parked: bool) -> TxResult<()> {
         let nid = notification.nid.clone();
         if let Some(old) = self.take_pending(&nid)? {
             self.age.remove((old.notification.ts, nid.as_str()))?;
@@ -309,7 +323,10 @@ impl<'t> Tables<'t> {
         self.age.insert((notification.ts, nid.as_str()), ())?;
         self.due.insert((due, nid.as_str()), ())?;
         self.by_user.insert((notification.user.as_str(), nid.as_str()), ())?;
-        self.pending.insert(nid.as_str(), encode(&Stored { notification, due, leased }).as_slice())?;
+        if parked {
+            self.parked.insert(nid.as_str(), ())?;
+        }
+        self.pending.insert(nid.as_str(), encode(&Stored { notification, due, leased, parked }).as_slice())?;
         Ok(())
     }
 
@@ -328,7 +345,7 @@ impl<'t> Tables<'t> {
             let Some(stored) = self.pending.get(nid.as_str())?.map(|g| g.value().to_vec()) else { continue };
             let Ok(stored) = serde_json::from_slice::<Stored>(&stored) else { continue };
             if !stored.leased && stored.due > now {
-                self.put(stored.notification, now, false)?;
+                self.put(stored.notification, now, false, false)?;
                 woke = true;
             }
         }
@@ -347,6 +364,9 @@ impl<'t> Tables<'t> {
         };
         self.due.remove((stored.due, nid))?;
         self.by_user.remove((stored.notification.user.as_str(), nid))?;
+        if stored.parked {
+            self.parked.remove(nid)?;
+        }
         Ok(Some(stored))
     }
 
@@ -365,7 +385,7 @@ impl<'t> Tables<'t> {
             if let Some(stored) = self.take_pending(&nid)? {
                 self.age.remove((stored.notification.ts, nid.as_str()))?;
                 notifications.push(stored.notification.clone());
-                self.put(stored.notification, now + lease_ms, true)?;
+                self.put(stored.notification, now + lease_ms, true, false)?;
             }
         }
         let next_due_ms = self.due.first()?.map(|(k, _)| k.value().0);
@@ -381,6 +401,10 @@ impl<'t> Tables<'t> {
             Outcome::Retry { notification, delay } => {
                 self.age.remove((stored.notification.ts, nid))?;
                 self.put_pending(notification, now + delay.as_millis() as u64)?;
+            }
+            Outcome::Park { notification, delay } => {
+                self.age.remove((stored.notification.ts, nid))?;
+                self.put(notification, now + delay.as_millis() as u64, false, true)?;
             }
             Outcome::Dead { record } => {
                 self.age.remove((stored.notification.ts, nid))?;
@@ -417,6 +441,7 @@ impl<'t> Tables<'t> {
                     let mut notification = record.notification;
                     let ttl = notification.expires.saturating_sub(notification.ts);
                     notification.attempts = 0;
+                    notification.parked = 0;
                     notification.expires = now + ttl.max(1);
                     self.put_pending(notification, now)?;
                     moved += 1;
@@ -436,6 +461,7 @@ impl<'t> Tables<'t> {
             pending: self.pending.len()?,
             dead: self.dead.len()?,
             oldest_ms: self.age.first()?.map(|(k, _)| k.value().0),
+            parked: self.parked.len()?,
         })
     }
 
@@ -476,7 +502,7 @@ mod tests {
     }
 
     fn note(nid: &str, ts: u64) -> Notification {
-        Notification { nid: nid.into(), user: "alice".into(), data: RawValue::from_string("{\"x\":1}".into()).unwrap(), ts, expires: ts + 60_000, attempts: 0 }
+        Notification { nid: nid.into(), user: "alice".into(), data: RawValue::from_string("{\"x\":1}".into()).unwrap(), ts, expires: ts + 60_000, attempts: 0, parked: 0 }
     }
 
     fn rt() -> tokio::runtime::Runtime {

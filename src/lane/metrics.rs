@@ -4,7 +4,7 @@
 //! `ringcast worker --metrics-addr`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Default, Debug)]
 pub struct LaneMetrics {
@@ -18,8 +18,14 @@ pub struct LaneMetrics {
     pub unavailable: AtomicU64,
     /// Notifications acked by their user.
     pub delivered: AtomicU64,
-    /// Tries that ended without an ack and were scheduled again.
+    /// Online tries that ended without an ack and were scheduled again (an attempt each).
     pub retried: AtomicU64,
+    /// Times a notification was parked because its user was offline (each re-park after
+    /// `lane_park_max` too); no attempt is counted for them.
+    pub parked_total: AtomicU64,
+    /// Notifications parked for an offline user right now (gauge: the embedded store's
+    /// count, or RabbitMQ's count of the park queues).
+    pub parked: AtomicU64,
     /// Notifications moved to the dead-letter queue.
     pub dead_lettered: AtomicU64,
     /// `notify` frames sent (first tries, retries and fast-path re-sends).
@@ -45,6 +51,10 @@ pub struct LaneMetrics {
     /// RabbitMQ work-queue messages the gateway published (confirmed): accepted divided by
     /// this is the notifications per envelope.
     pub work_messages: AtomicU64,
+    /// This node was configured with RabbitMQ (`--amqp`): readiness reports its link.
+    pub amqp_configured: AtomicBool,
+    /// The RabbitMQ link (the gateway's publishing connection) is up.
+    pub amqp_up: AtomicBool,
 }
 
 impl LaneMetrics {
@@ -52,15 +62,21 @@ impl LaneMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Configured with RabbitMQ and its link is down (readiness: degraded).
+    pub fn amqp_down(&self) -> bool {
+        self.amqp_configured.load(Ordering::Relaxed) && !self.amqp_up.load(Ordering::Relaxed)
+    }
+
     pub fn render_into(&self, out: &mut String, now_ms: u64) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             ("accepted", "Notifications persisted and answered 202.", &self.accepted),
             ("duplicates", "Notifications whose nid was already accepted (202, not enqueued again).", &self.duplicates),
             ("rejected", "POST /api/notify refused for bad input (400/413).", &self.rejected),
             ("unavailable", "POST /api/notify answered 503 (Lane unreachable or full).", &self.unavailable),
             ("delivered", "Notifications acked by their user.", &self.delivered),
-            ("retried", "Tries without an ack, scheduled again with backoff.", &self.retried),
+            ("retried", "Online tries without an ack, scheduled again with backoff (attempts).", &self.retried),
+            ("parked", "Notifications parked because their user was offline (no attempt counted; re-parks too).", &self.parked_total),
             ("dead_lettered", "Notifications moved to the dead-letter queue.", &self.dead_lettered),
             ("frames_sent", "notify frames sent to users.", &self.frames_sent),
             ("acks", "ack ops received from clients.", &self.acks),
@@ -76,9 +92,10 @@ impl LaneMetrics {
         }
         let oldest = get(&self.oldest_pending_ms);
         let age = if oldest == 0 { 0.0 } else { now_ms.saturating_sub(oldest) as f64 / 1000.0 };
-        let gauges: [(&str, &str, String); 4] = [
+        let gauges: [(&str, &str, String); 5] = [
             ("in_flight", "Deliveries waiting for a client ack.", get(&self.in_flight).to_string()),
             ("pending", "Notifications accepted and not yet delivered or dead.", get(&self.pending).to_string()),
+            ("waiting_offline", "Notifications parked for an offline user right now.", get(&self.parked).to_string()),
             ("oldest_pending_age_seconds", "Age of the oldest pending notification.", format!("{age:.3}")),
             ("inbox_full_total", "Fast-path re-sends skipped because the worker's inbox was full.", get(&self.inbox_full).to_string()),
         ];

@@ -48,9 +48,18 @@ pub struct Notification {
     pub ts: u64,
     /// Give up (dead-letter) after this, unix milliseconds.
     pub expires: u64,
-    /// Failed delivery tries so far.
+    /// Failed delivery tries so far: online tries (the frame went out to a subscriber of
+    /// `user.{id}`, or could have) that got no ack within `ack_timeout`.
     #[serde(default)]
     pub attempts: u32,
+    /// Times it was parked because its user was offline (not attempts: time offline costs
+    /// none). Non-zero also tells the worker a copy may sit in the fast path's inbox.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parked: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Notification {
@@ -85,6 +94,10 @@ pub enum Outcome {
     Delivered,
     /// Not acked: schedule another try after `delay` (attempts already counted in it).
     Retry { notification: Notification, delay: Duration },
+    /// The user is offline: keep it, no attempt counted, until the user comes back (the
+    /// online fast path) or `delay` passes (at most `lane_park_max` and never past its
+    /// `expires`), when the worker looks at it again.
+    Park { notification: Notification, delay: Duration },
     /// Attempts or TTL exhausted: move it to the dead-letter queue.
     Dead { record: DeadRecord },
 }
@@ -179,6 +192,7 @@ mod tests {
             ts: 42,
             expires: 100,
             attempts: 0,
+            parked: 0,
         };
         let v: serde_json::Value = serde_json::from_slice(&n.frame_json()).unwrap();
         assert_eq!(v, serde_json::json!({"op":"notify","nid":"n\"1","data":{"a":[1,2]},"ts":42}));

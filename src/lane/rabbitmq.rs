@@ -8,6 +8,12 @@
 //!   `x-message-ttl = ms` and a dead-letter route back to `{p}.work`: a retry is a
 //!   confirmed publish there, after which the original is acked. No worker ever holds a
 //!   message while it waits.
+//! - `{p}.park.{ms}`: durable, like the retry queues but for notifications whose user is
+//!   offline ([`PARK_BUCKETS_MS`], 250 ms doubling up to 1 h): a parked copy sits there
+//!   (no worker holds it, no timer runs) and comes back to `{p}.work` when the bucket's TTL
+//!   passes; the worker then checks it again (expired: dead letter; user still away: park
+//!   again, no attempt counted). A returning user does not wait for that: the online fast
+//!   path sends it from the inbox ([`super::inbox`]).
 //! - `{p}.dead`: durable; attempts or TTL exhausted. Listed with `basic.get` without ack
 //!   (the channel's close puts them back), replayed with confirm-then-ack, purged.
 //!
@@ -71,6 +77,20 @@ const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 /// again, which at-least-once allows).
 pub const DEDUPE_NIDS_MAX: usize = 200_000;
 
+/// Park queue delays, ms: 250 ms doubling to ~34 min, then 1 h (= `LANE_PARK_MAX_MS`). A
+/// park rounds its wanted delay DOWN to a bucket so a copy comes back by its expiry (only a
+/// wait under 250 ms is rounded up): a notification with a long TTL is looked at about once
+/// per `lane_park_max`, one with time left `t` about log2(t / 250 ms) more times near the
+/// end. Fixed, so every process declares and deletes the same queues.
+pub const PARK_BUCKETS_MS: [u64; 15] = [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000, 1_024_000, 2_048_000, 3_600_000];
+const _: () = assert!(PARK_BUCKETS_MS[PARK_BUCKETS_MS.len() - 1] == super::config::LANE_PARK_MAX_MS);
+
+/// The park bucket for a wanted delay: the largest not above it (the smallest for less).
+pub fn park_bucket(ms: u64) -> u64 {
+    let i = PARK_BUCKETS_MS.partition_point(|b| *b <= ms);
+    PARK_BUCKETS_MS[i.saturating_sub(1)]
+}
+
 /// Queue names under one prefix.
 #[derive(Clone, Debug)]
 pub struct Topology {
@@ -88,6 +108,16 @@ impl Topology {
         format!("{}.retry.{ms}", self.prefix)
     }
 
+    pub fn park(&self, ms: u64) -> String {
+        format!("{}.park.{ms}", self.prefix)
+    }
+
+    /// The retry queues, then the park queues (each dead-letters back to `.work`).
+    fn delayed(&self, backoff: &Backoff) -> Vec<(String, u64)> {
+        let retries = backoff.buckets().iter().map(|ms| (self.retry(*ms), *ms));
+        retries.chain(PARK_BUCKETS_MS.iter().map(|ms| (self.park(*ms), *ms))).collect()
+    }
+
     /// Declares every queue (idempotent: the same arguments every time).
     pub async fn declare(&self, channel: &Channel, backoff: &Backoff) -> lapin::Result<()> {
         let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
@@ -96,12 +126,12 @@ impl Topology {
         work_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
         work_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(self.dead.as_str().into()));
         channel.queue_declare(self.work.as_str().into(), durable, work_args).await?;
-        for ms in backoff.buckets() {
+        for (name, ms) in self.delayed(backoff) {
             let mut args = FieldTable::default();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*ms as i64));
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
             args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
             args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(self.work.as_str().into()));
-            channel.queue_declare(self.retry(*ms).as_str().into(), durable, args).await?;
+            channel.queue_declare(name.as_str().into(), durable, args).await?;
         }
         Ok(())
     }
@@ -114,7 +144,7 @@ pub async fn delete_queues(url: &str, prefix: &str, backoff: &Backoff) -> Result
     let conn = connect(url, "ringcast-cleanup").await.map_err(|e| format!("RabbitMQ: {e}"))?;
     let channel = conn.create_channel().await.map_err(|e| format!("RabbitMQ: {e}"))?;
     let mut names = vec![topology.work.clone(), topology.dead.clone()];
-    names.extend(backoff.buckets().iter().map(|ms| topology.retry(*ms)));
+    names.extend(topology.delayed(backoff).into_iter().map(|(name, _)| name));
     for name in names {
         let _ = channel.queue_delete(name.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
     }
@@ -156,14 +186,22 @@ async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
 /// Keeps one connection up: `setup` builds the link on a fresh connection; the link is
 /// published in `slot` while the connection lives and cleared when it drops. Stops (and
 /// closes the connection, so RabbitMQ hands unacked messages to others) once the owner
-/// of `slot` is gone.
+/// of `slot` is gone. `readiness`, if given, mirrors the link state for `/readyz` (read on
+/// other threads).
 fn supervise<L: 'static>(
     url: String,
     name: &'static str,
     owner: &Rc<RefCell<Option<Rc<L>>>>,
     connected: Rc<Cell<bool>>,
+    readiness: Option<std::sync::Arc<super::metrics::LaneMetrics>>,
     setup: impl AsyncFn(&Connection) -> lapin::Result<L> + 'static,
 ) {
+    let set_up = move |up: bool| {
+        connected.set(up);
+        if let Some(metrics) = &readiness {
+            metrics.amqp_up.store(up, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     let slot = Rc::downgrade(owner);
     tokio::task::spawn_local(async move {
         let mut delay = RECONNECT_DELAY_MIN;
@@ -179,12 +217,12 @@ fn supervise<L: 'static>(
                     let Some(owner) = slot.upgrade() else { break };
                     *owner.borrow_mut() = Some(Rc::new(link));
                     drop(owner);
-                    connected.set(true);
+                    set_up(true);
                     delay = RECONNECT_DELAY_MIN;
                     while conn.status().connected() && slot.strong_count() > 0 {
                         tokio::time::sleep(LINK_CHECK_INTERVAL).await;
                     }
-                    connected.set(false);
+                    set_up(false);
                     if let Some(owner) = slot.upgrade() {
                         owner.borrow_mut().take();
                         tracing::warn!(link = name, "RabbitMQ connection lost; reconnecting");
@@ -363,7 +401,8 @@ impl RabbitLane {
         let link = Rc::new(RefCell::new(None));
         let connected = Rc::new(Cell::new(false));
         let declare = (topology.clone(), backoff.clone());
-        supervise(url.to_owned(), "ringcast-gateway", &link, connected.clone(), async move |conn: &Connection| {
+        metrics.amqp_configured.store(true, std::sync::atomic::Ordering::Relaxed);
+        supervise(url.to_owned(), "ringcast-gateway", &link, connected.clone(), Some(metrics.clone()), async move |conn: &Connection| {
             let first = conn.create_channel().await?;
             declare.0.declare(&first, &declare.1).await?;
             let mut channels = vec![first];
@@ -500,6 +539,7 @@ pub async fn dead_op(channel: &Channel, topology: &Topology, op: DeadOp) -> Resu
                 let now = super::now_ms();
                 let ttl = notification.expires.saturating_sub(notification.ts).max(1);
                 notification.attempts = 0;
+                notification.parked = 0;
                 notification.expires = now + ttl;
                 let body = serde_json::to_vec(&notification).expect("notifications serialize");
                 publish_confirmed(channel, &topology.work, &notification.nid, &body).await?;
@@ -571,7 +611,7 @@ pub struct RabbitSource {
     backoff: Backoff,
     jobs: mpsc::Receiver<RabbitJob>,
     pub connected: Rc<Cell<bool>>,
-    queued: Rc<Cell<Option<u64>>>,
+    queued: Rc<Cell<Option<Queued>>>,
     /// Keeps the connection's supervisor going while this source lives.
     _link: Rc<RefCell<Option<Rc<()>>>>,
 }
@@ -586,7 +626,7 @@ impl RabbitSource {
         let connected = Rc::new(Cell::new(false));
         let queued = Rc::new(Cell::new(None));
         let setup = (topology.clone(), backoff.clone(), tx, queued.clone());
-        supervise(url.to_owned(), "ringcast-worker", &slot, connected.clone(), async move |conn: &Connection| {
+        supervise(url.to_owned(), "ringcast-worker", &slot, connected.clone(), None, async move |conn: &Connection| {
             let (topology, backoff, jobs, queued) = &setup;
             let consume = conn.create_channel().await?;
             topology.declare(&consume, backoff).await?;
@@ -632,9 +672,9 @@ impl RabbitSource {
         RabbitSource { topology, backoff: backoff.clone(), jobs, connected, queued, _link: slot }
     }
 
-    /// Notifications waiting in `.work` and the retry queues (ready, not held by a
+    /// Notifications waiting in `.work`, the retry and the park queues (ready, not held by a
     /// worker), as RabbitMQ last counted them; None until counted or while disconnected.
-    pub fn queued(&self) -> Rc<Cell<Option<u64>>> {
+    pub fn queued(&self) -> Rc<Cell<Option<Queued>>> {
         self.queued.clone()
     }
 
@@ -671,6 +711,11 @@ impl RabbitFinisher {
                 let body = serde_json::to_vec(notification).expect("notifications serialize");
                 job.link.retries.publish(queue.as_str().into(), notification.nid.clone(), body).await
             }
+            Outcome::Park { notification, delay } => {
+                let queue = self.topology.park(park_bucket(delay.as_millis() as u64));
+                let body = serde_json::to_vec(notification).expect("notifications serialize");
+                job.link.retries.publish(queue.as_str().into(), notification.nid.clone(), body).await
+            }
             Outcome::Dead { record } => {
                 let body = serde_json::to_vec(record).expect("records serialize");
                 publish_confirmed(&job.link.publish, &self.topology.dead, &record.notification.nid, &body).await
@@ -686,25 +731,40 @@ impl RabbitFinisher {
     }
 }
 
-/// Counts the messages waiting in `.work` and every retry queue each
+/// What waits in a worker's queues, as RabbitMQ last counted it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Queued {
+    /// `.work`, the retry and the park queues.
+    pub total: u64,
+    /// The park queues alone: notifications waiting for an offline user.
+    pub parked: u64,
+}
+
+/// Counts the messages waiting in `.work`, every retry and every park queue each
 /// [`QUEUE_STATS_INTERVAL`] into `queued`, until the channel fails (the connection's
 /// supervisor starts a new counter with the next connection).
-async fn count_queued(channel: Channel, topology: Topology, backoff: Backoff, queued: Rc<Cell<Option<u64>>>) {
+async fn count_queued(channel: Channel, topology: Topology, backoff: Backoff, queued: Rc<Cell<Option<Queued>>>) {
     let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+    let park_prefix = format!("{}.park.", topology.prefix);
     let mut names = vec![topology.work.clone()];
-    names.extend(backoff.buckets().iter().map(|ms| topology.retry(*ms)));
+    names.extend(topology.delayed(&backoff).into_iter().map(|(name, _)| name));
     loop {
-        let mut total = 0u64;
+        let mut counted = Queued::default();
         for name in &names {
             match channel.queue_declare(name.as_str().into(), passive, FieldTable::default()).await {
-                Ok(queue) => total += u64::from(queue.message_count()),
+                Ok(queue) => {
+                    counted.total += u64::from(queue.message_count());
+                    if name.starts_with(&park_prefix) {
+                        counted.parked += u64::from(queue.message_count());
+                    }
+                }
                 Err(_) => {
                     queued.set(None);
                     return;
                 }
             }
         }
-        queued.set(Some(total));
+        queued.set(Some(counted));
         tokio::time::sleep(QUEUE_STATS_INTERVAL).await;
     }
 }
@@ -719,8 +779,17 @@ mod tests {
 
     fn waiting_to(queue: &str, nid: &str) -> Waiting {
         let now = 1;
-        let n = Notification { nid: nid.into(), user: "u".into(), data: serde_json::value::RawValue::from_string("{\"x\":1}".into()).unwrap(), ts: now, expires: 2, attempts: 0 };
+        let n = Notification { nid: nid.into(), user: "u".into(), data: serde_json::value::RawValue::from_string("{\"x\":1}".into()).unwrap(), ts: now, expires: 2, attempts: 0, parked: 0 };
         Waiting { queue: queue.into(), nid: nid.into(), body: serde_json::to_vec(&n).unwrap(), reply: tokio::sync::oneshot::channel().0 }
+    }
+
+    #[test]
+    fn a_park_comes_back_by_its_expiry() {
+        assert_eq!(park_bucket(0), 250, "under the smallest bucket: rounded up");
+        assert_eq!(park_bucket(1_999), 1_000);
+        assert_eq!(park_bucket(2_000), 2_000);
+        assert_eq!(park_bucket(86_400_000), 3_600_000, "a long ttl is looked at once per hour");
+        assert!(PARK_BUCKETS_MS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

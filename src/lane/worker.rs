@@ -1,7 +1,12 @@
 //! The delivery worker: takes due notifications from the Lane, sends each to its user as a
 //! `notify` frame on `user.{id}` (through the broker, so it reaches whichever node holds
 //! the user), waits for the client's `ack`, and settles the try: delivered, retried with
-//! backoff, or dead-lettered.
+//! backoff, parked while its user is offline, or dead-lettered.
+//!
+//! Attempts vs waiting: only an online try that gets no ack counts toward `max_attempts`.
+//! A notification whose user is known to be offline is parked (no attempt) until the user
+//! subscribes again or `min(lane_park_max, time left)` passes; its `expires` is its only
+//! deadline.
 //!
 //! Owns: the in-flight bound (a semaphore of `lane_in_flight` permits), the acks it waits
 //! for, the set of recently acked notifications (so a copy that comes back from a retry
@@ -85,6 +90,9 @@ pub enum OnlineCheck {
     /// Presence (Redis): connected on some node. Unreachable counts as online (try).
     Presence(crate::presence::Presence),
     /// Not known here (several nodes, no shared presence): send and let the ack decide.
+    /// A try then counts as an attempt even if no one was subscribed (it cannot be told
+    /// apart from an unacked frame), so an offline user can exhaust `max_attempts`: give
+    /// such a worker `--redis` (presence) to have offline time not counted.
     Unknown,
 }
 
@@ -392,6 +400,7 @@ async fn report_embedded_stats(lane: EmbeddedLane, metrics: Arc<LaneMetrics>) {
     loop {
         if let Ok(stats) = lane.stats().await {
             metrics.pending.store(stats.pending, Ordering::Relaxed);
+            metrics.parked.store(stats.parked, Ordering::Relaxed);
             metrics.oldest_pending_ms.store(stats.oldest_ms.unwrap_or(0), Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -402,11 +411,12 @@ async fn report_embedded_stats(lane: EmbeddedLane, metrics: Arc<LaneMetrics>) {
 /// flight here; the oldest pending is the oldest this worker knows of (its in-flight tries
 /// and the notifications it holds for the online fast path): with several workers each
 /// reports its own view, and the gauge's maximum over workers is the figure to watch.
-async fn report_rabbit_stats(queued: Rc<Cell<Option<u64>>>, state: Rc<State>, metrics: Arc<LaneMetrics>) {
+async fn report_rabbit_stats(queued: Rc<Cell<Option<super::rabbitmq::Queued>>>, state: Rc<State>, metrics: Arc<LaneMetrics>) {
     loop {
         let in_flight = metrics.in_flight.load(Ordering::Relaxed);
         if let Some(queued) = queued.get() {
-            metrics.pending.store(queued + in_flight, Ordering::Relaxed);
+            metrics.pending.store(queued.total + in_flight, Ordering::Relaxed);
+            metrics.parked.store(queued.parked, Ordering::Relaxed);
         }
         let oldest = {
             let inbox = state.inbox.borrow();
@@ -439,11 +449,15 @@ impl Delivery {
         self.state.trying.borrow_mut().remove(&key);
     }
 
+    /// One look at a due notification. An attempt is an online try only: the frame went
+    /// out while its user was known online (or could not be known offline, see
+    /// [`OnlineCheck::Unknown`]) and no ack came within `ack_timeout`. A user known to be
+    /// offline costs no attempt: the notification is parked ([`Delivery::park`]).
     async fn try_job(&self, job: Job, n: Notification) {
         let now = super::now_ms();
         // This copy supersedes the one held for the fast path (a first try was never held).
         self.state.inbox_take(&n.user, &n.nid);
-        if let Some(inbox) = self.shared.as_ref().filter(|_| n.attempts > 0) {
+        if let Some(inbox) = self.shared.as_ref().filter(|_| n.attempts > 0 || n.parked > 0) {
             inbox.remove(&n.user, &n.nid).await;
         }
         if self.state.was_acked(&n) {
@@ -452,10 +466,14 @@ impl Delivery {
         if n.expires <= now {
             return self.dead(job, n, "expired (ttl passed)".into()).await;
         }
-        if self.online.is_online(&n.user).await && self.try_once(&n).await {
+        if !self.online.is_online(&n.user).await {
+            return self.park(job, n, now).await;
+        }
+        if self.try_once(&n).await {
             LaneMetrics::inc(&self.metrics.delivered);
             return self.settle.finish(job, Outcome::Delivered).await;
         }
+        let first_miss = n.attempts == 0 && n.parked == 0;
         let mut next = n;
         next.attempts += 1;
         if next.attempts >= self.config.max_attempts {
@@ -463,21 +481,63 @@ impl Delivery {
             return self.dead(job, next, reason).await;
         }
         let delay = self.config.backoff.delay(next.attempts, fastrand::f64());
-        if !self.settle.wakes_users() && !self.state.inbox_put(&next) {
-            LaneMetrics::inc(&self.metrics.inbox_full);
-        }
-        if let Some(inbox) = &self.shared {
-            if inbox.put(&next, now).await == Some(false) {
-                LaneMetrics::inc(&self.metrics.inbox_full);
-            }
-        }
-        if next.attempts == 1 {
-            if let Some(webhook) = &self.config.webhook {
-                tokio::task::spawn_local(super::webhook::post(webhook.clone(), next.clone(), self.config.backoff.clone(), self.config.max_attempts, self.metrics.clone()));
-            }
+        self.hold(&next, now).await;
+        if first_miss {
+            self.post_webhook(&next);
         }
         LaneMetrics::inc(&self.metrics.retried);
         self.settle.finish(job, Outcome::Retry { notification: next, delay }).await;
+    }
+
+    /// The user is offline: keep the notification, without counting an attempt, until
+    /// they subscribe to `user.{id}` again (the online fast path: the embedded store's
+    /// `wake_user`, or the inbox this puts it in) or `min(lane_park_max, time left)` passes
+    /// and it is looked at again (expired by then: dead-lettered as expired). Nothing runs
+    /// while it waits.
+    async fn park(&self, job: Job, n: Notification, now: u64) {
+        let first_miss = n.attempts == 0 && n.parked == 0;
+        let mut parked = n;
+        parked.parked += 1;
+        let left = Duration::from_millis(parked.expires.saturating_sub(now));
+        let delay = self.config.park_max.min(left);
+        self.hold(&parked, now).await;
+        if first_miss {
+            self.post_webhook(&parked);
+        }
+        LaneMetrics::inc(&self.metrics.parked_total);
+        self.settle.finish(job, Outcome::Park { notification: parked.clone(), delay }).await;
+        // The user may have subscribed between the check and the park, when the fast path
+        // could not see the notification yet: look once more.
+        if self.online.is_online(&parked.user).await {
+            match &self.settle {
+                Settle::Embedded(lane) => lane.wake_user(&parked.user),
+                Settle::Rabbit(_) => {
+                    if self.frames.send(&parked).await {
+                        LaneMetrics::inc(&self.metrics.frames_sent);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Holds `n` for the online fast path (RabbitMQ: the embedded store wakes users itself).
+    async fn hold(&self, n: &Notification, now: u64) {
+        if !self.settle.wakes_users() && !self.state.inbox_put(n) {
+            LaneMetrics::inc(&self.metrics.inbox_full);
+        }
+        if let Some(inbox) = &self.shared {
+            if inbox.put(n, now).await == Some(false) {
+                LaneMetrics::inc(&self.metrics.inbox_full);
+            }
+        }
+    }
+
+    /// The push fallback, once per notification: after its first try that did not deliver
+    /// it (an unacked frame or an offline user).
+    fn post_webhook(&self, n: &Notification) {
+        if let Some(webhook) = &self.config.webhook {
+            tokio::task::spawn_local(super::webhook::post(webhook.clone(), n.clone(), self.config.backoff.clone(), self.config.max_attempts, self.metrics.clone()));
+        }
     }
 
     async fn dead(&self, job: Job, notification: Notification, reason: String) {

@@ -194,16 +194,20 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
         "/readyz" if get => {
             let strict = request.query_param("strict").is_some_and(|v| v == "1" || v == "true");
             let presence_down = !shard.node.presence.is_up();
-            if shard.node.ready() && (!shard.node.broker_up() || presence_down) {
+            let lane_down = shard.node.lane_metrics.amqp_down();
+            if shard.node.ready() && (!shard.node.broker_up() || presence_down || lane_down) {
                 // Local connections still work; only cross-node fan-out and publishing
-                // wait for the broker, presence for its store. `?strict=1` makes a
-                // degraded node not ready.
+                // wait for the broker, presence for its store, notifications for RabbitMQ
+                // (`lane`). `?strict=1` makes a degraded node not ready.
                 let mut body = String::from("{\"status\":\"degraded\"");
                 if !shard.node.broker_up() {
                     body.push_str(",\"broker\":\"disconnected\"");
                 }
                 if presence_down {
                     body.push_str(",\"presence\":\"unavailable\"");
+                }
+                if lane_down {
+                    body.push_str(",\"lane\":\"disconnected\"");
                 }
                 body.push('}');
                 respond(if strict { 503 } else { 200 }, "application/json", body.as_bytes(), true)

@@ -40,7 +40,7 @@ fn offline_user_gets_it_within_a_second_of_coming_online() {
     // A long backoff: only the fast path can deliver within a second.
     let gw = gateway(&dir, &["--retry-base", "20s", "--retry-max", "1m", "--ack-timeout", "1s"]);
     let nids: Vec<String> = (0..3).map(|i| notify_ok(gw.port, json!({"user": "bob", "data": i}))).collect();
-    wait_metric(gw.port, "retried_total", 3.0, Duration::from_secs(5));
+    wait_metric(gw.port, "parked_total", 3.0, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let subscribed = Instant::now();
     let mut bob = user(gw.port, "bob");
@@ -92,10 +92,38 @@ fn unacked_notifications_back_off_then_go_to_the_dead_letter_queue() {
     assert!(list[0]["reason"].as_str().unwrap().contains("attempts exhausted"), "{list:?}");
     assert_eq!(lane_metric(gw.port, "dead_lettered_total"), 1.0);
     assert_eq!(lane_metric(gw.port, "retried_total"), 3.0);
-    // A user who never connects at all ends the same way.
-    let nid = notify_ok(gw.port, json!({"user": "nobody", "data": 1}));
+    // A user who never connects costs no attempt: the notification waits for its ttl and
+    // is then dead-lettered as expired (before, it went as "attempts exhausted" in ~1 s).
+    let nid = notify_ok(gw.port, json!({"user": "nobody", "data": 1, "ttl": "2s"}));
     let list = wait_dead(gw.port, 2, Duration::from_secs(10));
-    assert!(list.iter().any(|d| d["nid"] == nid.as_str() && d["attempts"] == 4), "{list:?}");
+    let record = list.iter().find(|d| d["nid"] == nid.as_str()).unwrap_or_else(|| panic!("{list:?}"));
+    assert!(record["reason"].as_str().unwrap().contains("expired"), "{record}");
+    assert_eq!(record.get("attempts").and_then(|a| a.as_u64()).unwrap_or(0), 0, "{record}");
+    assert_eq!(lane_metric(gw.port, "retried_total"), 3.0, "no retry counted for the offline user");
+    assert!(lane_metric(gw.port, "parked_total") >= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn time_offline_is_not_an_attempt() {
+    // Before, with these timers an offline user's notification was dead-lettered as
+    // "attempts exhausted (4 of 4)" within ~1.5 s.
+    let dir = lane_dir("parked");
+    let gw = gateway(&dir, &["--ack-timeout", "500ms", "--retry-base", "200ms", "--retry-max", "1s", "--max-attempts", "4"]);
+    let nid = notify_ok(gw.port, json!({"user": "olga", "data": "while you were away"}));
+    wait_metric(gw.port, "parked_total", 1.0, Duration::from_secs(5));
+    wait_metric(gw.port, "waiting_offline", 1.0, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(dead(gw.port).is_empty(), "offline for 4 s with --max-attempts 4: {:?}", dead(gw.port));
+    assert_eq!(lane_metric(gw.port, "retried_total"), 0.0, "no attempt was spent while olga was away");
+    let subscribed = Instant::now();
+    let mut olga = user(gw.port, "olga");
+    let frame = next_notify(&mut olga, Duration::from_millis(1500)).expect("delivered within a second of subscribing");
+    eprintln!("parked → online: notify {:?} after subscribing", subscribed.elapsed());
+    assert_eq!(frame["nid"], nid.as_str());
+    ack(&mut olga, &nid);
+    wait_metric(gw.port, "delivered_total", 1.0, Duration::from_secs(5));
+    assert!(dead(gw.port).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

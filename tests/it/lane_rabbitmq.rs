@@ -16,7 +16,7 @@ fn prefix(name: &str) -> String {
 
 fn note(nid: &str) -> Notification {
     let now = ringcast::lane::now_ms();
-    Notification { nid: nid.into(), user: "bob".into(), data: RawValue::from_string("{\"n\":1}".into()).unwrap(), ts: now, expires: now + 60_000, attempts: 0 }
+    Notification { nid: nid.into(), user: "bob".into(), data: RawValue::from_string("{\"n\":1}".into()).unwrap(), ts: now, expires: now + 60_000, attempts: 0, parked: 0 }
 }
 
 fn run<F: std::future::Future<Output = ()>>(future: F) {

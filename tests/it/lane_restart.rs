@@ -171,3 +171,45 @@ fn kill_9_of_a_rabbitmq_gateway_mid_burst_loses_no_accepted_notification() {
     let seen = receive_all(&mut erin, &accepted, Duration::from_secs(60));
     report("after a gateway kill -9", &seen);
 }
+
+#[test]
+fn an_offline_users_parked_notifications_survive_a_rabbitmq_restart() {
+    // With these timers an offline user's notification used to be dead-lettered
+    // ("attempts exhausted (4 of 4)") within ~1.5 s; parked, it waits across a kill -9 and
+    // restart of RabbitMQ (durable park queues, persistent messages) until ivan comes back.
+    let mut rabbit = RabbitServer::start();
+    let redis_prefix = format!("{}.presence", crate::common::lane::prefix("park-restart"));
+    let setup = Setup::new(
+        &rabbit.amqp(),
+        "park-restart",
+        &[
+            "--ack-timeout", "300ms", "--retry-base", "200ms", "--retry-max", "1s", "--max-attempts", "4",
+            "--redis", crate::common::presence::SHARED_REDIS, "--redis-prefix", &redis_prefix,
+        ],
+    );
+    let gw = setup.gateway();
+    let worker = setup.worker();
+    let mut accepted = BTreeSet::new();
+    accepted.insert(notify_when_up(gw.port, json!({"user": "ivan", "data": 0, "nid": "p-0"}), Duration::from_secs(15)));
+    for i in 1..5 {
+        accepted.insert(crate::common::lane::notify_ok(gw.port, json!({"user": "ivan", "data": i, "nid": format!("p-{i}")})));
+    }
+    worker.wait_metric("parked_total", 5.0, Duration::from_secs(10));
+    rabbit.restart();
+    // Both links come back by themselves (the gateway's shows in its readiness).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = http(gw.port, "GET", "/readyz?strict=1", &[], b"");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway's RabbitMQ link did not come back: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ivan = user(gw.port, "ivan");
+    let seen = receive_all(&mut ivan, &accepted, Duration::from_secs(30));
+    report("parked across a RabbitMQ restart", &seen);
+    assert!(dead(gw.port).is_empty(), "time offline is no attempt: {:?}", dead(gw.port));
+    assert_eq!(worker.metric("retried_total"), 0.0);
+}
