@@ -173,6 +173,8 @@ pub struct ShardMetrics {
     pub publish_refused: Counter,
     /// Live messages dropped at a resume's seam because the replay already carried them.
     pub resume_duplicates: Counter,
+    /// Publishes answered 413: `data` over max_message, or a `msg` frame over outbound_limit.
+    pub publish_too_large: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
     /// Broker receipt → socket write, per delivered copy.
@@ -222,6 +224,9 @@ pub struct BridgeMetrics {
     /// (written by the sysfeed thread, its only writer).
     pub sys_snapshots: Counter,
     pub sys_snapshots_dropped: Counter,
+    /// Messages reaching the bridge (from NATS, or server frames) whose frame is larger
+    /// than outbound_limit: dropped, since queueing one would close every subscriber.
+    pub oversize_dropped: Counter,
 }
 
 /// What a scrape needs to see of one shard besides its counters.
@@ -276,7 +281,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 17] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 18] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -294,6 +299,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_replayed_frames_total", "History frames sent to resuming connections (sub with since).", |m| m.replayed.get()),
         ("ringcast_publish_refused_total", "Publishes (pub op or /api/publish) answered 503 because the broker link was down.", |m| m.publish_refused.get()),
         ("ringcast_resume_duplicates_dropped_total", "Live messages dropped at a resume's seam because the replay already carried them.", |m| m.resume_duplicates.get()),
+        ("ringcast_publish_too_large_total", "Publishes (pub op, long-poll or /api/publish) answered 413: data over max_message, or a message frame over outbound_limit.", |m| m.publish_too_large.get()),
     ];
     for (name, help, get) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
@@ -328,7 +334,7 @@ pub fn render(view: &NodeView) -> String {
     family(&mut out, "ringcast_broker_connected", "gauge", "1 when the broker link is up (always 1 for the embedded broker).");
     let _ = writeln!(out, "ringcast_broker_connected{{broker=\"{}\"}} {}", view.broker, view.broker_connected as u8);
     let b = view.bridge;
-    let bridge: [(&str, &str, &str, u64); 23] = [
+    let bridge: [(&str, &str, &str, u64); 24] = [
         ("ringcast_bridge_queue_depth", "gauge", "Messages waiting in the shard → bridge queue.", view.bridge_inbox_depth as u64),
         ("ringcast_bridge_queue_capacity", "gauge", "Bound of the shard → bridge queue (bridge_inbox).", view.bridge_inbox_capacity as u64),
         ("ringcast_bridge_queue_drops_total", "counter", "Messages refused because the bridge queue was full.", view.bridge_inbox_dropped),
@@ -352,6 +358,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_history_channels", "gauge", "Embedded broker: channels with a history ring (history_channels bound).", b.history_channels.get()),
         ("ringcast_sys_snapshots_total", "counter", "$sys.metrics snapshots published (one a second with sys_subscribe).", view.bridge.sys_snapshots.get()),
         ("ringcast_sys_snapshots_dropped_total", "counter", "$sys.metrics snapshots refused by the full bridge queue.", view.bridge.sys_snapshots_dropped.get()),
+        ("ringcast_oversize_dropped_total", "counter", "Messages from NATS (or server frames) dropped because their frame is larger than outbound_limit: delivering one would close every subscriber with 4008.", b.oversize_dropped.get()),
     ];
     for (name, kind, help, value) in bridge {
         family(&mut out, name, kind, help);
