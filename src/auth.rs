@@ -8,8 +8,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Clock skew tolerated on `exp`, in seconds: hosts drift, but a token must not live on
-/// much past its expiry.
+/// Clock skew tolerated on `exp` and `nbf`, in seconds: hosts drift, but a token must not
+/// live on much past its expiry, nor start much before its `nbf`.
 pub const JWT_LEEWAY_SECONDS: u64 = 5;
 
 /// The claims ringcast reads (PROTOCOL.md, Auth).
@@ -33,6 +33,12 @@ pub enum AuthError {
     Expired,
     MissingExp,
     BadAlgorithm,
+    /// `nbf` is still in the future (beyond the leeway).
+    NotYetValid,
+    /// `--jwt-audience` is set and the token's `aud` is missing or does not name it.
+    WrongAudience,
+    /// `--jwt-issuer` is set and the token's `iss` is missing or another.
+    WrongIssuer,
 }
 
 impl std::fmt::Display for AuthError {
@@ -44,6 +50,9 @@ impl std::fmt::Display for AuthError {
             AuthError::Expired => write!(f, "the token has expired: get a fresh one and reconnect"),
             AuthError::MissingExp => write!(f, "the token has no exp claim, which is required"),
             AuthError::BadAlgorithm => write!(f, "the token must be signed with HS256"),
+            AuthError::NotYetValid => write!(f, "the token is not valid yet (its nbf is in the future): check the clocks, or use it later"),
+            AuthError::WrongAudience => write!(f, "the token's aud claim must name this service (server setting jwt_audience)"),
+            AuthError::WrongIssuer => write!(f, "the token's iss claim must be the configured issuer (server setting jwt_issuer)"),
         }
     }
 }
@@ -57,11 +66,30 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
+    /// A verifier that checks signature, `exp` and `nbf` (when present) only.
     pub fn new(secret: &[u8]) -> JwtVerifier {
+        JwtVerifier::with_claims(secret, None, None)
+    }
+
+    /// With `audience` / `issuer`, tokens must also carry that `aud` (one of its values) /
+    /// `iss`; a token without the claim is refused like one with another value.
+    pub fn with_claims(secret: &[u8], audience: Option<&str>, issuer: Option<&str>) -> JwtVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = JWT_LEEWAY_SECONDS;
-        validation.set_required_spec_claims(&["exp"]);
-        validation.validate_aud = false;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         JwtVerifier { key: DecodingKey::from_secret(secret), validation }
     }
 
@@ -73,6 +101,11 @@ impl JwtVerifier {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => AuthError::MissingExp,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::WrongAudience,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
                 _ => AuthError::Malformed(e.to_string()),
             }),
@@ -128,6 +161,32 @@ mod tests {
         // alg "none": header {"alg":"none","typ":"JWT"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(verifier.verify(none).is_err());
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_leeway() {
+        let verifier = JwtVerifier::new(b"s");
+        let later = sign_hs256_for_tests(b"s", &json!({"sub": "a", "exp": now() + 600, "nbf": now() + 120}));
+        assert_eq!(verifier.verify(&later).unwrap_err(), AuthError::NotYetValid);
+        let within_leeway = sign_hs256_for_tests(b"s", &json!({"sub": "a", "exp": now() + 600, "nbf": now() + 2}));
+        assert!(verifier.verify(&within_leeway).is_ok());
+        let started = sign_hs256_for_tests(b"s", &json!({"sub": "a", "exp": now() + 600, "nbf": now() - 10}));
+        assert!(verifier.verify(&started).is_ok());
+    }
+
+    #[test]
+    fn audience_and_issuer_when_configured() {
+        let verifier = JwtVerifier::with_claims(b"s", Some("rt"), Some("auth.example"));
+        let token = |claims: serde_json::Value| sign_hs256_for_tests(b"s", &claims);
+        let exp = now() + 600;
+        assert!(verifier.verify(&token(json!({"exp": exp, "aud": "rt", "iss": "auth.example"}))).is_ok());
+        assert!(verifier.verify(&token(json!({"exp": exp, "aud": ["other", "rt"], "iss": "auth.example"}))).is_ok());
+        assert_eq!(verifier.verify(&token(json!({"exp": exp, "aud": "other", "iss": "auth.example"}))).unwrap_err(), AuthError::WrongAudience);
+        assert_eq!(verifier.verify(&token(json!({"exp": exp, "iss": "auth.example"}))).unwrap_err(), AuthError::WrongAudience);
+        assert_eq!(verifier.verify(&token(json!({"exp": exp, "aud": "rt", "iss": "evil"}))).unwrap_err(), AuthError::WrongIssuer);
+        assert_eq!(verifier.verify(&token(json!({"exp": exp, "aud": "rt"}))).unwrap_err(), AuthError::WrongIssuer);
+        // Unset: aud and iss are not looked at.
+        assert!(JwtVerifier::new(b"s").verify(&token(json!({"exp": exp, "aud": "any", "iss": "any"}))).is_ok());
     }
 
     #[test]

@@ -107,13 +107,20 @@ struct GatewayArgs {
     /// HS256 secret for client JWTs. Unset: every connection is anonymous.
     #[arg(long, env = "RINGCAST_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// With a JWT secret: tokens must carry this `aud` (one of their audiences); without it, 401.
+    #[arg(long, env = "RINGCAST_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// With a JWT secret: tokens must carry this `iss`; without it, 401.
+    #[arg(long, env = "RINGCAST_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
     /// With a JWT secret, still accept connections without a token (as anonymous). [default: false]
     #[arg(long, env = "RINGCAST_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     allow_anonymous: Option<String>,
     /// Largest WebSocket frame a client may send; bigger closes with 1009. [default: 64KiB]
     #[arg(long, env = "RINGCAST_MAX_FRAME", value_name = "SIZE")]
     max_frame: Option<String>,
-    /// Largest message (fragments reassembled) or published `data`. [default: 1MiB]
+    /// Largest message (fragments reassembled) or published `data`; must fit in
+    /// outbound_limit. [default: 128KiB]
     #[arg(long, env = "RINGCAST_MAX_MESSAGE", value_name = "SIZE")]
     max_message: Option<String>,
     /// Outbound backlog per connection; past it the slow reader is closed with 4008. [default: 256KiB]
@@ -296,6 +303,8 @@ impl GatewayArgs {
             ("max_connections", self.max_connections.as_ref()),
             ("api_key", self.api_key.as_ref()),
             ("jwt_secret", self.jwt_secret.as_ref()),
+            ("jwt_audience", self.jwt_audience.as_ref()),
+            ("jwt_issuer", self.jwt_issuer.as_ref()),
             ("allow_anonymous", self.allow_anonymous.as_ref()),
             ("max_frame", self.max_frame.as_ref()),
             ("max_message", self.max_message.as_ref()),
@@ -341,6 +350,10 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     pub api_key: Option<String>,
     pub jwt_secret: Option<String>,
+    /// Required `aud` in client tokens (with `jwt_secret`).
+    pub jwt_audience: Option<String>,
+    /// Required `iss` in client tokens (with `jwt_secret`).
+    pub jwt_issuer: Option<String>,
     pub allow_anonymous: bool,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
@@ -450,6 +463,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("max_connections", &self.max_connections)
             .field("api_key", &redact(&self.api_key))
             .field("jwt_secret", &redact(&self.jwt_secret))
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
             .field("allow_anonymous", &self.allow_anonymous)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -645,6 +660,8 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         max_connections: count("max_connections", limits::CONNECTIONS_MAX)?,
         api_key: get("api_key").filter(|k| !k.is_empty()).map(str::to_owned),
         jwt_secret: get("jwt_secret").filter(|k| !k.is_empty()).map(str::to_owned),
+        jwt_audience: get("jwt_audience").filter(|k| !k.is_empty()).map(str::to_owned),
+        jwt_issuer: get("jwt_issuer").filter(|k| !k.is_empty()).map(str::to_owned),
         allow_anonymous: flag("allow_anonymous")?,
         max_frame_bytes: size("max_frame", limits::FRAME_BYTES_MAX)?,
         max_message_bytes: size("max_message", limits::MESSAGE_BYTES_MAX)?,
@@ -698,8 +715,20 @@ fn validate(c: &GatewayConfig, cpus: usize) -> Result<(), ConfigError> {
     if c.max_frame_bytes > c.max_message_bytes {
         return Err(error("max_frame", format!("({}) is larger than max_message ({}); raise max_message", c.max_frame_bytes, c.max_message_bytes)));
     }
-    if c.outbound_bytes_max < c.max_frame_bytes + limits::FRAME_HEADER_BYTES_MAX {
-        return Err(error("outbound_limit", "must hold at least one max_frame frame plus its header"));
+    // A message no subscriber could queue would close every subscriber with 4008 (and,
+    // from history, every resume): the backlog must hold the largest message and its header.
+    // (max_frame <= max_message, checked above, so this also holds one max_frame frame.)
+    let message_frame = c.max_message_bytes + limits::FRAME_HEADER_BYTES_MAX;
+    if c.outbound_bytes_max < message_frame {
+        return Err(error(
+            "outbound_limit",
+            format!(
+                "({} bytes) must hold one max_message ({} bytes) plus its {}-byte frame header; raise outbound_limit to at least {message_frame} or lower max_message",
+                c.outbound_bytes_max,
+                c.max_message_bytes,
+                limits::FRAME_HEADER_BYTES_MAX
+            ),
+        ));
     }
     if c.heartbeat.is_zero() || c.heartbeat >= c.heartbeat_timeout {
         return Err(error("heartbeat", format!("({:?}) must be above zero and below heartbeat_timeout ({:?})", c.heartbeat, c.heartbeat_timeout)));
@@ -729,6 +758,11 @@ fn validate(c: &GatewayConfig, cpus: usize) -> Result<(), ConfigError> {
     }
     if c.allow_anonymous && c.jwt_secret.is_none() {
         return Err(error("allow_anonymous", "only means something with jwt_secret set (without a secret every connection is anonymous)"));
+    }
+    for (key, value) in [("jwt_audience", &c.jwt_audience), ("jwt_issuer", &c.jwt_issuer)] {
+        if value.is_some() && c.jwt_secret.is_none() {
+            return Err(error(key, "only means something with jwt_secret set (without a secret no token is read)"));
+        }
     }
     Ok(())
 }
@@ -961,6 +995,21 @@ mod tests {
         assert_eq!(gateway(&["--listen", "nowhere"]).unwrap_err().key, "listen");
         assert_eq!(gateway(&["--allow-anonymous"]).unwrap_err().key, "allow_anonymous");
         assert_eq!(gateway(&["--shard-inbox", "8"]).unwrap_err().key, "shard_inbox");
+        assert_eq!(gateway(&["--jwt-audience", "rt"]).unwrap_err().key, "jwt_audience");
+        assert_eq!(gateway(&["--jwt-issuer", "auth"]).unwrap_err().key, "jwt_issuer");
+        let c = gateway(&["--jwt-secret", "s", "--jwt-audience", "rt", "--jwt-issuer", "auth"]).unwrap();
+        assert_eq!((c.jwt_audience.as_deref(), c.jwt_issuer.as_deref()), (Some("rt"), Some("auth")));
+    }
+
+    #[test]
+    fn outbound_limit_holds_the_largest_message() {
+        let c = gateway(&[]).unwrap();
+        assert!(c.outbound_bytes_max >= c.max_message_bytes + limits::FRAME_HEADER_BYTES_MAX, "the defaults satisfy the rule");
+        let e = gateway(&["--max-message", "1MiB"]).unwrap_err();
+        assert_eq!(e.key, "outbound_limit");
+        assert!(e.msg.contains("max_message") && e.msg.contains("1048590"), "names both keys and the least that works: {}", e.msg);
+        assert!(gateway(&["--max-message", "1MiB", "--outbound-limit", "1048590"]).is_ok());
+        assert_eq!(gateway(&["--outbound-limit", "128KiB"]).unwrap_err().key, "outbound_limit");
     }
 
     #[test]

@@ -24,7 +24,12 @@ pub const SHARD_COUNT_MAX: usize = 256;
 /// make us buffer for a partial frame.
 pub const FRAME_BYTES_MAX: usize = 64 * 1024;
 /// One reassembled (fragmented) message. Also the largest `data` a publish may carry.
-pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Every message must fit a subscriber's outbound backlog (OUTBOUND_BYTES_MAX), or its
+/// delivery closes every subscriber with 4008 (and, on a history channel, again on each
+/// resume). 128 KiB (it was 1 MiB) is half that backlog: one largest message still leaves
+/// room for the traffic queued ahead of it. Bigger payloads belong in object storage, with
+/// a link on the channel.
+pub const MESSAGE_BYTES_MAX: usize = 128 * 1024;
 /// Outbound backlog per connection. 256 KiB holds ~1,000 typical 200-byte messages of
 /// burst for a reader that is briefly slow; past it the reader is closed with 4008.
 pub const OUTBOUND_BYTES_MAX: usize = 256 * 1024;
@@ -109,6 +114,7 @@ const _: () = assert!(FRAME_BYTES_MAX <= MESSAGE_BYTES_MAX);
 const _: () = assert!(HISTORY_REPLAY_MESSAGES_MAX >= HISTORY_MESSAGES_PER_CHANNEL);
 const _: () = assert!(HEARTBEAT_MS < HEARTBEAT_TIMEOUT_MS);
 const _: () = assert!(OUTBOUND_BYTES_MAX >= FRAME_BYTES_MAX + FRAME_HEADER_BYTES_MAX);
+const _: () = assert!(OUTBOUND_BYTES_MAX >= MESSAGE_BYTES_MAX + FRAME_HEADER_BYTES_MAX);
 const _: () = assert!(WRITE_IOVECS_MAX <= 1024);
 const _: () = assert!(REQUEST_LINE_BYTES_MAX <= REQUEST_HEAD_BYTES_MAX);
 const _: () = assert!(SHARD_COUNT_MAX <= u16::MAX as usize + 1);

@@ -172,6 +172,8 @@ pub struct ShardMetrics {
     /// Server-started closes whose handshake did not finish within `CLOSE_TIMEOUT_MS` (the
     /// socket was shut; the close is counted under its cause in `closes`).
     pub close_handshake_timeouts: Counter,
+    /// Publishes answered 413: `data` over max_message, or a `msg` frame over outbound_limit.
+    pub publish_too_large: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
     /// Broker receipt → socket write, per delivered copy.
@@ -228,6 +230,9 @@ pub struct BridgeMetrics {
     /// `limits::SUB_CONFIRMS_WAITING_MAX`), and those answered 503: timed out or refused.
     pub sub_confirms_waiting: Counter,
     pub sub_confirm_failures: Counter,
+    /// Messages reaching the bridge (from NATS, or server frames) whose frame is larger
+    /// than outbound_limit: dropped, since queueing one would close every subscriber.
+    pub oversize_dropped: Counter,
 }
 
 /// What a scrape needs to see of one shard besides its counters.
@@ -282,7 +287,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 18] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 19] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -301,6 +306,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_publish_refused_total", "Publishes (pub op or /api/publish) answered 503 because the broker link was down.", |m| m.publish_refused.get()),
         ("ringcast_resume_duplicates_dropped_total", "Live messages dropped at a resume's seam because the replay already carried them.", |m| m.resume_duplicates.get()),
         ("ringcast_close_handshake_timeouts_total", "Server-started closes whose handshake did not finish in 5 s, so the socket was shut (each is also counted under its cause in ringcast_closes_total).", |m| m.close_handshake_timeouts.get()),
+        ("ringcast_publish_too_large_total", "Publishes (pub op, long-poll or /api/publish) answered 413: data over max_message, or a message frame over outbound_limit.", |m| m.publish_too_large.get()),
     ];
     for (name, help, get) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
@@ -335,7 +341,7 @@ pub fn render(view: &NodeView) -> String {
     family(&mut out, "ringcast_broker_connected", "gauge", "1 when the broker link is up (always 1 for the embedded broker).");
     let _ = writeln!(out, "ringcast_broker_connected{{broker=\"{}\"}} {}", view.broker, view.broker_connected as u8);
     let b = view.bridge;
-    let bridge: [(&str, &str, &str, u64); 27] = [
+    let bridge: [(&str, &str, &str, u64); 28] = [
         ("ringcast_bridge_queue_depth", "gauge", "Messages waiting in the shard → bridge queue.", view.bridge_inbox_depth as u64),
         ("ringcast_bridge_queue_capacity", "gauge", "Bound of the shard → bridge queue (bridge_inbox).", view.bridge_inbox_capacity as u64),
         ("ringcast_bridge_queue_drops_total", "counter", "Messages refused because the bridge queue was full.", view.bridge_inbox_dropped),
@@ -363,6 +369,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_sub_confirm_retries_total", "counter", "Confirming round trips that failed or timed out and were tried again (NATS unreachable).", b.sub_confirm_retries.get()),
         ("ringcast_sub_confirms_waiting", "gauge", "sub requests waiting for NATS to confirm their subscription (bound 65536).", b.sub_confirms_waiting.get()),
         ("ringcast_sub_confirm_failures_total", "counter", "sub requests answered 503 because NATS did not confirm the subscription in time, or too many were waiting.", b.sub_confirm_failures.get()),
+        ("ringcast_oversize_dropped_total", "counter", "Messages from NATS (or server frames) dropped because their frame is larger than outbound_limit: delivering one would close every subscriber with 4008.", b.oversize_dropped.get()),
     ];
     for (name, kind, help, value) in bridge {
         family(&mut out, name, kind, help);

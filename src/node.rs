@@ -42,7 +42,10 @@ pub struct Node {
 impl Node {
     pub fn new(config: GatewayConfig) -> Arc<Node> {
         let shards = config.shards;
-        let jwt = config.jwt_secret.as_ref().map(|secret| JwtVerifier::new(secret.as_bytes()));
+        let jwt = config
+            .jwt_secret
+            .as_ref()
+            .map(|secret| JwtVerifier::with_claims(secret.as_bytes(), config.jwt_audience.as_deref(), config.jwt_issuer.as_deref()));
         let transport = crate::transport::NodeTransport::new(&config).unwrap_or_else(|e| {
             eprintln!("ringcast: config error: {e}");
             std::process::exit(2)

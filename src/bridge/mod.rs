@@ -270,6 +270,14 @@ impl Bridge {
             return;
         }
         let frame = encode_frame(&channel, payload, raw_frame, seq);
+        if frame.len() > self.node.config.outbound_bytes_max {
+            // The doors refuse such publishes with 413; this one came from NATS (any NATS
+            // client can publish on the prefix) or is a server frame. No subscriber could
+            // queue it: each would be closed with 4008, and again on every resume.
+            self.metrics.oversize_dropped.inc();
+            tracing::debug!(%channel, bytes = frame.len(), "dropped a message larger than outbound_limit");
+            return;
+        }
         let delivery = Arc::new(Delivery { channel, frame, seq, received_us });
         for shard in wanted.iter() {
             match self.node.shard_inboxes[shard as usize].push(ToShard::Deliver(delivery.clone())) {

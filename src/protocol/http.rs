@@ -182,6 +182,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, HttpErro
     };
 
     let mut request = request_from_head(&head);
+    check_framing(&buf[..head_len], &request)?;
     let body_len = body_length(&request, limits)?;
     let Some(consumed) = head_len
         .checked_add(body_len)
@@ -212,6 +213,33 @@ fn check_request_line(buf: &[u8], request_line_bytes_max: usize) -> Result<(), H
         }
         None if window.len() >= request_line_bytes_max.saturating_add(2) => Err(TOO_LONG),
         None => Ok(()),
+    }
+}
+
+/// What httparse tolerates but a proxy in front may read differently (RFC 9112 §2.2,
+/// §3.2): a bare LF line ending, and an HTTP/1.1 request without exactly one `Host`. Where
+/// two parsers disagree on where a request ends or which host it is for, requests can be
+/// smuggled past the proxy's rules; refusing both ends the disagreement.
+fn check_framing(head: &[u8], request: &Request) -> Result<(), HttpError> {
+    let bare_lf = head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'));
+    if bare_lf {
+        return Err(HttpError::new(400, "line endings must be CRLF (bare LF refused)"));
+    }
+    match request.headers.iter().filter(|(name, _)| name == "host").count() {
+        0 if request.version_minor >= 1 => Err(HttpError::new(400, "an HTTP/1.1 request must carry a Host header")),
+        0 | 1 => Ok(()),
+        _ => Err(HttpError::new(400, "more than one Host header")),
+    }
+}
+
+/// Rewrites a response built for keep-alive to say `Connection: close`, for a request that
+/// asked to close (the caller closes after writing it).
+pub fn set_connection_close(response: &mut Vec<u8>) {
+    const KEEP: &[u8] = b"\r\nConnection: keep-alive\r\n";
+    const CLOSE: &[u8] = b"\r\nConnection: close\r\n";
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |i| i + 2);
+    if let Some(at) = response[..head_end].windows(KEEP.len()).position(|w| w == KEEP) {
+        response.splice(at..at + KEEP.len(), CLOSE.iter().copied());
     }
 }
 
@@ -606,7 +634,7 @@ mod tests {
         assert_eq!(req.header("host"), Some("h"));
         assert!(req.keep_alive);
         assert!(req.body.is_empty());
-        assert_eq!(request("GET / HTTP/1.1\r\n\r\n").query, None);
+        assert_eq!(request("GET / HTTP/1.1\r\nHost: t\r\n\r\n").query, None);
     }
 
     #[test]
@@ -620,7 +648,7 @@ mod tests {
             ("get", Method::Other),
         ] {
             assert_eq!(
-                request(&format!("{text} / HTTP/1.1\r\n\r\n")).method,
+                request(&format!("{text} / HTTP/1.1\r\nHost: t\r\n\r\n")).method,
                 method
             );
         }
@@ -628,17 +656,17 @@ mod tests {
 
     #[test]
     fn post_body_and_pipelining() {
-        let buf = b"POST /api/publish HTTP/1.1\r\nContent-Length: 7\r\n\r\n{\"a\":1}GET / HTTP/1.1\r\n\r\n";
+        let buf = b"POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\n{\"a\":1}GET / HTTP/1.1\r\nHost: t\r\n\r\n";
         let (req, consumed) = complete(buf);
         assert_eq!(req.body, b"{\"a\":1}");
         let (next, rest) = complete(&buf[consumed..]);
         assert_eq!(next.path, "/");
         assert_eq!(consumed + rest, buf.len());
         // No Content-Length: an empty body.
-        assert!(request("POST /poll HTTP/1.1\r\n\r\n").body.is_empty());
+        assert!(request("POST /poll HTTP/1.1\r\nHost: t\r\n\r\n").body.is_empty());
         // Repeated equal values are one length.
         assert_eq!(
-            request("POST / HTTP/1.1\r\nContent-Length: 2, 2\r\ncontent-length: 2\r\n\r\nab").body,
+            request("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2, 2\r\ncontent-length: 2\r\n\r\nab").body,
             b"ab"
         );
     }
@@ -669,9 +697,9 @@ mod tests {
 
     #[test]
     fn keep_alive_rules() {
-        assert!(request("GET / HTTP/1.1\r\n\r\n").keep_alive);
-        assert!(!request("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
-        assert!(!request("GET / HTTP/1.1\r\nConnection: Upgrade, Close\r\n\r\n").keep_alive);
+        assert!(request("GET / HTTP/1.1\r\nHost: t\r\n\r\n").keep_alive);
+        assert!(!request("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!request("GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, Close\r\n\r\n").keep_alive);
         assert!(!request("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert_eq!(request("GET / HTTP/1.0\r\n\r\n").version_minor, 0);
@@ -683,12 +711,12 @@ mod tests {
             request_line_bytes_max: 32,
             ..LIMITS
         };
-        let at_limit = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(32 - 14));
+        let at_limit = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(32 - 14));
         assert!(matches!(
             parse_request(at_limit.as_bytes(), &limits),
             Ok(Parsed::Complete { .. })
         ));
-        let over = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(32 - 13));
+        let over = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(32 - 13));
         assert_eq!(status_with(over.as_bytes(), &limits), 414);
         // Unfinished and already too long: refused before the line ends.
         assert_eq!(
@@ -701,7 +729,7 @@ mod tests {
         ));
         assert_eq!(
             status(&format!(
-                "GET /?token={} HTTP/1.1\r\n\r\n",
+                "GET /?token={} HTTP/1.1\r\nHost: t\r\n\r\n",
                 "a".repeat(9000)
             )),
             414
@@ -709,17 +737,31 @@ mod tests {
     }
 
     #[test]
+    fn framing_a_proxy_could_read_differently_is_refused() {
+        assert_eq!(status("GET / HTTP/1.1\nHost: t\n\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: t\nX: y\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(request("GET / HTTP/1.0\r\n\r\n").version_minor, 0, "HTTP/1.0 needs no Host");
+        let mut response = super::response(200, "text/plain", b"Connection: keep-alive\r\n", &[], true);
+        set_connection_close(&mut response);
+        let text = String::from_utf8(response).unwrap();
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+        assert!(text.ends_with("Connection: keep-alive\r\n"), "the body is left alone: {text}");
+    }
+
+    #[test]
     fn header_count_limit() {
         let limits = HttpLimits {
-            header_count_max: 3,
+            header_count_max: 4,
             ..LIMITS
         };
-        let three = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
+        let three = "GET / HTTP/1.1\r\nHost: t\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
         assert_eq!(
             parse_request(three.as_bytes(), &limits).map(|p| matches!(p, Parsed::Complete { .. })),
             Ok(true)
         );
-        let four = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
+        let four = "GET / HTTP/1.1\r\nHost: t\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
         assert_eq!(status_with(four.as_bytes(), &limits), 431);
         // Detected while the head is still arriving.
         assert_eq!(
@@ -731,8 +773,8 @@ mod tests {
             header_count_max: 100,
             ..LIMITS
         };
-        let head: String = (0..80).map(|i| format!("h{i}: v\r\n")).collect();
-        let text = format!("GET / HTTP/1.1\r\n{head}\r\n");
+        let head: String = (0..79).map(|i| format!("h{i}: v\r\n")).collect();
+        let text = format!("GET / HTTP/1.1\r\nHost: t\r\n{head}\r\n");
         assert!(matches!(
             parse_request(text.as_bytes(), &many),
             Ok(Parsed::Complete { .. })
@@ -746,16 +788,16 @@ mod tests {
             head_bytes_max: 64,
             ..LIMITS
         };
-        let fits = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "v".repeat(64 - 23));
+        let fits = format!("GET / HTTP/1.1\r\nHost: t\r\nx: {}\r\n\r\n", "v".repeat(64 - 32));
         assert_eq!(fits.len(), 64);
         assert!(matches!(
             parse_request(fits.as_bytes(), &limits),
             Ok(Parsed::Complete { .. })
         ));
-        let over = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "v".repeat(64 - 22));
+        let over = format!("GET / HTTP/1.1\r\nHost: t\r\nx: {}\r\n\r\n", "v".repeat(64 - 31));
         assert_eq!(status_with(over.as_bytes(), &limits), 431);
         // A head growing with no end is refused once it reaches the limit.
-        let endless = format!("GET / HTTP/1.1\r\nx: {}", "v".repeat(100));
+        let endless = format!("GET / HTTP/1.1\r\nHost: t\r\nx: {}", "v".repeat(100));
         assert_eq!(status_with(&endless.as_bytes()[..64], &limits), 431);
         assert!(matches!(
             parse_request(&endless.as_bytes()[..63], &limits),
@@ -763,7 +805,7 @@ mod tests {
         ));
         // The body does not count toward the head.
         let with_body = format!(
-            "POST / HTTP/1.1\r\ncontent-length: 100\r\n\r\n{}",
+            "POST / HTTP/1.1\r\nHost: t\r\ncontent-length: 100\r\n\r\n{}",
             "b".repeat(100)
         );
         assert!(matches!(
@@ -779,10 +821,10 @@ mod tests {
             ..LIMITS
         };
         assert_eq!(
-            status_with(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", &limits),
+            status_with(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n", &limits),
             413
         );
-        let exact = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+        let exact = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789";
         assert!(matches!(
             parse_request(exact, &limits),
             Ok(Parsed::Complete { .. })
@@ -792,11 +834,11 @@ mod tests {
             Ok(Parsed::Incomplete)
         ));
         assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
             400
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 18446744073709551615\r\n\r\n"),
             413
         );
     }
@@ -806,30 +848,30 @@ mod tests {
         for value in ["-1", "abc", "", "1.0", "+5", "0x10", "1 2", "5,"] {
             assert_eq!(
                 status(&format!(
-                    "POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n"
+                    "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {value}\r\n\r\n"
                 )),
                 400,
                 "{value:?}"
             );
         }
         assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+            status("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
             400
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\nab"),
+            status("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\nab"),
             400
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
             501
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
             501
         );
         let msg = parse_request(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
             &LIMITS,
         )
         .unwrap_err()
@@ -840,17 +882,17 @@ mod tests {
     #[test]
     fn malformed_heads() {
         assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), 505);
-        assert_eq!(status("GET / HTTP/1.1\r\nbad header\r\n\r\n"), 400);
-        assert_eq!(status("GET / HTTP/1.1\r\n: novalue\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: t\r\nbad header\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: t\r\n: novalue\r\n\r\n"), 400);
         assert_eq!(status("GET\r\n\r\n"), 400);
-        assert_eq!(status("\x00\x01\x02 / HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status("GET / HTTP/1.1\r\nx: a\rb\r\n\r\n"), 400);
+        assert_eq!(status("\x00\x01\x02 / HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: t\r\nx: a\rb\r\n\r\n"), 400);
     }
 
     #[test]
     fn query_params_are_decoded() {
         let req = request(
-            "GET /ws?token=a%2Eb&x=1&sp=a+b%20c&bad=%zz%4&flag&e%6Ec=%C3%A9 HTTP/1.1\r\n\r\n",
+            "GET /ws?token=a%2Eb&x=1&sp=a+b%20c&bad=%zz%4&flag&e%6Ec=%C3%A9 HTTP/1.1\r\nHost: t\r\n\r\n",
         );
         assert_eq!(req.query_param("token").as_deref(), Some("a.b"));
         assert_eq!(req.query_param("x").as_deref(), Some("1"));
@@ -860,17 +902,17 @@ mod tests {
         assert_eq!(req.query_param("enc").as_deref(), Some("é"));
         assert_eq!(req.query_param("missing"), None);
         assert_eq!(
-            request("GET /ws HTTP/1.1\r\n\r\n").query_param("token"),
+            request("GET /ws HTTP/1.1\r\nHost: t\r\n\r\n").query_param("token"),
             None
         );
         assert_eq!(
-            request("GET /ws?t=%FF HTTP/1.1\r\n\r\n")
+            request("GET /ws?t=%FF HTTP/1.1\r\nHost: t\r\n\r\n")
                 .query_param("t")
                 .as_deref(),
             Some("\u{fffd}")
         );
         assert_eq!(
-            request("GET /ws?t=1&t=2 HTTP/1.1\r\n\r\n")
+            request("GET /ws?t=1&t=2 HTTP/1.1\r\nHost: t\r\n\r\n")
                 .query_param("t")
                 .as_deref(),
             Some("1")
@@ -880,12 +922,12 @@ mod tests {
     #[test]
     fn bearer_tokens() {
         let with =
-            |value: &str| request(&format!("GET / HTTP/1.1\r\nAuthorization: {value}\r\n\r\n"));
+            |value: &str| request(&format!("GET / HTTP/1.1\r\nHost: t\r\nAuthorization: {value}\r\n\r\n"));
         assert_eq!(with("Bearer abc.def").bearer_token(), Some("abc.def"));
         assert_eq!(with("bearer   abc").bearer_token(), Some("abc"));
         assert_eq!(with("Basic abc").bearer_token(), None);
         assert_eq!(with("Bearer").bearer_token(), None);
-        assert_eq!(request("GET / HTTP/1.1\r\n\r\n").bearer_token(), None);
+        assert_eq!(request("GET / HTTP/1.1\r\nHost: t\r\n\r\n").bearer_token(), None);
     }
 
     #[test]
@@ -1063,7 +1105,7 @@ mod tests {
         };
         let seeds: [&[u8]; 3] = [
             UPGRADE.as_bytes(),
-            b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
             b"GET / HTTP/1.0\r\n\r\n",
         ];
         let alphabet = b"\r\n :,%?=&+GETPOST/HTTP1.0aZ\x00\xff\t";

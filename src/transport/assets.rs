@@ -12,17 +12,20 @@
 
 use crate::protocol::http::{self as h, Request};
 
-/// The dashboard: one HTML file with its style and script inline.
+/// The dashboard: one HTML file with its style inline, and its script.
 pub const DASHBOARD_HTML: &[u8] = include_bytes!("../../assets/dashboard.html");
+/// The dashboard's script: a file of its own, so the CSP needs no `'unsafe-inline'` for
+/// scripts (a forged feed value that slipped into markup still could not run).
+pub const DASHBOARD_JS: &[u8] = include_bytes!("../../assets/dashboard.js");
 /// The browser client, exactly the file the npm package ships.
 pub const RINGCAST_JS: &[u8] = include_bytes!("../../clients/js/ringcast.js");
 
 /// How long a browser may reuse `/ringcast.js` without asking again.
 pub const CLIENT_MAX_AGE_SECONDS: u32 = 300;
 
-/// The page loads only its own script (inline) and `/ringcast.js`, and talks only to its
-/// own origin (WebSocket and long-poll): nothing from anywhere else, ever.
-const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
+/// The page loads only its own scripts (`/dashboard.js`, `/ringcast.js`; no inline script)
+/// and talks only to its own origin (WebSocket and long-poll): nothing from anywhere else.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// FNV-1a, 64 bit, at compile time: an ETag that changes whenever the bytes do.
@@ -39,6 +42,7 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 
 const DASHBOARD_HASH: u64 = fnv1a(DASHBOARD_HTML);
 const RINGCAST_JS_HASH: u64 = fnv1a(RINGCAST_JS);
+const DASHBOARD_JS_HASH: u64 = fnv1a(DASHBOARD_JS);
 
 struct Asset {
     body: &'static [u8],
@@ -56,6 +60,14 @@ fn asset(path: &str) -> Option<Asset> {
             content_type: "text/html; charset=utf-8",
             cache_control: "no-cache".into(),
             csp: Some(DASHBOARD_CSP),
+        }),
+        "/dashboard.js" => Some(Asset {
+            body: DASHBOARD_JS,
+            hash: DASHBOARD_JS_HASH,
+            content_type: "text/javascript; charset=utf-8",
+            // Revalidated like the page, so page and script always match.
+            cache_control: "no-cache".into(),
+            csp: None,
         }),
         "/ringcast.js" => Some(Asset {
             body: RINGCAST_JS,
@@ -108,8 +120,14 @@ mod tests {
     fn assets_are_embedded_and_look_right() {
         let html = std::str::from_utf8(DASHBOARD_HTML).unwrap();
         assert!(html.starts_with("<!doctype html>"), "the dashboard is an HTML5 page");
-        assert!(html.contains("/ringcast.js") && html.contains("$sys.metrics"), "it loads the client and subscribes to the feed");
-        assert!(!html.contains("http://") && !html.contains("https://"), "no external resources: operators may be offline");
+        assert!(html.contains("/ringcast.js") && html.contains("/dashboard.js"), "it loads the client and its script");
+        assert!(!html.contains("<script>"), "no inline script: the CSP refuses it");
+        let script = std::str::from_utf8(DASHBOARD_JS).unwrap();
+        assert!(script.contains("$sys.metrics"), "it subscribes to the feed");
+        assert!(!script.contains("innerHTML"), "feed data is rendered as text only");
+        for text in [html, script] {
+            assert!(!text.contains("http://") && !text.contains("https://"), "no external resources: operators may be offline");
+        }
         let js = std::str::from_utf8(RINGCAST_JS).unwrap();
         assert!(js.contains("function connect"), "the client is the real one");
     }

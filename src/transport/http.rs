@@ -69,6 +69,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         match routed {
             Routed::Respond { mut bytes, keep_alive } => {
                 shard.metrics.http_requests.inc();
+                if !request.keep_alive {
+                    // The client asked to close: say so, then close (below).
+                    h::set_connection_close(&mut bytes);
+                }
                 if matches!(request.method, Method::Head) {
                     // Same head as GET, no body (RFC 9110 §9.3.2).
                     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |i| i + 4);
@@ -300,6 +304,32 @@ struct PublishBody<'a> {
     data: &'a RawValue,
 }
 
+/// Why a client or the API may not publish on `$…` channels: the server alone speaks
+/// there (`$sys.metrics` feeds the dashboard; `$pres.*` carries join/leave frames).
+pub(super) const SERVER_CHANNEL_REFUSAL: &str = "channels starting with $ ($sys.*, $pres.*) are published by the server only";
+
+/// The `msg` frame envelope around `ch` and `data`, at its largest:
+/// `{"op":"msg","ch":"","data":,"seq":}` plus a 20-digit `seq`.
+const MSG_ENVELOPE_BYTES_MAX: usize = r#"{"op":"msg","ch":"","data":,"seq":}"#.len() + 20;
+
+/// Whether a publish of `data_bytes` on `channel` can reach a subscriber at all: `data`
+/// within `max_message`, and the `msg` frame it becomes within `outbound_limit` (a frame
+/// larger than a subscriber's whole backlog would close every subscriber with 4008). The
+/// error names the limit. Every door (pub op, long-poll, /api/publish) asks this.
+pub(super) fn check_publish_size(config: &crate::config::GatewayConfig, channel: &str, data_bytes: usize) -> Result<(), String> {
+    if data_bytes > config.max_message_bytes {
+        return Err(format!("data is {data_bytes} bytes, over max_message ({} bytes); send less, or a link to it", config.max_message_bytes));
+    }
+    let frame_bytes = crate::limits::FRAME_HEADER_BYTES_MAX + MSG_ENVELOPE_BYTES_MAX + channel.len() + data_bytes;
+    if frame_bytes > config.outbound_bytes_max {
+        return Err(format!(
+            "the message frame would be up to {frame_bytes} bytes, over a subscriber's outbound_limit ({} bytes): nobody could receive it; send less",
+            config.outbound_bytes_max
+        ));
+    }
+    Ok(())
+}
+
 fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
     if let Some(rejected) = check_api_key(shard, request) {
         return rejected;
@@ -311,11 +341,12 @@ fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
     if let Err(e) = channel::validate_channel(&body.ch) {
         return error(400, &format!("bad channel: {e}"), &[]);
     }
-    if body.ch.starts_with(crate::presence::PRESENCE_CHANNEL_PREFIX) {
-        return error(403, "$pres.* channels carry presence frames and are published by the server only", &[]);
+    if body.ch.starts_with('$') {
+        return error(403, SERVER_CHANNEL_REFUSAL, &[]);
     }
-    if body.data.get().len() > shard.node.config.max_message_bytes {
-        return error(413, "data is larger than max_message", &[]);
+    if let Err(msg) = check_publish_size(&shard.node.config, &body.ch, body.data.get().len()) {
+        shard.metrics.publish_too_large.inc();
+        return error(413, &msg, &[]);
     }
     if !shard.node.broker_up() {
         shard.metrics.publish_refused.inc();

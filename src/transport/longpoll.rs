@@ -42,6 +42,15 @@ pub struct PollMetrics {
     pub forwarded: Counter,
     /// Forwards refused because the owner's mailbox was full (answered 503).
     pub forward_refused: Counter,
+    /// POSTs refused with 413 for carrying more frames than [`frames_per_post_max`].
+    pub posts_too_many_frames: Counter,
+}
+
+/// Frames one `POST /poll/{sid}` may carry: the client's whole burst (`client_rate`, burst
+/// twice that). A POST can never use more than the burst, and a body of a million tiny
+/// frames must cost its parse up to here only, not a shard's time for every frame.
+pub fn frames_per_post_max(client_rate: u32) -> usize {
+    (client_rate as usize).saturating_mul(2)
 }
 
 struct Answer {
@@ -219,11 +228,22 @@ async fn local(shard: &Rc<Shard>, slot: u32, secret: u128, op: PollOp) -> PollAn
         }
         PollOp::Post { body } => {
             metrics.posts.inc();
-            let frames = match split_frames(&body) {
+            let max = frames_per_post_max(shard.node.config.client_messages_per_second);
+            let frames = match split_frames(&body, max) {
                 Ok(frames) => frames,
-                Err(msg) => return PollAnswer { status: 400, body: error_body(400, &msg) },
+                Err(SplitError::TooMany) => {
+                    metrics.posts_too_many_frames.inc();
+                    let msg = format!("more than {max} frames in one POST (twice client_rate, the burst a session may use); none were handled: send fewer");
+                    return PollAnswer { status: 413, body: error_body(413, &msg) };
+                }
+                Err(SplitError::Malformed(msg)) => return PollAnswer { status: 400, body: error_body(400, &msg) },
             };
             for frame in frames {
+                // A frame that closed the session (its replies overflowed outbound_limit,
+                // say) ends the POST: a closing session takes no more ops.
+                if conn.state.borrow().closing.is_some() || conn.state.borrow().finished.is_some() {
+                    break;
+                }
                 shard.metrics.frames_in.inc();
                 super::websocket::on_text(shard, &conn, frame);
             }
@@ -233,18 +253,58 @@ async fn local(shard: &Rc<Shard>, slot: u32, secret: u128, op: PollOp) -> PollAn
     }
 }
 
-/// One JSON object, or an array of them, as the texts of client frames.
-fn split_frames(body: &[u8]) -> Result<Vec<&str>, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "the body must be UTF-8 JSON".to_string())?;
+#[derive(Debug, PartialEq, Eq)]
+enum SplitError {
+    /// More than the allowed frames; parsing stopped at the first one over.
+    TooMany,
+    Malformed(String),
+}
+
+/// One JSON object, or an array of at most `max` of them, as the texts of client frames.
+/// The array is read element by element and abandoned at element `max + 1`.
+fn split_frames(body: &[u8], max: usize) -> Result<Vec<&str>, SplitError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, SeqAccess, Visitor};
+    let text = std::str::from_utf8(body).map_err(|_| SplitError::Malformed("the body must be UTF-8 JSON".into()))?;
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
-        return Err("empty body: send one frame ({\"op\":..}) or an array of frames".into());
+        return Err(SplitError::Malformed("empty body: send one frame ({\"op\":..}) or an array of frames".into()));
     }
     if !trimmed.starts_with('[') {
         return Ok(vec![text]);
     }
-    let frames: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| format!("the body is not a JSON array of frames: {e}"))?;
-    Ok(frames.into_iter().map(RawValue::get).collect())
+    /// (frames so far, the cap, set when the cap was passed).
+    struct Seed<'a, 'v>(&'v mut Vec<&'a str>, usize, &'v mut bool);
+    impl<'a> DeserializeSeed<'a> for Seed<'a, '_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+    impl<'a> Visitor<'a> for Seed<'a, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of frames")
+        }
+        fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(frame) = seq.next_element::<&'a RawValue>()? {
+                if self.0.len() == self.1 {
+                    *self.2 = true;
+                    return Err(A::Error::custom("too many frames"));
+                }
+                self.0.push(frame.get());
+            }
+            Ok(())
+        }
+    }
+    let mut frames = Vec::new();
+    let mut too_many = false;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let parsed = Seed(&mut frames, max, &mut too_many).deserialize(&mut deserializer).and_then(|()| deserializer.end());
+    match parsed {
+        _ if too_many => Err(SplitError::TooMany),
+        Ok(()) => Ok(frames),
+        Err(e) => Err(SplitError::Malformed(format!("the body is not a JSON array of frames: {e}"))),
+    }
 }
 
 #[cfg(test)]
@@ -253,11 +313,22 @@ mod tests {
 
     #[test]
     fn bodies_split_into_frames() {
-        assert_eq!(split_frames(br#"{"op":"ping"}"#).unwrap(), vec![r#"{"op":"ping"}"#]);
-        assert_eq!(split_frames(br#" [{"op":"ping"}, {"op":"sub","ch":"a"}]"#).unwrap(), vec![r#"{"op":"ping"}"#, r#"{"op":"sub","ch":"a"}"#]);
-        assert!(split_frames(b"").is_err());
-        assert!(split_frames(b"[1,").is_err());
-        assert!(split_frames(&[0xff, 0xfe]).is_err());
+        assert_eq!(split_frames(br#"{"op":"ping"}"#, 8).unwrap(), vec![r#"{"op":"ping"}"#]);
+        assert_eq!(split_frames(br#" [{"op":"ping"}, {"op":"sub","ch":"a"}]"#, 8).unwrap(), vec![r#"{"op":"ping"}"#, r#"{"op":"sub","ch":"a"}"#]);
+        assert_eq!(split_frames(b"[]", 8).unwrap(), Vec::<&str>::new());
+        assert!(split_frames(b"", 8).is_err());
+        assert!(split_frames(b"[1,", 8).is_err());
+        assert!(split_frames(b"[{}] x", 8).is_err());
+        assert!(split_frames(&[0xff, 0xfe], 8).is_err());
+    }
+
+    #[test]
+    fn frames_past_the_cap_refuse_the_post() {
+        assert_eq!(split_frames(b"[{},{},{}]", 3).unwrap().len(), 3);
+        assert_eq!(split_frames(b"[{},{},{},{}]", 3), Err(SplitError::TooMany));
+        // Refused at the first frame over, before the rest is even looked at.
+        assert_eq!(split_frames(b"[{},{},{},{},not json", 3), Err(SplitError::TooMany));
+        assert_eq!(frames_per_post_max(1000), 2000);
     }
 
     #[test]

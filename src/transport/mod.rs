@@ -56,7 +56,7 @@ impl NodeTransport {
         let _ = writeln!(out, "ringcast_tls_reloads_total {reloads}");
         family(out, "ringcast_tls_reload_failures_total", "counter", "SIGHUP reloads refused (bad PEM); the previous certificate stays.");
         let _ = writeln!(out, "ringcast_tls_reload_failures_total {failures}");
-        let poll: [(&str, &str, fn(&longpoll::PollMetrics) -> u64); 7] = [
+        let poll: [(&str, &str, fn(&longpoll::PollMetrics) -> u64); 8] = [
             ("ringcast_poll_sessions", "Open long-poll sessions (also counted in ringcast_shard_connections).", |m| m.sessions.get()),
             ("ringcast_poll_sessions_opened_total", "Long-poll sessions opened (POST /poll).", |m| m.opened.get()),
             ("ringcast_poll_sessions_expired_total", "Long-poll sessions nobody polled for poll_timeout (a disconnect).", |m| m.expired.get()),
@@ -64,6 +64,7 @@ impl NodeTransport {
             ("ringcast_poll_posts_total", "POST /poll/{sid} handled by the owning shard.", |m| m.posts.get()),
             ("ringcast_poll_forwarded_total", "Long-poll requests forwarded to the shard owning the session.", |m| m.forwarded.get()),
             ("ringcast_poll_forward_refused_total", "Forwards refused because the owner's mailbox was full (503).", |m| m.forward_refused.get()),
+            ("ringcast_poll_posts_too_many_frames_total", "POST /poll/{sid} refused with 413: more frames than twice client_rate.", |m| m.posts_too_many_frames.get()),
         ];
         for (name, help, get) in poll {
             family(out, name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);

@@ -198,7 +198,9 @@ fn take_token(shard: &Shard, conn: &Conn) -> bool {
 pub(super) fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
     if !take_token(shard, conn) {
         shard.metrics.rate_limited.inc();
-        let id = ops::parse_client_op(text).ok().and_then(|op| op_id(&op));
+        // Refused anyway: read only as far as the `id`, not the whole op (a flood of
+        // rate-limited frames must cost less than the ops it stands for).
+        let id = id_only(text);
         return reply_err(shard, conn, id, 429, "rate limited: too many messages per second (client_rate); slow down");
     }
     let op = match ops::parse_client_op(text) {
@@ -215,6 +217,39 @@ pub(super) fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
     }
 }
 
+/// The `id` of a frame, reading its fields only until `id` (clients put it before `data`);
+/// None when the frame is not an object or has no numeric `id` before it breaks off.
+fn id_only(text: &str) -> Option<u32> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, Visitor};
+    struct Seek<'a>(&'a std::cell::Cell<Option<u32>>);
+    impl<'de> DeserializeSeed<'de> for Seek<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seek<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an op object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "id" {
+                    self.0.set(map.next_value::<u32>().ok());
+                    // Stop here: the rest of the frame is never read.
+                    return Err(A::Error::custom("found the id"));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let found = std::cell::Cell::new(None);
+    let _ = Seek(&found).deserialize(&mut serde_json::Deserializer::from_str(text));
+    found.get()
+}
+
 /// `ack` of a notification: to the bridge and on to the worker. No reply (protocol v1's
 /// `ack` carries no id); only a problem is answered.
 fn ack(shard: &Rc<Shard>, conn: &Rc<Conn>, nid: &str) {
@@ -227,14 +262,6 @@ fn ack(shard: &Rc<Shard>, conn: &Rc<Conn>, nid: &str) {
     if shard.node.bridge_inbox.push(ToBridge::Ack { user: user.into(), nid: nid.into() }).is_err() {
         shard.metrics.bridge_full.inc();
         reply_err(shard, conn, None, 503, "server busy; send the ack again shortly");
-    }
-}
-
-fn op_id(op: &ClientOp) -> Option<u32> {
-    match op {
-        ClientOp::Sub { id, .. } | ClientOp::Unsub { id, .. } | ClientOp::Pub { id, .. } => *id,
-        ClientOp::Presence { id, .. } | ClientOp::Ping { id } => *id,
-        ClientOp::Ack { .. } => None,
     }
 }
 
@@ -423,8 +450,15 @@ fn publish(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, channel_name: &s
     if let Err(e) = channel::validate_channel(channel_name) {
         return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
     }
+    if channel_name.starts_with('$') {
+        return reply_err(shard, conn, id, 403, super::http::SERVER_CHANNEL_REFUSAL);
+    }
     if let Err(denied) = permission::check_publish(&principal(shard, conn), channel_name) {
         return reply_err(shard, conn, id, denied.code, &denied.msg);
+    }
+    if let Err(msg) = super::http::check_publish_size(&shard.node.config, channel_name, data.len()) {
+        shard.metrics.publish_too_large.inc();
+        return reply_err(shard, conn, id, 413, &msg);
     }
     if !shard.node.broker_up() {
         shard.metrics.publish_refused.inc();

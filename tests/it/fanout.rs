@@ -99,7 +99,7 @@ fn private_channels_reach_only_their_owner() {
 
 #[test]
 fn slow_consumer_is_closed_with_4008_while_others_keep_receiving() {
-    let gateway = Gateway::start(&["--outbound-limit", "128KiB", "--max-frame", "64KiB"]);
+    let gateway = Gateway::start(&["--outbound-limit", "128KiB", "--max-frame", "64KiB", "--max-message", "64KiB"]);
     let channel = format!("t{}.firehose", unique());
     let mut slow = Raw::connect_small_buffer(gateway.port, "");
     slow.send_frame(1, true, json!({"op": "sub", "ch": channel, "id": 1}).to_string().as_bytes());

@@ -221,7 +221,7 @@ fn auth_and_permissions_are_those_of_websocket() {
 
 #[test]
 fn a_session_over_its_buffer_is_closed_as_a_slow_consumer() {
-    let gateway = Gateway::start(&["--shards", "1", "--max-frame", "1KiB", "--outbound-limit", "4KiB", "--poll-wait", "1s"]);
+    let gateway = Gateway::start(&["--shards", "1", "--max-frame", "1KiB", "--max-message", "1KiB", "--outbound-limit", "4KiB", "--poll-wait", "1s"]);
     let port = gateway.port;
     let (sid, _) = open(port, "", &[]);
     let channel = format!("lp.{}", crate::common::unique());

@@ -9,6 +9,7 @@ mod beacon;
 mod dashboard;
 mod drain;
 mod fanout;
+mod hostile;
 mod http;
 mod lane_embedded;
 mod lane_nids;

@@ -153,7 +153,7 @@ fn sub_while_nats_is_down_answers_503_then_works_when_it_is_back() {
 /// and that is what the metrics say (it used to be counted as `close_timeout`).
 #[test]
 fn a_slow_consumer_stuck_behind_its_own_close_is_counted_as_slow_consumer() {
-    let gateway = Gateway::start(&["--outbound-limit", "128KiB", "--max-frame", "64KiB"]);
+    let gateway = Gateway::start(&["--outbound-limit", "128KiB", "--max-frame", "64KiB", "--max-message", "64KiB"]);
     let channel = format!("t{}.firehose", unique());
     let mut slow = Raw::connect_small_buffer(gateway.port, "");
     slow.send_frame(1, true, json!({"op": "sub", "ch": channel, "id": 1}).to_string().as_bytes());

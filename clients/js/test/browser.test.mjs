@@ -4,6 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
+import { connect as tcpConnect } from "node:net";
 import { mkdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { startGateway, publish, launchBrowser, clientPage, eventually, artifacts } from "./gateway.mjs";
@@ -201,6 +202,74 @@ test("the client falls back to long-poll when WebSocket is blocked", async () =>
     assert.ok(rtt >= 0);
     await context.close();
   } finally {
+    await gateway.stop();
+  }
+});
+
+/** One raw NATS publish (protocol text over TCP; no client library in the dev deps):
+ *  CONNECT, PUB, then PING, resolving on the PONG that proves the server took it. */
+function natsPublish(subject, payload, port = 4222) {
+  return new Promise((resolve, reject) => {
+    const socket = tcpConnect(port, "127.0.0.1");
+    const body = Buffer.from(payload);
+    let seen = "";
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no PONG from NATS: ${seen}`)); }, 5000);
+    socket.on("error", (error) => { clearTimeout(timer); reject(error); });
+    socket.on("data", (chunk) => {
+      seen += chunk.toString();
+      if (seen.includes("INFO") && !socket.sent) {
+        socket.sent = true;
+        socket.write(`CONNECT {"verbose":false,"pedantic":false}\r\nPUB ${subject} ${body.length}\r\n`);
+        socket.write(body);
+        socket.write("\r\nPING\r\n");
+      }
+      if (seen.includes("PONG")) { clearTimeout(timer); socket.end(); resolve(); }
+      if (seen.includes("-ERR")) { clearTimeout(timer); socket.destroy(); reject(new Error(seen)); }
+    });
+  });
+}
+
+test("a forged $sys.metrics snapshot from NATS shows as text and runs no script", async () => {
+  // The one path that can still deliver a forged snapshot: any NATS publisher on the
+  // prefix (the API and pub refuse $ channels). The dashboard must render it as text.
+  const prefix = `b${unique()}`;
+  const node = `node-${unique()}`;
+  const gateway = await startGateway(["--sys-subscribe", "--shards", "1", "--nats", "nats://127.0.0.1:4222", "--nats-prefix", prefix, "--node", node]);
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    const response = await page.goto(`${gateway.url}/`);
+    const csp = response.headers()["content-security-policy"];
+    const scriptSrc = csp.split(";").find((d) => d.trim().startsWith("script-src"));
+    assert.doesNotMatch(scriptSrc, /unsafe-inline/);
+    await eventually(() => page.evaluate(() => window.__ringcastDashboard.snapshots >= 1), "a real snapshot");
+    const hostile = `<img src=x onerror="window.__pwned=1">`;
+    const forged = JSON.stringify({
+      v: 1, node, ts: Date.now(), interval_ms: 1000, io: `<b id="bold">io</b>`, uptime_s: 1,
+      connections: 1, connections_max: 10, capacity_ratio: 0.1, in_per_s: 0, out_per_s: 0,
+      published_per_s: 0, deliveries_per_s: 0, bytes_in_per_s: 0, bytes_out_per_s: 0,
+      fanout_p99_ms: null, drops_per_s: 0, drops_total: 0, slow_consumer_closes_total: 0,
+      shards: [{ id: hostile, connections: 1, in_per_s: 0, out_per_s: 0, deliveries_per_s: 0, queue_depth: 0, drops_total: 0 }],
+    });
+    // The real node publishes once a second and redraws the table: keep forging until the
+    // forged row is on screen, then look.
+    const shown = await eventually(async () => {
+      await natsPublish(`${prefix}.$sys.metrics`, forged);
+      return page.evaluate((text) => {
+        const cell = document.querySelector("#shards tbody td");
+        return cell && cell.textContent === text ? { img: document.querySelectorAll("img").length, bold: document.getElementById("bold") !== null, meta: document.getElementById("node-meta").textContent } : null;
+      }, hostile);
+    }, "the forged shard id shown literally");
+    assert.equal(shown.img, 0, "no element was made from the shard id");
+    assert.equal(shown.bold, false, "no element was made from the io field");
+    assert.match(shown.meta, /<b id="bold">io<\/b>/);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(await page.evaluate(() => window.__pwned), undefined, "no script ran");
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
     await gateway.stop();
   }
 });
