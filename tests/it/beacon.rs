@@ -385,14 +385,16 @@ fn unreachable_nats_at_start_degrades_then_recovers() {
     assert_eq!(status, 200);
     assert!(body.contains("degraded"), "{body}");
     let (mut client, _) = connect(&gateway.url(""));
-    sub(&mut client, "late.x", 1); // interest made while NATS is away
+    // `ok` means live, which it cannot be while NATS is away: 503, and not made.
+    let refused = request(&mut client, json!({"op": "sub", "ch": "late.x"}), 1);
+    assert_eq!(refused["code"], 503, "sub while NATS is away: {refused}");
     let token = jwt(json!({"sub": "p", "exp": now_unix() + 600, "pub": [">"]}));
     let (mut publisher, _) = connect(&gateway.url(&format!("?token={token}")));
     let refused = request(&mut publisher, json!({"op": "pub", "ch": "late.x", "data": 1}), 2);
     assert_eq!(refused["code"], 503, "{refused}");
-    let server = NatsServer::start_on(port);
+    let _server = NatsServer::start_on(port);
     eventually(Duration::from_secs(15), "node connected", || http(gateway.port, "GET", "/readyz", &[], b"").2.contains("\"ready\""));
-    wait_live(&mut client, server.port, &format!("{p}.late.x"));
+    sub(&mut client, "late.x", 4);
     let ok = request(&mut publisher, json!({"op": "pub", "ch": "late.x", "data": {"n": 1}}), 3);
     assert_eq!(ok["op"], "ok");
     assert_eq!(recv_msgs(&mut client, 1)[0]["data"]["n"], 1);

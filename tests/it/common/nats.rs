@@ -120,7 +120,18 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Starts `n` servers; a start whose free ports were taken meanwhile (by another
+    /// test's sockets) is retried with new ones.
     pub fn start(n: usize) -> NatsCluster {
+        for _ in 0..3 {
+            if let Some(cluster) = NatsCluster::try_start(n) {
+                return cluster;
+            }
+        }
+        panic!("a {n}-server nats-server cluster did not start on free ports three times");
+    }
+
+    fn try_start(n: usize) -> Option<NatsCluster> {
         let dir = std::env::temp_dir().join(format!("ringcast-nats-cluster-{}-{}", std::process::id(), super::unique()));
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -142,16 +153,21 @@ impl NatsCluster {
                 .expect("nats-server must be installed (scripts/services.sh installs it)");
             servers.push(Some(child));
         }
-        for port in ports.iter().chain(&monitors) {
-            assert!(wait_for_port(*port, Duration::from_secs(10)), "cluster nats-server did not listen on {port}");
-        }
+        // Dropped (every process stopped) on any early return.
         let cluster = NatsCluster { servers, ports, monitors, dir };
+        for port in cluster.ports.iter().chain(&cluster.monitors) {
+            if !wait_for_port(*port, Duration::from_secs(10)) {
+                return None;
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.has_meta_leader() {
-            assert!(Instant::now() < deadline, "the JetStream cluster elected no leader within 30 s");
+            if Instant::now() > deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        cluster
+        Some(cluster)
     }
 
     /// Every URL, comma-separated (the form `--nats` takes).
@@ -177,7 +193,8 @@ impl NatsCluster {
         (0..self.ports.len()).find(|&i| {
             self.servers[i].is_some() && {
                 let (_, _, body) = super::http(self.monitors[i], "GET", "/connz?limit=1024", &[], b"");
-                body.contains(&format!("\"name\":\"{name}\""))
+                let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                value["connections"].as_array().into_iter().flatten().any(|c| c["name"] == name)
             }
         })
     }
