@@ -246,7 +246,11 @@ impl Bridge {
             if self.interest.insert(pattern, shard) == Insert::NewPattern {
                 self.metrics.patterns.inc();
                 self.broker.subscribe(pattern);
-                self.lane.interest(pattern, true);
+                let live: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>> = match &self.broker {
+                    Broker::Nats(nats) if pattern.starts_with("user.") => Some(Box::pin(nats.live_barrier())),
+                    _ => None,
+                };
+                self.lane.interest_when(pattern, true, live);
             }
         } else if self.interest.remove(pattern, shard) == Remove::LastKey {
             self.metrics.patterns.sub(1);

@@ -139,27 +139,50 @@ impl LaneBridge {
 
     /// Called on every change of node-wide interest; `user.{id}` literals are reachability.
     pub fn interest(&self, pattern: &str, added: bool) {
+        self.interest_when(pattern, added, None);
+    }
+
+    /// [`LaneBridge::interest`], telling the worker a user came online only once `live`
+    /// resolves (the broker's subscription to `user.{id}` is on the server), so the
+    /// `notify` the worker sends at once is not lost to that race.
+    pub fn interest_when(&self, pattern: &str, added: bool, live: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>>) {
         let Some(user) = pattern.strip_prefix("user.").filter(|u| crate::channel::is_valid_token(u)) else { return };
         if added {
             self.reachable.borrow_mut().insert(user.to_owned());
-            self.send(WorkerEvent::Online { user: user.to_owned() });
+            match live {
+                None => self.send(WorkerEvent::Online { user: user.to_owned() }),
+                Some(live) => {
+                    let (nats, events, prefix, user) = (self.nats.clone(), self.events.clone(), self.lane_prefix.clone(), user.to_owned());
+                    tokio::task::spawn_local(async move {
+                        let timeout = std::time::Duration::from_millis(crate::limits::SUB_CONFIRM_TIMEOUT_MS);
+                        let _ = tokio::time::timeout(timeout, live).await;
+                        send_event(nats.as_ref(), events.as_ref(), &prefix, WorkerEvent::Online { user });
+                    });
+                }
+            }
         } else {
             self.reachable.borrow_mut().remove(user);
         }
     }
 
     fn send(&self, event: WorkerEvent) {
-        if let Some(client) = &self.nats {
+        send_event(self.nats.as_ref(), self.events.as_ref(), &self.lane_prefix, event);
+    }
+}
+
+fn send_event(nats: Option<&async_nats::Client>, events: Option<&mpsc::Sender<WorkerEvent>>, lane_prefix: &str, event: WorkerEvent) {
+    {
+        if let Some(client) = nats {
             let (subject, wire) = match &event {
-                WorkerEvent::Ack { user, nid } => (ack_subject(&self.lane_prefix), WireEvent { user: user.clone(), nid: Some(nid.clone()) }),
-                WorkerEvent::Online { user } => (online_subject(&self.lane_prefix), WireEvent { user: user.clone(), nid: None }),
+                WorkerEvent::Ack { user, nid } => (ack_subject(lane_prefix), WireEvent { user: user.clone(), nid: Some(nid.clone()) }),
+                WorkerEvent::Online { user } => (online_subject(lane_prefix), WireEvent { user: user.clone(), nid: None }),
             };
             let client = client.clone();
             let payload = Bytes::from(serde_json::to_vec(&wire).expect("json"));
             tokio::task::spawn_local(async move {
                 let _ = client.publish(subject, payload).await;
             });
-        } else if let Some(events) = &self.events {
+        } else if let Some(events) = events {
             // Full: the event is dropped (an ack lost here costs one redelivery).
             let _ = events.try_send(event);
         }
