@@ -242,6 +242,13 @@ struct BrokerArgs {
     /// Outgoing publishes queued while NATS is slow; past it publishes are refused (503). [default: 65536]
     #[arg(long, env = "RINGCAST_NATS_PUBLISH_QUEUE", value_name = "N")]
     nats_publish_queue: Option<String>,
+    /// How long a `sub` waits for NATS to confirm its subscription on the server before
+    /// it is answered 503 and undone (`ok` means live). [default: 5s]
+    #[arg(long, env = "RINGCAST_NATS_SUB_CONFIRM_TIMEOUT", value_name = "DURATION")]
+    nats_sub_confirm_timeout: Option<String>,
+    /// `sub`s waiting for that confirmation on one node; past it a `sub` answers 503 at once. [default: 65536]
+    #[arg(long, env = "RINGCAST_NATS_SUB_CONFIRMS_WAITING", value_name = "N")]
+    nats_sub_confirms_waiting: Option<String>,
     /// Channel pattern whose messages are kept for resume with `since` (repeatable, or
     /// comma-separated), e.g. `--history 'chat.>'`. Patterns must not overlap.
     #[arg(long, env = "RINGCAST_HISTORY", value_name = "PATTERN", action = clap::ArgAction::Append, value_delimiter = ',')]
@@ -282,6 +289,8 @@ impl BrokerArgs {
             ("nats_tls_key", self.nats_tls_key.clone()),
             ("nats_tls", self.nats_tls.clone()),
             ("nats_publish_queue", self.nats_publish_queue.clone()),
+            ("nats_sub_confirm_timeout", self.nats_sub_confirm_timeout.clone()),
+            ("nats_sub_confirms_waiting", self.nats_sub_confirms_waiting.clone()),
             ("history", (!self.history.is_empty()).then(|| self.history.join(","))),
             ("history_messages", self.history_messages.clone()),
             ("history_age", self.history_age.clone()),
@@ -409,6 +418,10 @@ pub struct NatsConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_required: bool,
     pub publish_queue_messages: usize,
+    /// How long a `sub` waits for its subscription to be confirmed on the server.
+    pub sub_confirm_timeout: Duration,
+    /// `sub`s waiting for a confirmation at once on the node.
+    pub sub_confirms_waiting_max: usize,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -796,7 +809,16 @@ fn build_broker(values: &BTreeMap<&str, String>) -> Result<BrokerConfig, ConfigE
                 tls_key: path("nats_tls_key"),
                 tls_required: get("nats_tls").map_or(Ok(false), |v| parse_bool(v).map_err(|m| error("nats_tls", m)))?,
                 publish_queue_messages: count("nats_publish_queue", limits::NATS_PUBLISH_QUEUE_MESSAGES)?,
+                sub_confirm_timeout: get("nats_sub_confirm_timeout")
+                    .map_or(Ok(Duration::from_millis(limits::SUB_CONFIRM_TIMEOUT_MS)), |v| parse_duration(v).map_err(|m| error("nats_sub_confirm_timeout", m)))?,
+                sub_confirms_waiting_max: count("nats_sub_confirms_waiting", limits::SUB_CONFIRMS_WAITING_MAX)?,
             };
+            if config.sub_confirm_timeout.is_zero() {
+                return Err(error("nats_sub_confirm_timeout", "must be above zero"));
+            }
+            if config.sub_confirms_waiting_max == 0 {
+                return Err(error("nats_sub_confirms_waiting", "must be at least 1"));
+            }
             if config.user.is_some() != config.password.is_some() {
                 return Err(error("nats_user", "nats_user and nats_password go together; give both"));
             }
@@ -1052,6 +1074,9 @@ mod tests {
         assert_eq!(gateway(&["--history-messages", "0"]).unwrap_err().key, "history_messages");
         assert_eq!(gateway(&["--history-age", "0s"]).unwrap_err().key, "history_age");
         assert_eq!(gateway(&["--history-replicas", "0"]).unwrap_err().key, "history_replicas");
+        let nats = gateway(&["--nats", "nats://127.0.0.1:4222", "--nats-sub-confirm-timeout", "2s", "--nats-sub-confirms-waiting", "10"]).unwrap().broker.nats.unwrap();
+        assert_eq!((nats.sub_confirm_timeout, nats.sub_confirms_waiting_max), (Duration::from_secs(2), 10));
+        assert_eq!(gateway(&["--nats", "nats://127.0.0.1:4222", "--nats-sub-confirm-timeout", "0s"]).unwrap_err().key, "nats_sub_confirm_timeout");
         assert_eq!(gateway(&["--history-replicas", "6"]).unwrap_err().key, "history_replicas");
         assert_eq!(gateway(&["--history-replicas", "3"]).unwrap().broker.history.replicas, 3);
         assert_eq!(gateway(&[]).unwrap().broker.history.replicas, 1);

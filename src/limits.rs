@@ -96,11 +96,12 @@ pub const HISTORY_REPLICAS_MAX: usize = 5;
 pub const REPLAYS_CONCURRENT_MAX: usize = 256;
 /// Replayed frames per bridge → shard message, so one replay cannot fill a shard inbox.
 pub const REPLAY_CHUNK_FRAMES: usize = 256;
-/// NATS mode: how long a `sub` waits for its subscription to be confirmed on the server
-/// before it is answered 503 and undone. A healthy round trip takes well under a
+/// NATS mode (default of `nats_sub_confirm_timeout`): how long a `sub` waits for its
+/// subscription to be confirmed on the server before it is answered 503 and undone. A healthy round trip takes well under a
 /// millisecond; this rides out a short reconnect.
 pub const SUB_CONFIRM_TIMEOUT_MS: u64 = 5_000;
-/// NATS mode: `sub`s waiting for that confirmation on one node. Each costs a small task
+/// NATS mode (default of `nats_sub_confirms_waiting`): `sub`s waiting for that
+/// confirmation on one node. Each costs a small task
 /// on the bridge; past it a `sub` answers 503 at once (counted): a node this far behind
 /// is not confirming anything anyway.
 pub const SUB_CONFIRMS_WAITING_MAX: usize = 65_536;

@@ -227,7 +227,7 @@ pub struct BridgeMetrics {
     pub sub_confirm_round_trips: Counter,
     pub sub_confirm_retries: Counter,
     /// `sub`s waiting for their subscription to be confirmed live (bound:
-    /// `limits::SUB_CONFIRMS_WAITING_MAX`), and those answered 503: timed out or refused.
+    /// `nats_sub_confirms_waiting`), and those answered 503: timed out or refused.
     pub sub_confirms_waiting: Counter,
     pub sub_confirm_failures: Counter,
     /// Messages reaching the bridge (from NATS, or server frames) whose frame is larger
@@ -367,7 +367,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_sys_snapshots_dropped_total", "counter", "$sys.metrics snapshots refused by the full bridge queue.", view.bridge.sys_snapshots_dropped.get()),
         ("ringcast_sub_confirm_round_trips_total", "counter", "NATS round trips that confirmed a batch of new subscriptions live on the server (sub is answered ok after one).", b.sub_confirm_round_trips.get()),
         ("ringcast_sub_confirm_retries_total", "counter", "Confirming round trips that failed or timed out and were tried again (NATS unreachable).", b.sub_confirm_retries.get()),
-        ("ringcast_sub_confirms_waiting", "gauge", "sub requests waiting for NATS to confirm their subscription (bound 65536).", b.sub_confirms_waiting.get()),
+        ("ringcast_sub_confirms_waiting", "gauge", "sub requests waiting for NATS to confirm their subscription (bound: nats_sub_confirms_waiting, default 65536).", b.sub_confirms_waiting.get()),
         ("ringcast_sub_confirm_failures_total", "counter", "sub requests answered 503 because NATS did not confirm the subscription in time, or too many were waiting.", b.sub_confirm_failures.get()),
         ("ringcast_oversize_dropped_total", "counter", "Messages from NATS (or server frames) dropped because their frame is larger than outbound_limit: delivering one would close every subscriber with 4008.", b.oversize_dropped.get()),
     ];

@@ -197,7 +197,7 @@ impl Bridge {
             return;
         };
         let waiting = self.metrics.sub_confirms_waiting.get() as usize;
-        if waiting >= crate::limits::SUB_CONFIRMS_WAITING_MAX {
+        if waiting >= self.node.config.broker.nats.as_ref().map_or(usize::MAX, |c| c.sub_confirms_waiting_max) {
             self.metrics.sub_confirm_failures.inc();
             tokio::task::spawn_local(hand_confirmed(mailbox, confirm, false));
             return;
@@ -206,8 +206,7 @@ impl Bridge {
         let metrics = self.metrics.clone();
         metrics.sub_confirms_waiting.inc();
         tokio::task::spawn_local(async move {
-            let timeout = Duration::from_millis(crate::limits::SUB_CONFIRM_TIMEOUT_MS);
-            let live = tokio::time::timeout(timeout, barrier).await.unwrap_or(false);
+            let live = barrier.await;
             metrics.sub_confirms_waiting.sub(1);
             if !live {
                 metrics.sub_confirm_failures.inc();
@@ -246,8 +245,8 @@ impl Bridge {
             if self.interest.insert(pattern, shard) == Insert::NewPattern {
                 self.metrics.patterns.inc();
                 self.broker.subscribe(pattern);
-                let live: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>> = match &self.broker {
-                    Broker::Nats(nats) if pattern.starts_with("user.") => Some(Box::pin(nats.live_barrier())),
+                let live = match &self.broker {
+                    Broker::Nats(nats) if pattern.starts_with("user.") => Some(nats.live_barrier()),
                     _ => None,
                 };
                 self.lane.interest_when(pattern, true, live);

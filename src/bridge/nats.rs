@@ -107,6 +107,9 @@ struct Outgoing {
 
 type CoreStream = LocalBoxStream<'static, (u64, async_nats::Message)>;
 
+/// See [`NatsBroker::live_barrier`].
+pub type LiveBarrier = std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
+
 /// One core subscribe on its way to the server.
 struct PendingSubscribe {
     /// Its number in the node's order of subscribes.
@@ -133,6 +136,7 @@ pub struct NatsBroker {
     confirmed: Rc<watch::Sender<u64>>,
     /// Bumped whenever a history pattern's live consumer first exists.
     consumers_started: Rc<watch::Sender<u64>>,
+    sub_confirm_timeout: Duration,
     new_streams_rx: mpsc::UnboundedReceiver<CoreStream>,
     consumers: Vec<HistoryConsumer>,
     history_tx: mpsc::Sender<HistoryIn>,
@@ -191,6 +195,7 @@ pub async fn start(
         issued: 0,
         confirmed,
         consumers_started,
+        sub_confirm_timeout: config.sub_confirm_timeout,
         new_streams_rx,
         consumers,
         history_tx,
@@ -482,20 +487,22 @@ impl NatsBroker {
 
     /// Resolves to true once every subscription this node asked for so far is live on
     /// the NATS server (its SUB confirmed by a round trip; a history pattern's live
-    /// consumer created), false if one never will be (the broker stopped). `'static`,
-    /// so it may wait in a task of its own.
-    pub fn live_barrier(&self) -> impl std::future::Future<Output = bool> + 'static {
+    /// consumer created); false if that has not happened within `nats_sub_confirm_timeout`
+    /// or never will (the broker stopped). `'static`, so it may wait in a task of its own.
+    pub fn live_barrier(&self) -> LiveBarrier {
         let target = self.issued;
         let mut confirmed = self.confirmed.subscribe();
         let starting: Vec<Rc<Cell<Option<u64>>>> =
             self.consumers.iter().filter(|c| c.refs > 0 && c.start.get().is_none()).map(|c| c.start.clone()).collect();
         let mut started = self.consumers_started.subscribe();
-        async move {
+        let live = async move {
             if confirmed.wait_for(|upto| *upto >= target).await.is_err() {
                 return false;
             }
             starting.is_empty() || started.wait_for(|_| starting.iter().all(|s| s.get().is_some())).await.is_ok()
-        }
+        };
+        let timeout = self.sub_confirm_timeout;
+        Box::pin(async move { tokio::time::timeout(timeout, live).await.unwrap_or(false) })
     }
 
     /// The node's last subscriber to `pattern` left.
@@ -620,9 +627,7 @@ impl NatsBroker {
         // before the resume's `ok`.
         let barrier = self.live_barrier();
         tokio::task::spawn_local(async move {
-            let timeout = Duration::from_millis(crate::limits::SUB_CONFIRM_TIMEOUT_MS);
-            let live = tokio::time::timeout(timeout, barrier).await.unwrap_or(false);
-            let result = if live { job.run().await } else { Err(ReplayError { code: 503, msg: "NATS did not confirm the subscription in time; retry shortly".into() }) };
+            let result = if barrier.await { job.run().await } else { Err(ReplayError { code: 503, msg: "NATS did not confirm the subscription in time; retry shortly".into() }) };
             let (frames, outcome) = match result {
                 Ok((frames, upto)) => {
                     metrics.replayed_messages.add(frames.len() as u64);

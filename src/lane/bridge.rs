@@ -154,8 +154,8 @@ impl LaneBridge {
                 Some(live) => {
                     let (nats, events, prefix, user) = (self.nats.clone(), self.events.clone(), self.lane_prefix.clone(), user.to_owned());
                     tokio::task::spawn_local(async move {
-                        let timeout = std::time::Duration::from_millis(crate::limits::SUB_CONFIRM_TIMEOUT_MS);
-                        let _ = tokio::time::timeout(timeout, live).await;
+                        // Bounded by the broker's confirmation timeout; sent either way.
+                        live.await;
                         send_event(nats.as_ref(), events.as_ref(), &prefix, WorkerEvent::Online { user });
                     });
                 }

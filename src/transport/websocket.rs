@@ -11,6 +11,7 @@ use crate::shard::{sys, tls, Conn, Identity, Replaying, Shard, REPLAYS_PER_CONNE
 use bytes::Bytes;
 use monoio::net::TcpStream;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Registers an upgraded connection, greets it and handles any frames that arrived
 /// with the upgrade request. Synchronous, so none of this lives in the session task.
@@ -382,9 +383,9 @@ pub fn sub_confirmed(shard: &Rc<Shard>, confirm: Box<SubConfirm>, live: bool) {
         super::presence::leave(shard, &conn, &confirm.pattern);
         unsubscribe_quietly(shard, &conn, &confirm.pattern);
     }
+    let timeout = shard.node.config.broker.nats.as_ref().map_or(Duration::ZERO, |c| c.sub_confirm_timeout);
     let msg = format!(
-        "NATS did not confirm the subscription within {} ms (broker unreachable?), so it was not made; retry shortly",
-        crate::limits::SUB_CONFIRM_TIMEOUT_MS
+        "NATS did not confirm the subscription within {timeout:?} (nats_sub_confirm_timeout; broker unreachable?), so it was not made; retry shortly"
     );
     reply_err(shard, &conn, confirm.id, 503, &msg);
 }

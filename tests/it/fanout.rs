@@ -99,12 +99,7 @@ fn private_channels_reach_only_their_owner() {
 
 #[test]
 fn slow_consumer_is_closed_with_4008_while_others_keep_receiving() {
-    let gateway = Gateway::start(&["--outbound-limit", "128KiB", "--max-frame", "64KiB", "--max-message", "64KiB"]);
-    let channel = format!("t{}.firehose", unique());
-    let mut slow = Raw::connect_small_buffer(gateway.port, "");
-    slow.send_frame(1, true, json!({"op": "sub", "ch": channel, "id": 1}).to_string().as_bytes());
-    let (opcode, _) = slow.read_frame().unwrap();
-    assert_eq!(opcode, 1);
+    let (gateway, channel, mut slow) = slow_consumer_setup();
     let (mut fast, _) = connect(&gateway.url(""));
     assert_eq!(request(&mut fast, json!({"op": "sub", "ch": channel}), 1)["op"], "ok");
     // 250 × 48 KiB = 12 MB: more than loopback's socket buffers (4 MB send at most by

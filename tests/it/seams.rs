@@ -153,12 +153,7 @@ fn sub_while_nats_is_down_answers_503_then_works_when_it_is_back() {
 /// and that is what the metrics say (it used to be counted as `close_timeout`).
 #[test]
 fn a_slow_consumer_stuck_behind_its_own_close_is_counted_as_slow_consumer() {
-    let gateway = Gateway::start(&["--outbound-limit", "128KiB", "--max-frame", "64KiB", "--max-message", "64KiB"]);
-    let channel = format!("t{}.firehose", unique());
-    let mut slow = Raw::connect_small_buffer(gateway.port, "");
-    slow.send_frame(1, true, json!({"op": "sub", "ch": channel, "id": 1}).to_string().as_bytes());
-    let (opcode, _) = slow.read_frame().unwrap();
-    assert_eq!(opcode, 1);
+    let (gateway, channel, slow) = slow_consumer_setup();
     // Never read again. 250 × 48 KiB = 12 MB: more than the socket buffers plus the
     // bound, so the backlog overflows and the close frame cannot be written either.
     let payload = "x".repeat(48 * 1024);

@@ -293,3 +293,16 @@ impl Raw {
         self.stream.write_all(bytes).unwrap();
     }
 }
+
+/// A gateway with a 128 KiB outbound bound (64 KiB messages), and a subscriber to a fresh
+/// channel on a socket with a tiny receive window that has read its `ok`: the slow
+/// consumer of the slow-consumer tests.
+pub fn slow_consumer_setup() -> (Gateway, String, Raw) {
+    let gateway = Gateway::start(&["--outbound-limit", "128KiB", "--max-frame", "64KiB", "--max-message", "64KiB"]);
+    let channel = format!("t{}.firehose", unique());
+    let mut slow = Raw::connect_small_buffer(gateway.port, "");
+    slow.send_frame(1, true, serde_json::json!({"op": "sub", "ch": channel, "id": 1}).to_string().as_bytes());
+    let (opcode, _) = slow.read_frame().unwrap();
+    assert_eq!(opcode, 1);
+    (gateway, channel, slow)
+}
