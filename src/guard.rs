@@ -44,7 +44,8 @@ pub struct GuardArgs {
     #[arg(long, env = "RINGCAST_MAX_PATTERN_BYTES", value_name = "SIZE")]
     pub max_pattern_bytes: Option<String>,
     /// Subscriptions per anonymous connection (no token) when --jwt-secret is set (with
-    /// --allow-anonymous); the lower of this and --max-subscriptions applies. [default: 256]
+    /// --allow-anonymous); the lower of this and --max-subscriptions applies. Unset: only
+    /// --max-subscriptions (e.g. 64 for readers of a few public channels).
     #[arg(long, env = "RINGCAST_MAX_ANONYMOUS_SUBSCRIPTIONS", value_name = "N")]
     pub max_anonymous_subscriptions: Option<String>,
     /// A long-poll session whose first `GET /poll/{sid}` has not come within this long of
@@ -92,7 +93,8 @@ pub struct GuardConfig {
     pub node_subscriptions_max: usize,
     pub subscription_bytes_max: usize,
     pub pattern_bytes_max: usize,
-    pub anonymous_subscriptions_max: usize,
+    /// None: only `max_subscriptions` applies.
+    pub anonymous_subscriptions_max: Option<usize>,
     pub poll_open_timeout: Duration,
     /// 0: no bound.
     pub poll_sessions_per_client: usize,
@@ -107,7 +109,7 @@ impl Default for GuardConfig {
             node_subscriptions_max: limits::NODE_SUBSCRIPTIONS_MAX,
             subscription_bytes_max: limits::NODE_SUBSCRIPTION_BYTES_MAX,
             pattern_bytes_max: limits::PATTERN_BYTES_PER_CONNECTION_MAX,
-            anonymous_subscriptions_max: limits::ANONYMOUS_SUBSCRIPTIONS_MAX,
+            anonymous_subscriptions_max: None,
             poll_open_timeout: Duration::from_millis(limits::POLL_OPEN_TIMEOUT_MS),
             poll_sessions_per_client: limits::POLL_SESSIONS_PER_CLIENT_MAX,
             http_write_timeout: Duration::from_millis(limits::HTTP_WRITE_TIMEOUT_MS),
@@ -129,7 +131,7 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<GuardConfig, ConfigError
     c.node_subscriptions_max = count("max_node_subscriptions", c.node_subscriptions_max)?;
     c.subscription_bytes_max = size("max_subscription_bytes", c.subscription_bytes_max)?;
     c.pattern_bytes_max = size("max_pattern_bytes", c.pattern_bytes_max)?;
-    c.anonymous_subscriptions_max = count("max_anonymous_subscriptions", c.anonymous_subscriptions_max)?;
+    c.anonymous_subscriptions_max = values.get("max_anonymous_subscriptions").map(|v| parse_count(v).map_err(|m| error("max_anonymous_subscriptions", m))).transpose()?;
     c.poll_open_timeout = duration("poll_open_timeout", c.poll_open_timeout)?;
     c.poll_sessions_per_client = count("poll_sessions_per_client", c.poll_sessions_per_client)?;
     c.http_write_timeout = duration("http_write_timeout", c.http_write_timeout)?;
@@ -139,7 +141,7 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<GuardConfig, ConfigError
         ("max_node_subscriptions", c.node_subscriptions_max),
         ("max_subscription_bytes", c.subscription_bytes_max),
         ("max_pattern_bytes", c.pattern_bytes_max),
-        ("max_anonymous_subscriptions", c.anonymous_subscriptions_max),
+        ("max_anonymous_subscriptions", c.anonymous_subscriptions_max.unwrap_or(1)),
         ("max_http_connections", c.http_connections_max),
         ("max_pipelined_requests", c.pipelined_requests_max),
     ];

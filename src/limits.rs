@@ -119,9 +119,6 @@ pub const NODE_SUBSCRIPTION_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Sum of one connection's pattern lengths: SUBSCRIPTIONS_PER_CONNECTION_MAX patterns of
 /// 64 bytes; a client of 1,024 200-byte names would hold 200 KB of names alone.
 pub const PATTERN_BYTES_PER_CONNECTION_MAX: usize = 64 * 1024;
-/// Subscriptions per anonymous connection on a node that issues tokens: an anonymous
-/// reader follows a few public channels, and it costs an attacker nothing to be one.
-pub const ANONYMOUS_SUBSCRIPTIONS_MAX: usize = 256;
 /// A long-poll client polls within milliseconds of opening; a session not polled within
 /// 10 s was opened only to hold a slot.
 pub const POLL_OPEN_TIMEOUT_MS: u64 = 10_000;

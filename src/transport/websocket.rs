@@ -333,7 +333,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
     }
     let guard = &shard.node.guard;
     // Anonymous on a node that issues tokens (without a secret everyone is anonymous).
-    let anonymous_max = guard.config.anonymous_subscriptions_max;
+    let anonymous_max = guard.config.anonymous_subscriptions_max.unwrap_or(usize::MAX);
     if conn.identity.is_none() && shard.node.jwt.is_some() && count >= anonymous_max {
         guard.count_sub_refusal(crate::guard::SubRefusal::Anonymous);
         let msg = format!("subscription limit reached ({anonymous_max} per connection without a token, max_anonymous_subscriptions); connect with a token, or unsubscribe first");
