@@ -322,15 +322,23 @@ pub enum Remove {
 /// Subscription index: pattern → set of subscriber keys (`T` is a small `Copy` key, e.g.
 /// a connection slot `u32` or a shard id `u16`). A key appears at most once per pattern.
 ///
-/// Like nats-server's sublist: a token trie whose nodes hold literal children in a hash
-/// map plus one `*` child; `>` is always last, so its keys sit on the parent node. A
-/// match walks only the branches that can match and allocates nothing. Removal prunes
-/// empty nodes and shrinks oversized maps, so memory follows the live set, not churn.
+/// Literal patterns (no `*` or `>`, most subscriptions) live in one flat map from the
+/// whole pattern to its keys: one entry each, whatever its token count (a trie level per
+/// token cost ~1 KB of maps per token, so a 16-token name cost ~18 KB; issue 18). Patterns
+/// with a wildcard live in a token trie like nats-server's sublist, whose nodes hold
+/// literal children in a hash map plus one `*` child; `>` is always last, so its keys sit
+/// on the parent node. A match is one lookup of the whole channel plus a walk of the
+/// trie's branches that can match (skipped while it is empty), and allocates nothing.
+/// Removal prunes empty nodes and shrinks oversized maps, so memory follows the live set,
+/// not churn. [`pattern_index_bytes`] estimates what one pattern costs.
 ///
 /// Hashing uses std's `RandomState` (SipHash, randomly keyed): channel names come from
 /// untrusted clients, and an unkeyed hash (Fx) would let one client flood a shard's
 /// index with colliding names.
 pub struct SubIndex<T> {
+    /// Literal patterns: the whole pattern → its keys (never an empty set).
+    literals: HashMap<Box<str>, KeySet<T>>,
+    /// Patterns with a wildcard.
     root: Node<T>,
     patterns: usize,
     entries: usize,
@@ -464,6 +472,7 @@ impl<T: Copy + Eq + std::hash::Hash> Default for SubIndex<T> {
 impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
     pub fn new() -> Self {
         SubIndex {
+            literals: HashMap::new(),
             root: Node::new(),
             patterns: 0,
             entries: 0,
@@ -478,6 +487,24 @@ impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
             panic!(
                 "SubIndex::insert: invalid pattern {pattern:?} ({e}); validate before inserting"
             );
+        }
+        if is_literal(pattern) {
+            let added = match self.literals.get_mut(pattern) {
+                Some(set) => set.insert(key),
+                None => {
+                    let mut set = KeySet::new();
+                    set.insert(key);
+                    self.literals.insert(pattern.into(), set);
+                    self.patterns += 1;
+                    self.entries += 1;
+                    return Insert::NewPattern;
+                }
+            };
+            if !added {
+                return Insert::AlreadyPresent;
+            }
+            self.entries += 1;
+            return Insert::NewKey;
         }
         let mut node = &mut self.root;
         let mut full = false;
@@ -526,9 +553,24 @@ impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
 
     /// Removes `key` from `pattern`, pruning trie nodes left empty.
     pub fn remove(&mut self, pattern: &str, key: T) -> Remove {
-        let mut pruned = 0;
-        let outcome = remove_from(&mut self.root, pattern.split('.'), key, &mut pruned);
-        self.nodes -= pruned;
+        let outcome = if is_literal(pattern) {
+            match self.literals.get_mut(pattern) {
+                None => Remove::NotPresent,
+                Some(set) => {
+                    let outcome = remove_key(set, key);
+                    if outcome == Remove::LastKey {
+                        self.literals.remove(pattern);
+                        shrink_if_sparse_map(&mut self.literals);
+                    }
+                    outcome
+                }
+            }
+        } else {
+            let mut pruned = 0;
+            let outcome = remove_from(&mut self.root, pattern.split('.'), key, &mut pruned);
+            self.nodes -= pruned;
+            outcome
+        };
         match outcome {
             Remove::NotPresent => {}
             Remove::Removed => self.entries -= 1,
@@ -548,6 +590,12 @@ impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
     /// `channel` should be valid ([`validate_channel`]); a channel with more than
     /// [`CHANNEL_TOKENS_MAX`] tokens matches nothing.
     pub fn for_each_match(&self, channel: &str, mut f: impl FnMut(T)) {
+        if let Some(set) = self.literals.get(channel) {
+            set.list.iter().for_each(|&k| f(k));
+        }
+        if self.root.is_empty() {
+            return;
+        }
         let mut tokens: [&str; CHANNEL_TOKENS_MAX] = [""; CHANNEL_TOKENS_MAX];
         let mut count = 0;
         for token in channel.split('.') {
@@ -579,7 +627,8 @@ impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
         self.entries
     }
 
-    /// Number of trie nodes including the root (1 when empty); for tests and metrics.
+    /// Number of nodes of the wildcard patterns' trie, including the root (1 when
+    /// empty); for tests and metrics. Literal patterns take no node.
     pub fn nodes(&self) -> usize {
         self.nodes
     }
@@ -591,8 +640,30 @@ impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
     /// Calls `f` once per pattern that has keys, in unspecified order (used to
     /// re-announce interest after a broker reconnect). Allocates one reused buffer.
     pub fn for_each_pattern(&self, mut f: impl FnMut(&str)) {
+        self.literals.keys().for_each(|pattern| f(pattern));
         let mut buffer = String::with_capacity(CHANNEL_BYTES_MAX);
         walk_patterns(&self.root, &mut buffer, &mut f);
+    }
+}
+
+/// Estimated heap bytes of one literal pattern's entry in a [`SubIndex`] beyond its name:
+/// its slot in the map (boxed name and key set, at the table's load factor), the name's
+/// and the key list's allocations with their headers.
+pub const INDEX_LITERAL_ENTRY_BYTES: usize = 136;
+/// Estimated heap bytes of one trie node of a wildcard pattern: the node inside its
+/// parent's (at least four-slot) hash table, and its token's allocation. Measured as
+/// ~0.6 KB per token of a unique name in the trie that held every pattern (issue 18).
+pub const INDEX_TRIE_NODE_BYTES: usize = 640;
+
+/// What `pattern` costs in one [`SubIndex`] when it is new there, approximately (the
+/// node-wide `max_subscription_bytes` bound charges it): a literal pattern its name plus
+/// one map entry; a wildcard pattern, at worst, one trie node per token (nodes shared
+/// with other patterns are charged again: an over-estimate, never an under-estimate).
+pub fn pattern_index_bytes(pattern: &str) -> usize {
+    if is_literal(pattern) {
+        pattern.len() + INDEX_LITERAL_ENTRY_BYTES
+    } else {
+        pattern.split('.').count() * INDEX_TRIE_NODE_BYTES + pattern.len()
     }
 }
 
@@ -1157,7 +1228,8 @@ mod tests {
                 live.push((pattern, key));
             }
         }
-        assert!(index.nodes() > 10_000, "nodes {}", index.nodes());
+        assert!(index.nodes() > 5_000, "nodes {}", index.nodes());
+        assert!(index.literals.len() > 5_000, "literal patterns {}", index.literals.len());
         assert_eq!(index.entries(), live.len());
         // Remove in random order (Fisher-Yates).
         for i in (1..live.len()).rev() {
@@ -1171,6 +1243,22 @@ mod tests {
             (1, 0, 0)
         );
         assert_eq!(index.root.literals.capacity(), 0, "root map shrunk");
+        assert_eq!(index.literals.capacity(), 0, "literal map shrunk");
+    }
+
+    #[test]
+    fn literal_patterns_take_no_trie_node() {
+        let mut index = SubIndex::new();
+        let long = (0..CHANNEL_TOKENS_MAX).map(|i| format!("t{i}")).collect::<Vec<_>>().join(".");
+        assert_eq!(index.insert(&long, 1u32), Insert::NewPattern);
+        assert_eq!(index.insert("a.*", 2), Insert::NewPattern);
+        assert_eq!(index.nodes(), 3, "root, a, a.*: the 16-token literal took none");
+        assert_eq!(matched_keys(&index, &long), vec![1]);
+        assert!(pattern_index_bytes(&long) < 2 * INDEX_TRIE_NODE_BYTES, "a literal costs one entry");
+        assert_eq!(pattern_index_bytes("a.*"), 2 * INDEX_TRIE_NODE_BYTES + 3);
+        assert_eq!(index.remove(&long, 1), Remove::LastKey);
+        assert_eq!(index.remove("a.*", 2), Remove::LastKey);
+        assert_eq!((index.nodes(), index.patterns()), (1, 0));
     }
 
     #[test]
@@ -1191,7 +1279,7 @@ mod tests {
         for &key in &want[..want.len() - 5] {
             assert_eq!(index.remove("hot", key), Remove::Removed);
         }
-        assert!(index.root.literals["hot"].keys.positions.is_none());
+        assert!(index.literals["hot"].positions.is_none());
         assert_eq!(matched_keys(&index, "hot"), want[want.len() - 5..].to_vec());
         for &key in &want[want.len() - 5..want.len() - 1] {
             assert_eq!(index.remove("hot", key), Remove::Removed);

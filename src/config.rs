@@ -202,6 +202,8 @@ struct GatewayArgs {
     lane: crate::lane::config::LaneArgs,
     #[command(flatten)]
     admission: crate::admission::AdmissionArgs,
+    #[command(flatten)]
+    guard: crate::guard::GuardArgs,
 }
 
 /// The broker seam (Beacon): NATS for multi-node fan-out, JetStream for history.
@@ -345,6 +347,7 @@ impl GatewayArgs {
         given.extend(self.presence.given());
         given.extend(self.lane.given());
         given.extend(self.admission.given());
+        given.extend(self.guard.given());
         given
     }
 }
@@ -394,6 +397,8 @@ pub struct GatewayConfig {
     pub lane: crate::lane::LaneConfig,
     /// Accept rate, drain window, port sharing (`admission` module).
     pub admission: crate::admission::AdmissionConfig,
+    /// Hostile-client bounds: node subscriptions, long-poll sessions, HTTP sockets (`guard`).
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// The broker seam: embedded (no `nats`) or NATS, and which channels keep history.
@@ -702,6 +707,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         presence: crate::presence::PresenceConfig::from_values(values)?,
         lane: crate::lane::config::build(values)?,
         admission: crate::admission::build(values)?,
+        guard: crate::guard::build(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)

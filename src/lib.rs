@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`limits`] | every bound, its unit and why |
 //! | [`admission`] | accept rate, max connections, drain and port-sharing settings |
+//! | [`guard`] | node-wide bounds against hostile clients: subscription memory, long-poll sessions, HTTP sockets |
 //! | [`config`] | CLI/env/file → one validated struct |
 //! | [`auth`] | HS256 JWT and API-key checks |
 //! | [`protocol`] | WebSocket frames, HTTP/1.1 requests, protocol v1 JSON ops |
@@ -35,6 +36,7 @@ pub mod config;
 pub mod doctor;
 pub mod fanout;
 pub mod gateway;
+pub mod guard;
 pub mod histogram;
 pub mod lane;
 pub mod limits;

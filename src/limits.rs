@@ -108,6 +108,34 @@ pub const SUB_CONFIRMS_WAITING_MAX: usize = 65_536;
 /// How long one confirming round trip to NATS may take before it is tried again.
 pub const SUB_CONFIRM_ROUND_TRIP_TIMEOUT_MS: u64 = 2_000;
 
+/// Hostile-client bounds (`guard` module; issue 18).
+/// Subscriptions on one node. 1M is ten per connection at CONNECTIONS_MAX; what they cost
+/// is bounded by NODE_SUBSCRIPTION_BYTES_MAX whatever their count.
+pub const NODE_SUBSCRIPTIONS_MAX: usize = 1_000_000;
+/// Estimated memory of a node's subscription indexes. 256 MiB holds a million
+/// subscriptions to shared channels, or ~500k with a unique 40-byte name each; an attacker
+/// filling it grows the node by about that much, not by gigabytes.
+pub const NODE_SUBSCRIPTION_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Sum of one connection's pattern lengths: SUBSCRIPTIONS_PER_CONNECTION_MAX patterns of
+/// 64 bytes; a client of 1,024 200-byte names would hold 200 KB of names alone.
+pub const PATTERN_BYTES_PER_CONNECTION_MAX: usize = 64 * 1024;
+/// A long-poll client polls within milliseconds of opening; a session not polled within
+/// 10 s was opened only to hold a slot.
+pub const POLL_OPEN_TIMEOUT_MS: u64 = 10_000;
+/// A browser opens one session per tab; 16 covers a few tabs of one user or one address.
+pub const POLL_SESSIONS_PER_CLIENT_MAX: usize = 16;
+/// Writing one HTTP response (the largest is a /metrics scrape or an asset) takes
+/// milliseconds for a reader; 30 s rides out a stalled mobile link.
+pub const HTTP_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Longest configurable http_write_timeout.
+pub const HTTP_WRITE_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Sockets in the HTTP phase per node (handshakes, API calls, long-poll requests). Each
+/// can hold a response in kernel buffers (~MBs) until http_write_timeout.
+pub const HTTP_CONNECTIONS_MAX: usize = 10_000;
+/// Requests answered back to back from one socket's already-received input. Browsers do
+/// not pipeline; a client that does and never reads gets cut here.
+pub const PIPELINED_REQUESTS_MAX: usize = 16;
+
 /// WebSocket frame header, largest form (2 + 8 length bytes; server frames are unmasked).
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;
 

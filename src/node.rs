@@ -37,6 +37,9 @@ pub struct Node {
     pub started: Instant,
     /// TLS certificate and transport counters (TLS, long-poll).
     pub transport: crate::transport::NodeTransport,
+    /// Node-wide bounds against hostile clients: subscriptions, long-poll sessions per
+    /// client, HTTP-phase sockets (`guard`).
+    pub guard: crate::guard::NodeGuard,
 }
 
 impl Node {
@@ -65,6 +68,7 @@ impl Node {
             io_mode: OnceLock::new(),
             started: Instant::now(),
             transport,
+            guard: crate::guard::NodeGuard::new(config.guard.clone(), config.broker.nats.is_some()),
             config,
         })
     }
@@ -133,6 +137,7 @@ impl Node {
             uptime_seconds: self.started.elapsed().as_secs(),
         });
         self.transport.render_metrics(&mut out);
+        self.guard.render(&mut out);
         self.presence.render(&mut out);
         self.lane_metrics.render_into(&mut out, crate::lane::now_ms());
         out

@@ -164,17 +164,28 @@ impl Shard {
         self.node.release();
     }
 
-    /// Adds `pattern` for the connection in `slot`. Err(()) when the bridge could not
-    /// take the new interest (the subscription is undone).
-    pub fn add_subscription(&self, slot: u32, pattern: &str) -> Result<(), ()> {
+    /// Adds `pattern` for the connection in `slot`, charged to the node-wide bounds
+    /// (`guard`). Err when a node-wide bound would be passed, or the bridge could not take
+    /// the new interest (the subscription is undone).
+    pub fn add_subscription(&self, slot: u32, pattern: &str) -> Result<(), crate::guard::SubRefused> {
+        let guard = &self.node.guard;
+        // Charge as if the pattern were new to this shard; refund below if it was not.
+        let (entry, new_pattern) = (guard.entry_bytes(pattern), guard.pattern_bytes(pattern));
+        guard.reserve_subscription(entry + new_pattern)?;
         let inserted = self.subs.borrow_mut().insert(pattern, slot);
-        if inserted == Insert::NewPattern {
-            let message = ToBridge::Interest { shard: self.id, pattern: pattern.into(), add: true };
-            if self.node.bridge_inbox.push(message).is_err() {
-                self.subs.borrow_mut().remove(pattern, slot);
-                self.metrics.bridge_full.inc();
-                return Err(());
+        match inserted {
+            Insert::NewPattern => {
+                let message = ToBridge::Interest { shard: self.id, pattern: pattern.into(), add: true };
+                if self.node.bridge_inbox.push(message).is_err() {
+                    self.subs.borrow_mut().remove(pattern, slot);
+                    guard.release_subscription(entry + new_pattern);
+                    self.metrics.bridge_full.inc();
+                    return Err(crate::guard::SubRefused::BridgeFull);
+                }
             }
+            Insert::NewKey => guard.release_bytes(new_pattern),
+            // Nothing was added: nothing is charged (a removal gives back one pair only).
+            Insert::AlreadyPresent => guard.release_subscription(entry + new_pattern),
         }
         self.metrics.subscriptions.inc();
         Ok(())
@@ -185,6 +196,9 @@ impl Shard {
         if removed == Remove::NotPresent {
             return;
         }
+        let guard = &self.node.guard;
+        let new_pattern = if removed == Remove::LastKey { guard.pattern_bytes(&pattern) } else { 0 };
+        guard.release_subscription(guard.entry_bytes(&pattern) + new_pattern);
         self.metrics.subscriptions.sub(1);
         if removed == Remove::LastKey {
             let message = ToBridge::Interest { shard: self.id, pattern, add: false };
@@ -545,6 +559,9 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    // Accept failures (EMFILE: out of descriptors) are logged at most once a second, with
+    // how many there were since the last line; every one is counted.
+    let (mut logged_ms, mut unlogged) = (0u64, 0u64);
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
@@ -554,7 +571,13 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
                 }
                 Err(error) => {
                     // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.
-                    tracing::warn!(shard = shard.id, %error, "accept failed; is the fd limit too low? see `ringcast doctor`");
+                    shard.node.guard.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    unlogged += 1;
+                    let now = shard.now_ms();
+                    if logged_ms == 0 || now.saturating_sub(logged_ms) >= ACCEPT_ERROR_LOG_MS {
+                        tracing::warn!(shard = shard.id, %error, failures = unlogged, "accept failed; is the fd limit too low (or max_connections + max_http_connections above it)? see `ringcast doctor`");
+                        (logged_ms, unlogged) = (now.max(1), 0);
+                    }
                     monoio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -562,6 +585,9 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
         }
     }
 }
+
+/// At most one accept-failure log line per shard this often.
+const ACCEPT_ERROR_LOG_MS: u64 = 1_000;
 
 async fn inbox_loop(shard: Rc<Shard>) {
     let inbox = shard.inbox.clone();

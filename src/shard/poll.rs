@@ -33,6 +33,10 @@ pub struct PollState {
     waiter: Option<Waker>,
     /// The task that unregisters the session once it is finished.
     reaper: Option<Waker>,
+    /// A `GET` came: until then the session expires after `poll_open_timeout`.
+    pub polled: bool,
+    /// Whose session it is, for `poll_sessions_per_client` (released by the reaper).
+    pub client: Option<crate::guard::ClientKey>,
 }
 
 impl PollState {
@@ -90,8 +94,9 @@ pub struct Batch {
 }
 
 impl Shard {
-    /// Opens a session (the node slot is already reserved) and queues its welcome.
-    pub fn register_poll(self: &Rc<Self>, identity: Option<Box<Identity>>) -> (Rc<Conn>, String) {
+    /// Opens a session (the node slot, and the client's session count when `client` is
+    /// given, are already reserved) and queues its welcome.
+    pub fn register_poll(self: &Rc<Self>, identity: Option<Box<Identity>>, client: Option<crate::guard::ClientKey>) -> (Rc<Conn>, String) {
         let slot = match self.free_slots.borrow_mut().pop() {
             Some(slot) => slot,
             None => {
@@ -109,7 +114,7 @@ impl Shard {
         {
             let mut st = conn.state.borrow_mut();
             st.tokens = self.node.config.client_messages_per_second.saturating_mul(2);
-            st.poll = Some(Box::new(PollState { secret, last_poll_ms: now, ..PollState::default() }));
+            st.poll = Some(Box::new(PollState { secret, last_poll_ms: now, client, ..PollState::default() }));
         }
         self.conns.borrow_mut()[slot as usize] = Some(conn.clone());
         self.live.set(self.live.get() + 1);
@@ -118,6 +123,7 @@ impl Shard {
         let hb = self.node.config.heartbeat.as_secs().max(1);
         self.send(&conn, ws::encode_text(&crate::protocol::ops::welcome(conn.id, &self.node.config.node, hb)));
         monoio::spawn(reap(self.clone(), conn.clone()));
+        monoio::spawn(expire_unpolled(self.clone(), conn.clone()));
         (conn, format_sid(self.id, slot, secret))
     }
 
@@ -166,6 +172,26 @@ async fn reap(shard: Rc<Shard>, conn: Rc<Conn>) {
     .await;
     shard.unregister(&conn);
     shard.node.transport.poll_metrics[shard.id as usize].sessions.sub(1);
+    let client = conn.state.borrow_mut().poll.as_mut().and_then(|poll| poll.client.take());
+    if let Some(client) = client {
+        shard.node.guard.poll_client_leave(&client);
+    }
+}
+
+/// Ends a session whose first `GET` did not come within `poll_open_timeout` (the lower of
+/// it and `poll_timeout`): a `POST /poll` alone must not hold a node slot for long.
+async fn expire_unpolled(shard: Rc<Shard>, conn: Rc<Conn>) {
+    let config = &shard.node.config;
+    monoio::time::sleep(config.guard.poll_open_timeout.min(config.transport.poll_timeout)).await;
+    let unpolled = {
+        let st = conn.state.borrow();
+        st.finished.is_none() && st.poll.as_ref().is_some_and(|poll| !poll.polled && !poll.waiting)
+    };
+    if unpolled {
+        shard.node.guard.poll_unclaimed_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard.node.transport.poll_metrics[shard.id as usize].expired.inc();
+        conn.finish(CloseReason::HeartbeatTimeout);
+    }
 }
 
 impl Conn {
@@ -179,6 +205,7 @@ impl Conn {
         let queued = st.outbox.len() as u64;
         let Some(poll) = st.poll.as_mut() else { return Ok(()) };
         poll.last_poll_ms = now_ms;
+        poll.polled = true;
         let next = poll.base + queued;
         if ack > next {
             return Err(next);

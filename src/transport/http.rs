@@ -28,35 +28,67 @@ enum Routed {
     Upgrade { response: Vec<u8>, identity: Option<Box<Identity>> },
 }
 
+/// A socket counted in the HTTP phase (`max_http_connections`) until dropped.
+struct HttpPhase(std::sync::Arc<crate::node::Node>);
+
+impl Drop for HttpPhase {
+    fn drop(&mut self) {
+        self.0.guard.http_leave();
+    }
+}
+
 /// Serves one accepted socket until it closes or becomes a WebSocket.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    if !shard.node.guard.http_enter() {
+        // The node holds max_http_connections sockets in the HTTP phase: say so in one
+        // non-blocking send (plain TCP; a TLS client just sees the close) and close, so
+        // the answer is a 503 and not a descriptor shortage.
+        if shard.node.config.transport.tls.is_none() {
+            let msg = "too many HTTP connections on this node (max_http_connections); retry shortly or elsewhere";
+            let _ = sys::send(stream.as_raw_fd(), &h::json_error(503, msg, &[("Retry-After", RETRY_AFTER_SECONDS)], false));
+        }
+        return;
+    }
+    let _phase = HttpPhase(shard.node.clone());
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|address| address.ip());
     // TLS (when configured) is negotiated here, on the shard that accepted the socket.
     let Ok(mut tls) = super::tls::accept(&shard, &stream).await else { return };
     let limits = http_limits(&shard);
     let timeout = shard.node.config.handshake_timeout;
+    let pipelined_max = shard.node.config.guard.pipelined_requests_max;
     let mut buf: Vec<u8> = Vec::new();
+    // Requests in a row that had already arrived when the previous answer was written.
+    let mut pipelined = 0usize;
     loop {
+        let buffered = !buf.is_empty();
         let read = monoio::time::timeout(timeout, read_request(&shard, &stream, &mut tls, &mut buf, &limits)).await;
         let (request, consumed) = match read {
             Err(_elapsed) => {
                 if !buf.is_empty() {
                     shard.metrics.refused(Refusal::HandshakeTimeout);
                     let body = h::json_error(408, "request head not complete within the handshake timeout", &[], false);
-                    let _ = write_all(&stream, &mut tls, &body).await;
+                    let _ = write_response(&shard, &stream, &mut tls, &body).await;
                 }
                 return;
             }
             Ok(Err(ReadError::Closed)) => return,
             Ok(Err(ReadError::Http(error))) => {
                 shard.metrics.refused(Refusal::BadRequest);
-                let _ = write_all(&stream, &mut tls, &h::json_error(error.status, error.msg, &[], false)).await;
+                let _ = write_response(&shard, &stream, &mut tls, &h::json_error(error.status, error.msg, &[], false)).await;
                 return;
             }
             Ok(Ok(parsed)) => parsed,
         };
         buf.drain(..consumed);
-        let routed = match super::longpoll::route(&shard, &request).await {
+        pipelined = if buffered { pipelined + 1 } else { 0 };
+        if pipelined > pipelined_max {
+            shard.node.guard.http_pipeline_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let msg = format!("more than {pipelined_max} pipelined requests on one connection (max_pipelined_requests); read each answer before sending more");
+            let _ = write_response(&shard, &stream, &mut tls, &h::json_error(429, &msg, &[], false)).await;
+            return;
+        }
+        let routed = match super::longpoll::route(&shard, &request, peer).await {
             Some(bytes) => Routed::Respond { bytes, keep_alive: true },
             None => match crate::lane::api::handle(&shard, &request).await {
                 Some(bytes) => Routed::Respond { bytes, keep_alive: true },
@@ -78,12 +110,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |i| i + 4);
                     bytes.truncate(head_end);
                 }
-                if write_all(&stream, &mut tls, &bytes).await.is_err() || !keep_alive || !request.keep_alive {
+                if write_response(&shard, &stream, &mut tls, &bytes).await.is_err() || !keep_alive || !request.keep_alive {
                     return;
                 }
             }
             Routed::Upgrade { response, identity } => {
-                if write_all(&stream, &mut tls, &response).await.is_err() {
+                if write_response(&shard, &stream, &mut tls, &response).await.is_err() {
                     shard.node.release();
                     return;
                 }
@@ -177,6 +209,30 @@ pub async fn write_all(stream: &TcpStream, tls: &mut Tls, mut bytes: &[u8]) -> s
         bytes = &bytes[n..];
     }
     Ok(())
+}
+
+/// Writes an HTTP-phase answer within `http_write_timeout`. Past it the socket is set to
+/// reset on close (SO_LINGER 0: the close discards what the kernel still queues, instead
+/// of holding it for a client that does not read) and counted; Err either way, and the
+/// caller drops the socket.
+async fn write_response(shard: &Shard, stream: &TcpStream, tls: &mut Tls, bytes: &[u8]) -> std::io::Result<()> {
+    match monoio::time::timeout(shard.node.config.guard.http_write_timeout, write_all(stream, tls, bytes)).await {
+        Ok(written) => written,
+        Err(_elapsed) => {
+            shard.node.guard.http_write_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            reset_on_close(stream.as_raw_fd());
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
+}
+
+/// SO_LINGER 0: closing the socket resets it and frees its kernel buffers at once.
+fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid option struct of the size passed, on a descriptor we own.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t);
+    }
 }
 
 fn respond(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Routed {

@@ -84,15 +84,16 @@ fn error_body(status: u16, msg: &str) -> Vec<u8> {
     body
 }
 
-/// Serves `/poll` and `/poll/{sid}`; None for any other path.
-pub async fn route(shard: &Rc<Shard>, request: &Request) -> Option<Vec<u8>> {
+/// Serves `/poll` and `/poll/{sid}`; None for any other path. `peer`: the client's
+/// address, for `poll_sessions_per_client` when it has no token.
+pub async fn route(shard: &Rc<Shard>, request: &Request, peer: Option<std::net::IpAddr>) -> Option<Vec<u8>> {
     let session = match request.path.as_str() {
         "/poll" => None,
         path => Some(path.strip_prefix("/poll/")?),
     };
     let answer = match (request.method, session) {
         (Method::Options, _) => preflight(),
-        (Method::Post, None) => open(shard, request),
+        (Method::Post, None) => open(shard, request, peer),
         (Method::Get, Some(sid)) => match request.query_param("ack").map(|a| a.parse::<u64>()) {
             None => on_session(shard, sid, PollOp::Get { ack: 0 }).await,
             Some(Ok(ack)) => on_session(shard, sid, PollOp::Get { ack }).await,
@@ -128,7 +129,7 @@ fn preflight() -> Answer {
 }
 
 /// `POST /poll`: the same checks as a WebSocket upgrade, then a session on this shard.
-fn open(shard: &Rc<Shard>, request: &Request) -> Answer {
+fn open(shard: &Rc<Shard>, request: &Request, peer: Option<std::net::IpAddr>) -> Answer {
     let identity = match super::http::authenticate(shard, request) {
         Ok(identity) => identity,
         Err(e) => {
@@ -140,14 +141,33 @@ fn open(shard: &Rc<Shard>, request: &Request) -> Answer {
         shard.metrics.refused(Refusal::Draining);
         return Answer::error(503, "server is shutting down; reconnect to another node").with("Retry-After", RETRY_AFTER_SECONDS);
     }
+    // Sessions per client: its token's `sub`, else its address.
+    let client = match identity.as_deref().and_then(|i| i.user.as_deref()) {
+        Some(user) => Some(crate::guard::ClientKey::User(user.into())),
+        None => peer.map(crate::guard::ClientKey::Addr),
+    };
+    let guard = &shard.node.guard;
+    if let Some(client) = &client {
+        if !guard.poll_client_enter(client) {
+            let msg = format!(
+                "this client already holds {} long-poll sessions (poll_sessions_per_client); poll or close one, sessions never polled expire within {:?}",
+                guard.config.poll_sessions_per_client,
+                guard.config.poll_open_timeout.min(shard.node.config.transport.poll_timeout)
+            );
+            return Answer::error(429, &msg).with("Retry-After", RETRY_AFTER_SECONDS);
+        }
+    }
     // The same admission as a WebSocket upgrade: draining, the shard's accept rate, the
     // node's max_connections.
     if let Err(refusal) = crate::admission::admit(&shard.node, &shard.admission, shard.now_ms()) {
+        if let Some(client) = &client {
+            guard.poll_client_leave(client);
+        }
         shard.metrics.refused(refusal);
         let (msg, retry_after) = crate::admission::explain(refusal);
         return Answer::error(503, msg).with("Retry-After", retry_after);
     }
-    let (conn, sid) = shard.register_poll(identity);
+    let (conn, sid) = shard.register_poll(identity, client);
     let metrics = &shard.node.transport.poll_metrics[shard.id as usize];
     metrics.opened.inc();
     metrics.sessions.inc();

@@ -315,7 +315,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
         },
         None => None,
     };
-    let count = {
+    let (count, pattern_bytes) = {
         let st = conn.state.borrow();
         if st.subscriptions.iter().any(|p| &**p == pattern) {
             drop(st);
@@ -324,19 +324,36 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
             }
             return answer_when_live(shard, conn, id, pattern, false);
         }
-        st.subscriptions.len()
+        (st.subscriptions.len(), st.subscriptions.iter().map(|p| p.len()).sum::<usize>())
     };
     let max = shard.node.config.subscriptions_max;
     if count >= max {
         let msg = format!("subscription limit reached ({max} per connection, max_subscriptions); unsubscribe first");
         return reply_err(shard, conn, id, 413, &msg);
     }
+    let guard = &shard.node.guard;
+    // Anonymous on a node that issues tokens (without a secret everyone is anonymous).
+    let anonymous_max = guard.config.anonymous_subscriptions_max.unwrap_or(usize::MAX);
+    if conn.identity.is_none() && shard.node.jwt.is_some() && count >= anonymous_max {
+        guard.count_sub_refusal(crate::guard::SubRefusal::Anonymous);
+        let msg = format!("subscription limit reached ({anonymous_max} per connection without a token, max_anonymous_subscriptions); connect with a token, or unsubscribe first");
+        return reply_err(shard, conn, id, 413, &msg);
+    }
+    let pattern_max = guard.config.pattern_bytes_max;
+    if pattern_bytes + pattern.len() > pattern_max {
+        guard.count_sub_refusal(crate::guard::SubRefusal::PatternBytes);
+        let msg = format!(
+            "this connection's patterns would total {} bytes, over max_pattern_bytes ({pattern_max}); unsubscribe first, or use shorter names or a wildcard",
+            pattern_bytes + pattern.len()
+        );
+        return reply_err(shard, conn, id, 413, &msg);
+    }
     if resume.is_some() && conn.replays_in_progress() >= REPLAYS_PER_CONNECTION_MAX {
         let msg = format!("{REPLAYS_PER_CONNECTION_MAX} resumes already in progress on this connection; wait for their answers");
         return reply_err(shard, conn, id, 429, &msg);
     }
-    if shard.add_subscription(conn.slot, pattern).is_err() {
-        return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
+    if let Err(refused) = shard.add_subscription(conn.slot, pattern) {
+        return reply_err(shard, conn, id, 503, &shard.node.guard.refusal_message(refused));
     }
     conn.state.borrow_mut().subscriptions.push(pattern.into());
     if presence && !super::presence::join(shard, conn, pattern) {

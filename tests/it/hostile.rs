@@ -251,3 +251,234 @@ fn http_framing_and_connection_close() {
     assert_eq!(status, 200);
     assert!(head.contains("Connection: close"), "every route: {head}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Items 1-3: node-wide bounds (the `guard` module).
+// ---------------------------------------------------------------------------------------
+
+/// A 16-token channel name unique to this test run, `~100` bytes.
+fn long_name(run: u64, i: usize) -> String {
+    let mut tokens: Vec<String> = (0..15).map(|t| format!("t{t}x{run}")).collect();
+    tokens.push(format!("n{i}"));
+    tokens.join(".")
+}
+
+fn sub_answer(client: &mut Client, channel: &str, id: u32) -> Value {
+    request(client, json!({"op": "sub", "ch": channel}), id)
+}
+
+fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Item 1: subscriptions have a node-wide count. Past it a `sub` answers `err` 503 naming
+/// max_node_subscriptions (counted), and every way a subscription ends gives its place
+/// back: unsub and connection close.
+#[test]
+fn node_wide_subscription_count_answers_503_and_is_given_back() {
+    let gateway = Gateway::start(&["--max-node-subscriptions", "50", "--client-rate", "100000"]);
+    let run = unique();
+    let (mut first, _) = connect(&gateway.url(""));
+    let (mut second, _) = connect(&gateway.url(""));
+    for i in 0..30 {
+        assert_eq!(sub_answer(&mut first, &format!("a{run}.{i}"), i as u32)["op"], "ok");
+    }
+    let mut refused = Vec::new();
+    for i in 0..30 {
+        let answer = sub_answer(&mut second, &format!("b{run}.{i}"), i as u32);
+        if answer["op"] != "ok" {
+            refused.push(answer);
+        }
+    }
+    assert_eq!(refused.len(), 10, "{refused:?}");
+    assert_eq!(refused[0]["code"], 503, "{}", refused[0]);
+    assert!(refused[0]["msg"].as_str().unwrap().contains("max_node_subscriptions"), "{}", refused[0]);
+    let scrape = metrics(gateway.port);
+    assert_eq!(metric_value(&scrape, "ringcast_node_subscriptions"), 50.0);
+    assert_eq!(metric_value(&scrape, "ringcast_subscriptions_refused_total{reason=\"node_subscriptions\"}"), 10.0);
+
+    // Unsub gives one place back.
+    assert_eq!(request(&mut first, json!({"op": "unsub", "ch": format!("a{run}.0")}), 100)["op"], "ok");
+    assert_eq!(sub_answer(&mut second, &format!("b{run}.again"), 101)["op"], "ok");
+    assert_eq!(sub_answer(&mut second, &format!("b{run}.over"), 102)["code"], 503);
+    // Closing a connection gives back all of its places.
+    drop(first);
+    eventually(Duration::from_secs(5), "the closed connection's subscriptions released", || {
+        metric_value(&metrics(gateway.port), "ringcast_node_subscriptions") == 21.0
+    });
+    assert!(metric_value(&metrics(gateway.port), "ringcast_node_subscription_bytes") > 0.0);
+    for i in 0..29 {
+        assert_eq!(sub_answer(&mut second, &format!("c{run}.{i}"), 200 + i)["op"], "ok", "place {i}");
+    }
+    assert_eq!(sub_answer(&mut second, &format!("c{run}.over"), 300)["code"], 503);
+}
+
+/// Item 1, the attack at small scale: long-poll sessions each posting `sub` frames for
+/// unique 16-token names. The node's subscription memory stops at max_subscription_bytes
+/// (503, counted) and every session's patterns at max_pattern_bytes (413, counted).
+#[test]
+fn unique_long_names_stop_at_the_node_byte_bound_and_the_pattern_budget() {
+    let gateway = Gateway::start(&["--max-subscription-bytes", "64KiB", "--max-pattern-bytes", "4KiB", "--client-rate", "100000", "--shards", "2"]);
+    let run = unique() % 1000;
+    let mut codes: std::collections::BTreeMap<u64, usize> = Default::default();
+    let mut messages = Vec::new();
+    for session in 0..6 {
+        let sid = open_poll(gateway.port, "");
+        let frames: Vec<Value> = (0..60).map(|i| json!({"op": "sub", "id": i + 1, "ch": long_name(run, session * 100 + i)})).collect();
+        assert_eq!(post_poll(gateway.port, &sid, Value::Array(frames).to_string().as_bytes()).0, 202);
+        let mut ack = 0;
+        let mut answered = 0;
+        while answered < 60 {
+            let (status, _, body) = http(gateway.port, "GET", &format!("/poll/{sid}?ack={ack}"), &[], b"");
+            assert_eq!(status, 200, "{body}");
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            for frame in answer["frames"].as_array().unwrap().iter().filter(|f| f["id"].is_u64()) {
+                answered += 1;
+                *codes.entry(frame["code"].as_u64().unwrap_or(200)).or_default() += 1;
+                if frame["op"] == "err" {
+                    messages.push(frame["msg"].as_str().unwrap().to_string());
+                }
+            }
+            ack = answer["next"].as_u64().unwrap();
+        }
+    }
+    let name_bytes = long_name(run, 100).len();
+    assert!(name_bytes > 100 && name_bytes <= 200, "{name_bytes}");
+    // The first session alone passes its pattern budget; by the third the node is full.
+    assert!(codes[&413] >= 60 - 4096 / name_bytes, "pattern budget: {codes:?}");
+    assert!(codes.get(&503).copied().unwrap_or(0) >= 60, "node bytes: {codes:?}");
+    assert!(messages.iter().any(|m| m.contains("max_pattern_bytes")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("max_subscription_bytes")), "{messages:?}");
+    let scrape = metrics(gateway.port);
+    let bytes = metric_value(&scrape, "ringcast_node_subscription_bytes");
+    assert!(bytes > 32.0 * 1024.0 && bytes <= 64.0 * 1024.0, "charged {bytes} bytes");
+    assert_eq!(metric_value(&scrape, "ringcast_subscriptions_refused_total{reason=\"node_bytes\"}"), codes[&503] as f64);
+    assert_eq!(metric_value(&scrape, "ringcast_subscriptions_refused_total{reason=\"pattern_bytes\"}"), codes[&413] as f64);
+}
+
+/// Item 1: on a node that issues tokens, a connection without one has a lower
+/// subscription count (413 naming max_anonymous_subscriptions); with a token the usual
+/// max_subscriptions applies.
+#[test]
+fn anonymous_connections_have_a_lower_subscription_cap() {
+    let gateway = Gateway::start(&["--jwt-secret", SECRET, "--allow-anonymous", "--max-anonymous-subscriptions", "3"]);
+    let run = unique();
+    let (mut anonymous, _) = connect(&gateway.url(""));
+    for i in 0..3 {
+        assert_eq!(sub_answer(&mut anonymous, &format!("p{run}.{i}"), i)["op"], "ok");
+    }
+    let refused = sub_answer(&mut anonymous, &format!("p{run}.3"), 3);
+    assert_eq!(refused["code"], 413, "{refused}");
+    assert!(refused["msg"].as_str().unwrap().contains("max_anonymous_subscriptions"), "{refused}");
+    let token = jwt(json!({"sub": "reader", "exp": now_unix() + 600}));
+    let (mut known, _) = connect(&gateway.url(&format!("?token={token}")));
+    for i in 0..5 {
+        assert_eq!(sub_answer(&mut known, &format!("p{run}.{i}"), i)["op"], "ok");
+    }
+    assert_eq!(metric_value(&metrics(gateway.port), "ringcast_subscriptions_refused_total{reason=\"anonymous\"}"), 1.0);
+}
+
+/// Item 2: one client opening sessions it never polls used to hold every slot of the node
+/// for poll_timeout (60 s). Now sessions per client are bounded (429 with Retry-After),
+/// a session never polled expires after poll_open_timeout, and a WebSocket client gets in
+/// within seconds; a polled session lives on.
+#[test]
+fn unpolled_long_poll_sessions_do_not_hold_the_node() {
+    let gateway = Gateway::start(&["--max-connections", "8", "--poll-sessions-per-client", "8", "--poll-open-timeout", "1s", "--poll-wait", "300ms", "--shards", "1"]);
+    let mut statuses = Vec::new();
+    let mut refusal = String::new();
+    for _ in 0..20 {
+        let (status, head, body) = http(gateway.port, "POST", "/poll", &[], b"");
+        if status == 429 {
+            assert!(head.contains("Retry-After:"), "{head}");
+            refusal = body;
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 8, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 12, "{statuses:?}");
+    assert!(refusal.contains("poll_sessions_per_client"), "{refusal}");
+    // The node is full now...
+    assert!(matches!(try_connect(&gateway.url("")), Err(tungstenite::Error::Http(r)) if r.status() == 503));
+    // ...for about poll_open_timeout, not poll_timeout.
+    let started = Instant::now();
+    eventually(Duration::from_secs(4), "a WebSocket client gets in", || try_connect(&gateway.url("")).is_ok());
+    eprintln!("a WebSocket client got in {:?} after the sessions were opened", started.elapsed());
+    let scrape = metrics(gateway.port);
+    assert_eq!(metric_value(&scrape, "ringcast_poll_sessions_unpolled_expired_total"), 8.0);
+    assert_eq!(metric_value(&scrape, "ringcast_poll_sessions_per_client_refused_total"), 12.0);
+    // A session that is polled does not expire at poll_open_timeout.
+    let sid = open_poll(gateway.port, "");
+    assert_eq!(http(gateway.port, "GET", &format!("/poll/{sid}?ack=1"), &[], b"").0, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(http(gateway.port, "GET", &format!("/poll/{sid}?ack=1"), &[], b"").0, 200, "a polled session lives on");
+}
+
+/// Item 3: sockets in the HTTP phase are bounded node-wide; past the bound a new socket
+/// is answered 503 with Retry-After (not left to run the process out of descriptors).
+#[test]
+fn http_sockets_past_max_http_connections_get_503() {
+    let gateway = Gateway::start(&["--max-http-connections", "4"]);
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(("127.0.0.1", gateway.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The answer may come before the request is even sent: tolerate a reset after it.
+    let mut extra = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    extra.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Retry-After:") && answer.contains("max_http_connections"), "{answer}");
+    drop(idle);
+    eventually(Duration::from_secs(5), "room again", || http(gateway.port, "GET", "/healthz", &[], b"").0 == 200);
+    let scrape = metrics(gateway.port);
+    assert!(metric_value(&scrape, "ringcast_http_connections_refused_total") >= 1.0, "{scrape}");
+}
+
+/// Item 3: a client that pipelines requests and never reads its answers used to keep its
+/// socket (and MBs of kernel buffers) forever. Now the answer that cannot be written
+/// within http_write_timeout resets the socket, counted.
+#[test]
+fn a_client_that_never_reads_is_cut_at_the_write_deadline() {
+    let gateway = Gateway::start(&["--http-write-timeout", "1s", "--max-pipelined-requests", "100000", "--shards", "1"]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address: std::net::SocketAddr = ([127, 0, 0, 1], gateway.port).into();
+    socket.connect(&address.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let pipelined = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    let _ = stream.write_all(pipelined.as_bytes()); // may block once the server stops reading
+    eventually(Duration::from_secs(8), "the write deadline passed and was counted", || {
+        metric_value(&metrics(gateway.port), "ringcast_http_write_timeouts_total") == 1.0
+    });
+    // The socket is gone from the node: only the scrape itself is in the HTTP phase.
+    assert_eq!(metric_value(&metrics(gateway.port), "ringcast_http_connections"), 1.0);
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = vec![0u8; 1 << 16];
+    let ended = loop {
+        match stream.read(&mut sink) {
+            Ok(0) => break "eof",
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("the socket was not closed: {e}"),
+        }
+    };
+    eprintln!("the client saw its socket end: {ended}");
+}
+
+/// Item 3: requests pipelined past max_pipelined_requests are answered 429 and the socket
+/// is closed (counted); those before it are answered.
+#[test]
+fn pipelined_requests_past_the_bound_are_refused() {
+    let gateway = Gateway::start(&["--max-pipelined-requests", "4"]);
+    let answer = raw_exchange(gateway.port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(10).as_bytes());
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 5, "{answer}");
+    assert!(answer.contains("HTTP/1.1 429") && answer.contains("max_pipelined_requests"), "{answer}");
+    assert_eq!(metric_value(&metrics(gateway.port), "ringcast_http_pipeline_refused_total"), 1.0);
+}
