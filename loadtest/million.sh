@@ -248,7 +248,7 @@ if [ -s "$work/slab1" ]; then
   top=$(join <(sort "$work/slab0") <(sort "$work/slab1") | awk -v n="$CONNS" '{d = ($3 - $2) / n; if (d >= 16) printf "%s %.0f\n", $1, d}' | sort -k2 -nr | head -n 8 | awk '{printf "%s %s B, ", $1, $2}')
 fi
 
-f() { jq -r --arg k "$1" '.figures[$k] // "n/a" | tostring' "$work/result.json"; }
+f() { jq -r --arg k "$1" '.figures[$k] | if . == null then "n/a" else tostring end' "$work/result.json"; }
 echo
 echo "=== ringcast: $(f connections_ready) of $CONNS WebSockets on $PROCS gateways sharing 127.0.0.1:$PORT (cpu $SERVER_CPU), harness on cpu $HARNESS_CPU ==="
 echo "connect rate                      $(f connect_rate_per_s)/s (asked $RATE/s); handshake p50 $(f handshake_p50_ms) ms, p99 $(f handshake_p99_ms) ms; failures $(f connect_failures)"
