@@ -122,6 +122,12 @@ pub struct ClientArgs {
     /// A connection not ready after this long counts as a timeout failure.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub connect_timeout: Duration,
+    /// Client-side heartbeat check, as a real client does it: a ready connection that
+    /// receives nothing, not even a ping, for this long is closed and counted
+    /// (`dropped_heartbeat_timeout`). Set it above the server's ping interval (ringcast:
+    /// `--heartbeat`, 25s by default, e.g. 60s here). [default: off]
+    #[arg(long, value_parser = duration)]
+    pub heartbeat_timeout: Option<Duration>,
     /// PID(s) of the server under test, comma-separated (several gateway processes on one
     /// port): their summed CPU-µs per delivery and RSS, from /proc.
     #[arg(long, value_delimiter = ',')]
@@ -203,6 +209,17 @@ pub struct FanoutArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
+    /// Once every subscriber is ready, hold them this long with nothing published (only
+    /// the server's heartbeats) before publishing: drops and heartbeat timeouts during
+    /// the hold, heartbeats received, server and harness CPU seconds per 1,000 heartbeats.
+    /// At most 1h.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    pub hold: Duration,
+    /// After publishing ends, wait at most this long for the last deliveries (a broadcast
+    /// to 1,000,000 subscribers takes seconds to write on one core); the wait also ends
+    /// when deliveries stop growing for a tenth of it (at least 1 s). At most 10m.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub drain: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -101,6 +101,14 @@ pub struct WorkerConfig {
     /// opening (`notify`'s users who come online later).
     #[serde(default)]
     pub held_from: Option<usize>,
+    /// Client-side dead-server check: a ready connection that receives nothing, not even
+    /// a ping, for this long is closed as `heartbeat_timeout` (0 = off).
+    #[serde(default)]
+    pub heartbeat_timeout_ms: u64,
+    /// Message numbers 1..=this are tallied one by one (`MessageReport`; at most
+    /// `limits::TRACKED_MESSAGES_MAX`, 0 = off): each is one broadcast.
+    #[serde(default)]
+    pub tracked_messages: usize,
 }
 
 impl WorkerConfig {
@@ -165,6 +173,18 @@ pub struct OrderCounters {
     pub resume_refused: u64,
 }
 
+/// One tracked message number (a broadcast): its deliveries on this worker, its send
+/// stamp, its last arrival, and its latency since the previous report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MessageReport {
+    pub deliveries: u64,
+    /// CLOCK_REALTIME ns the publisher stamped into the message (0: none arrived yet).
+    pub sent_ns: u64,
+    /// CLOCK_REALTIME ns of the last arrival on this worker.
+    pub last_arrival_ns: u64,
+    pub latency: Vec<(u64, u64)>,
+}
+
 /// One report line (worker → parent). Counters are cumulative; histograms cover the
 /// interval since the previous report, so the parent can merge them per second.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -204,6 +224,15 @@ pub struct WorkerReport {
     pub last_ready_ms: u64,
     #[serde(default)]
     pub notify: NotifyCounters,
+    /// WebSocket pings received (server heartbeats), cumulative; each was answered.
+    #[serde(default)]
+    pub pings: u64,
+    /// Ready connections closed by the client-side heartbeat check (`heartbeat_timeout_ms`).
+    #[serde(default)]
+    pub heartbeat_timeouts: u64,
+    /// Tracked message numbers 1..=`tracked_messages`, index n - 1.
+    #[serde(default)]
+    pub messages: Vec<MessageReport>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -244,6 +273,9 @@ struct Conn {
     /// CLOCK_REALTIME ns when the connection last became ready (`notify`: a notification
     /// sent before it was pending, its delay counts from here).
     ready_ns: u64,
+    /// Seconds since worker start when bytes last arrived (or it became ready): the
+    /// client-side heartbeat check.
+    last_rx_s: u32,
 }
 
 /// Parent → worker commands (`snap N`, `stop` lines on stdin).
@@ -279,6 +311,8 @@ struct Worker {
     /// `notify`: notification numbers received so far, and pending-delivery delays.
     notify_seen: std::collections::HashSet<u64>,
     pending_delay: Histogram<u64>,
+    /// Latency per tracked message number since the previous report.
+    message_latency: Vec<Histogram<u64>>,
 }
 
 /// Why a connection ended: a failure kind, counted by name.
@@ -319,6 +353,7 @@ impl Worker {
         let mut conns = Vec::with_capacity(cfg.conns);
         conns.resize_with(cfg.conns, Conn::default);
         let seed = (std::process::id() as u64) << 32 ^ cfg.worker_index as u64 ^ crate::host::now_ns();
+        let tracked = cfg.tracked_messages.min(limits::TRACKED_MESSAGES_MAX);
         Ok(Worker {
             poll: Poll::new().context("epoll_create")?,
             conns,
@@ -326,6 +361,7 @@ impl Worker {
                 worker: cfg.worker_index,
                 rss_start_kib: stats::self_rss_kib(),
                 classes: vec![ClassReport::default(); cfg.classes.len()],
+                messages: vec![MessageReport::default(); tracked],
                 ..Default::default()
             },
             latency: stats::new_histogram(),
@@ -342,6 +378,7 @@ impl Worker {
             holding: false,
             notify_seen: std::collections::HashSet::new(),
             pending_delay: stats::new_histogram(),
+            message_latency: (0..tracked).map(|_| stats::new_histogram()).collect(),
             cfg,
         })
     }
@@ -352,6 +389,10 @@ impl Worker {
 
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
+    }
+
+    fn now_s(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
     }
 
     fn inflight(&self) -> u64 {
@@ -565,11 +606,15 @@ impl Worker {
 
     fn read_conn(&mut self, slot: usize, conn: &mut Conn, buf: &mut [u8]) -> Result<(), Fail> {
         let now = crate::host::now_ns();
+        let now_s = self.now_s();
         loop {
             let stream = conn.stream.as_mut().expect("open connection");
             let n = match stream.read(buf) {
                 Ok(0) => return Err(Fail("eof".into())),
-                Ok(n) => n,
+                Ok(n) => {
+                    conn.last_rx_s = now_s;
+                    n
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Fail(errno_kind(&e))),
@@ -645,7 +690,10 @@ impl Worker {
             pos += h.frame_len() as usize;
             match h.opcode {
                 frame::OPCODE_TEXT | frame::OPCODE_BINARY | frame::OPCODE_CONTINUATION => self.on_app(slot, conn, payload, now_ns)?,
-                frame::OPCODE_PING => frame::encode_client_frame(&mut self.out, frame::OPCODE_PONG, payload, adapter::MASK),
+                frame::OPCODE_PING => {
+                    self.report.pings += 1;
+                    frame::encode_client_frame(&mut self.out, frame::OPCODE_PONG, payload, adapter::MASK)
+                }
                 frame::OPCODE_CLOSE => {
                     let code = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
                     return Err(Fail(format!("close_{code}")));
@@ -738,6 +786,9 @@ impl Worker {
                 h.saturating_record(latency);
             }
         }
+        if !self.message_latency.is_empty() {
+            self.tally_message(payload, sent, now_ns);
+        }
         if !self.cfg.classes.get(class).is_some_and(|c| c.track_order) {
             return;
         }
@@ -761,6 +812,19 @@ impl Worker {
                 order.seq_gaps += 1;
             }
             conn.last_seq = conn.last_seq.max(seq);
+        }
+    }
+
+    /// Counts a delivery of a tracked message number (a broadcast) on its own.
+    fn tally_message(&mut self, payload: &[u8], sent: Option<u64>, now_ns: u64) {
+        let Some(n) = frame::find_counter(payload) else { return };
+        let Some(i) = (n as usize).checked_sub(1).filter(|&i| i < self.message_latency.len()) else { return };
+        let m = &mut self.report.messages[i];
+        m.deliveries += 1;
+        m.last_arrival_ns = m.last_arrival_ns.max(now_ns);
+        if let Some(sent) = sent {
+            m.sent_ns = sent;
+            self.message_latency[i].saturating_record(now_ns.saturating_sub(sent));
         }
     }
 
@@ -804,6 +868,7 @@ impl Worker {
 
     fn mark_ready(&mut self, conn: &mut Conn) {
         conn.ready_ns = crate::host::now_ns();
+        conn.last_rx_s = self.now_s();
         self.report.ready += 1;
         let now = self.now_us();
         self.report.last_ready_ms = now / 1000;
@@ -839,6 +904,28 @@ impl Worker {
             };
             self.fail(slot, Fail(what.into()));
         }
+        self.expire_silent();
+    }
+
+    /// Client-side heartbeat check: ready connections silent (no byte, not even a ping)
+    /// for longer than `heartbeat_timeout_ms` are closed, as a real client would.
+    fn expire_silent(&mut self) {
+        if self.cfg.heartbeat_timeout_ms == 0 {
+            return;
+        }
+        let timeout_s = self.cfg.heartbeat_timeout_ms.div_ceil(1000) as u32;
+        let now = self.now_s();
+        let silent: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.state == State::Ready && now.saturating_sub(c.last_rx_s) > timeout_s)
+            .map(|(i, _)| i)
+            .collect();
+        for slot in silent {
+            self.report.heartbeat_timeouts += 1;
+            self.fail(slot, Fail("heartbeat_timeout".into()));
+        }
     }
 
     fn emit(&mut self, snap: u64, done: bool, sink: &mut impl FnMut(&WorkerReport)) {
@@ -856,6 +943,10 @@ impl Worker {
         }
         for (c, h) in self.report.classes.iter_mut().zip(self.class_latency.iter_mut()) {
             c.latency = stats::histogram_to_pairs(h);
+            h.reset();
+        }
+        for (m, h) in self.report.messages.iter_mut().zip(self.message_latency.iter_mut()) {
+            m.latency = stats::histogram_to_pairs(h);
             h.reset();
         }
         self.report.rss_kib = stats::self_rss_kib();
@@ -1003,6 +1094,8 @@ mod tests {
             users: None,
             presence: false,
             held_from: None,
+            heartbeat_timeout_ms: 0,
+            tracked_messages: 0,
         }
     }
 
@@ -1218,6 +1311,64 @@ mod tests {
         worker.released = true;
         worker.open_due();
         assert_eq!((worker.report.attempted, worker.holding), (3, false));
+    }
+
+    #[test]
+    fn silent_ready_connections_time_out_client_side_and_pings_are_counted() {
+        let mut cfg = config(TargetKind::Ringcast, vec![]);
+        cfg.conns = 2;
+        cfg.heartbeat_timeout_ms = 60_000;
+        let mut worker = Worker::new(cfg).unwrap();
+        worker.started = Instant::now() - Duration::from_secs(90);
+        let now_s = worker.now_s();
+        worker.conns[0] = Conn { state: State::Ready, last_rx_s: 5, ..Default::default() };
+        worker.conns[1] = Conn { state: State::Ready, last_rx_s: now_s - 30, ..Default::default() };
+        worker.report.open = 2;
+        worker.report.ready = 2;
+        let mut ping = Vec::new();
+        frame::encode_server_frame(&mut ping, frame::OPCODE_PING, b"");
+        let mut conn = std::mem::take(&mut worker.conns[1]);
+        assert_eq!(worker.process(1, &mut conn, &ping, crate::host::now_ns()).ok(), Some(ping.len()));
+        worker.conns[1] = conn;
+        assert_eq!(worker.report.pings, 1);
+        assert!(!worker.out.is_empty(), "the ping was answered");
+        worker.expire_stale();
+        assert_eq!((worker.report.heartbeat_timeouts, worker.report.ready, worker.report.dropped_after_ready), (1, 1, 1));
+        assert_eq!(worker.report.failures.get("dropped_heartbeat_timeout"), Some(&1));
+        assert_eq!(worker.conns[1].state, State::Ready, "a connection heard from 30 s ago stays");
+        // Off by default: nothing is closed however long the silence.
+        let mut worker = Worker::new(config(TargetKind::Ringcast, vec![])).unwrap();
+        worker.started = Instant::now() - Duration::from_secs(3600);
+        worker.conns[0] = Conn { state: State::Ready, ..Default::default() };
+        worker.report.open = 1;
+        worker.report.ready = 1;
+        worker.expire_stale();
+        assert_eq!((worker.report.heartbeat_timeouts, worker.report.ready), (0, 1));
+    }
+
+    #[test]
+    fn broadcasts_are_tallied_per_message_number() {
+        let mut cfg = config(TargetKind::Ringcast, one_class(false));
+        cfg.tracked_messages = 2;
+        let mut worker = Worker::new(cfg).unwrap();
+        let mut conn = Conn { state: State::Ready, ..Default::default() };
+        let sent = crate::host::now_ns() - 2_000_000;
+        let mut stream = Vec::new();
+        for n in [1, 2, 2, 3] {
+            msg_frame(&mut stream, n, None, sent);
+        }
+        assert_eq!(worker.process(0, &mut conn, &stream, crate::host::now_ns()).ok(), Some(stream.len()));
+        assert_eq!(worker.report.deliveries, 4);
+        let m = &worker.report.messages;
+        assert_eq!(m.len(), 2, "only numbers 1..=2 are tracked");
+        assert_eq!((m[0].deliveries, m[1].deliveries), (1, 2));
+        assert_eq!((m[0].sent_ns, m[1].sent_ns), (sent, sent));
+        assert!(m[1].last_arrival_ns >= sent + 2_000_000);
+        worker.emit(0, false, &mut |r: &WorkerReport| {
+            let count: u64 = r.messages[1].latency.iter().map(|&(_, c)| c).sum();
+            assert_eq!(count, 2);
+            assert!(r.messages[1].latency.iter().all(|&(v, _)| v >= 2_000_000), "latency from the publisher's stamp");
+        });
     }
 
     #[test]

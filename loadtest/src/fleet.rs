@@ -35,6 +35,18 @@ pub struct Fleet {
     pub reconnect: Histogram<u64>,
     /// `notify`: connection ready → delivery of a pending notification, over the whole run.
     pub pending_delay: Histogram<u64>,
+    /// Per tracked message number (a broadcast): publish → receive, over the whole run.
+    pub messages: Vec<Histogram<u64>>,
+}
+
+/// One tracked message number (a broadcast) summed over the workers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MessageTotals {
+    pub deliveries: u64,
+    /// The publisher's stamp (CLOCK_REALTIME ns; 0: no delivery seen).
+    pub sent_ns: u64,
+    /// The last arrival on any worker (CLOCK_REALTIME ns).
+    pub last_arrival_ns: u64,
 }
 
 /// Sums for one subscription class.
@@ -69,6 +81,12 @@ pub struct Totals {
     pub notify: NotifyCounters,
     /// Every worker has finished connecting: all attempted or stopped by a host limit, none in flight.
     pub settled: bool,
+    /// Server pings received (and answered) by the clients.
+    pub pings: u64,
+    /// Ready connections the clients closed because the server went silent.
+    pub heartbeat_timeouts: u64,
+    /// Tracked message numbers 1..=k, index n - 1.
+    pub messages: Vec<MessageTotals>,
 }
 
 impl Totals {
@@ -102,6 +120,7 @@ impl Fleet {
             class_window: Vec::new(),
             reconnect: stats::new_histogram(),
             pending_delay: stats::new_histogram(),
+            messages: Vec::new(),
         };
         for (i, cfg) in configs.iter().enumerate() {
             let mut child = Command::new(&exe)
@@ -164,6 +183,12 @@ impl Fleet {
         }
         for (h, c) in self.class_window.iter_mut().zip(&r.classes) {
             stats::add_pairs(h, &c.latency);
+        }
+        if self.messages.len() < r.messages.len() {
+            self.messages.resize_with(r.messages.len(), stats::new_histogram);
+        }
+        for (h, m) in self.messages.iter_mut().zip(&r.messages) {
+            stats::add_pairs(h, &m.latency);
         }
         self.latest[i] = r;
     }
@@ -228,6 +253,18 @@ impl Fleet {
             n.foreign += r.notify.foreign;
             n.acks += r.notify.acks;
             n.pending += r.notify.pending;
+            if t.messages.len() < r.messages.len() {
+                t.messages.resize(r.messages.len(), MessageTotals::default());
+            }
+            for (sum, m) in t.messages.iter_mut().zip(&r.messages) {
+                sum.deliveries += m.deliveries;
+                if m.sent_ns > 0 {
+                    sum.sent_ns = if sum.sent_ns == 0 { m.sent_ns } else { sum.sent_ns.min(m.sent_ns) };
+                }
+                sum.last_arrival_ns = sum.last_arrival_ns.max(m.last_arrival_ns);
+            }
+            t.pings += r.pings;
+            t.heartbeat_timeouts += r.heartbeat_timeouts;
             t.reconnected += r.reconnected;
             t.waiting += r.waiting;
             t.gave_up += r.gave_up;

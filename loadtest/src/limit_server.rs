@@ -451,6 +451,8 @@ mod tests {
             users: None,
             presence: false,
             held_from: None,
+            heartbeat_timeout_ms: 0,
+            tracked_messages: 0,
             connect_timeout_ms: 10_000,
             lifetime_ms: 60_000,
         };

@@ -34,8 +34,17 @@ pub const SOURCE_IPS_MAX: usize = 254;
 pub const CONNS_PER_SOURCE_IP: usize = 10_000;
 /// After publishing stops, wait for stragglers until deliveries stop growing for this long...
 pub const DRAIN_QUIET: Duration = Duration::from_millis(1000);
-/// ...but never longer than this.
+/// ...but never longer than this (`fanout --drain` overrides it for big broadcasts).
 pub const DRAIN_MAX: Duration = Duration::from_secs(5);
+/// Longest `fanout --drain`: a broadcast to 1,000,000 subscribers on one server core
+/// takes seconds to write; ten minutes bounds any run.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+/// Longest `fanout --hold` (connections held, heartbeats only, before publishing).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(3600);
+/// Message numbers tallied one by one (deliveries, spread, latency per message) when a
+/// fan-out publishes at most this many: each is one broadcast (`fanout --rate 10
+/// --duration 200ms` is two broadcasts 100 ms apart).
+pub const TRACKED_MESSAGES_MAX: usize = 8;
 /// `--max`: steps of the closed loop, and the bisection resolution that ends it.
 pub const MAX_STEPS: usize = 14;
 pub const MAX_RESOLUTION: f64 = 0.05;

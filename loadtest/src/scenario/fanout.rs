@@ -7,10 +7,23 @@ use crate::publish::LimitPublisher;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 
-fn fanout_parameters(client: &ClientArgs, publish: &PublishArgs, via: &str) -> serde_json::Value {
+/// `fanout`-only settings; `limit` runs with `Extra::default()`.
+struct Extra {
+    hold: Duration,
+    drain: Duration,
+}
+
+impl Default for Extra {
+    fn default() -> Self {
+        Extra { hold: Duration::ZERO, drain: limits::DRAIN_MAX }
+    }
+}
+
+fn fanout_parameters(client: &ClientArgs, publish: &PublishArgs, via: &str, extra: &Extra) -> serde_json::Value {
     merge(
         common_parameters(client, client.conns()),
         json!({
+            "hold_s": extra.hold.as_secs_f64(), "drain_s": extra.drain.as_secs_f64(),
             "rate": publish.rate, "max": publish.max, "duration_s": publish.duration.map(|d| d.as_secs_f64()),
             "payload": publish.source.payload, "channel": publish.channel, "publish": via,
             "publishers": publish.source.publishers,
@@ -46,24 +59,41 @@ fn run_fanout(
     publisher: Box<dyn Publisher>,
     server_pids: &[u32],
     via: &str,
+    extra: Extra,
 ) -> Result<Report> {
     if publish.rate.is_none() && !publish.max {
         bail!("give --rate R (msgs/s) or --max");
     }
-    let mut report = Report::new(scenario, fanout_parameters(client, publish, via));
+    if extra.hold > limits::HOLD_LIMIT {
+        bail!("--hold {:?} is above its bound of {:?}", extra.hold, limits::HOLD_LIMIT);
+    }
+    if extra.drain.is_zero() || extra.drain > limits::DRAIN_LIMIT {
+        bail!("--drain must be above 0 and at most {:?} (got {:?})", limits::DRAIN_LIMIT, extra.drain);
+    }
+    let mut report = Report::new(scenario, fanout_parameters(client, publish, via, &extra));
     let conns = client.conns();
     let step = publish.duration.unwrap_or(if publish.max { Duration::from_secs(5) } else { Duration::from_secs(30) });
     let connect_rate = client.connect_rate.unwrap_or(20_000.0);
     let phases = if publish.max { limits::MAX_STEPS } else { 1 };
-    let lifetime = connect_bound(client, conns, connect_rate) + (step + limits::DRAIN_MAX + Duration::from_secs(3)) * phases as u32 + Duration::from_secs(30);
+    let lifetime = connect_bound(client, conns, connect_rate) + extra.hold + (step + extra.drain + Duration::from_secs(3)) * phases as u32 + Duration::from_secs(30);
+    // A fixed-rate run of a few messages is a run of broadcasts: each is tallied on its own.
+    let planned = publish.rate.filter(|_| !publish.max).map(|r| (r * step.as_secs_f64()).ceil().max(1.0) as usize);
+    let tracked = planned.filter(|&n| n <= limits::TRACKED_MESSAGES_MAX).unwrap_or(0);
     let classes = vec![SubClass { name: "subscribers".into(), conns, channel: publish.channel.clone(), channel_count: 1, track_order: false }];
-    let mut run = Run::start(RunSpec { client, conns, endpoints, nats_prefix, classes, connect_rate, lifetime, reconnect: None })?;
+    let baseline = sample_servers(server_pids);
+    let spec = RunSpec { client, conns, endpoints, nats_prefix, classes, connect_rate, lifetime, reconnect: None };
+    let mut run = Run::start_with(spec, |cfg| cfg.tracked_messages = tracked)?;
+    run.drain = extra.drain;
     let (connected, settled) = run.wait_settled(connect_bound(client, conns, connect_rate));
     connect_figures(&mut report, &run, &connected, conns, settled);
     if connected.ready == 0 {
         run.finish();
         report.notes.push("no connection became ready: is the server running at --url?".into());
         return Ok(report);
+    }
+    server_memory_figures(&mut report, baseline, server_pids, connected.ready);
+    if !extra.hold.is_zero() {
+        hold_phase(&mut run, &mut report, server_pids, extra.hold);
     }
     let before = sample_costs(server_pids, &run.fleet);
     let mut publisher = publisher;
@@ -74,6 +104,9 @@ fn run_fanout(
         let after = sample_costs(server_pids, &run.fleet);
         phase_figures(&mut report, &phase);
         cost_figures(&mut report, &before, &after, phase.delivered, "");
+        if tracked > 0 {
+            broadcast_figures(&mut report, &run, &phase);
+        }
     } else {
         let (best, delivered_total) = closed_loop(&mut run, &mut publisher, publish, step, &mut report)?;
         let after = sample_costs(server_pids, &run.fleet);
@@ -94,10 +127,90 @@ fn run_fanout(
     // Only now: dropping the limit server's control pipe ends that server.
     drop(publisher);
     report.figure("dropped_after_ready", "connections dropped during the run", end.dropped_after_ready);
+    if client.heartbeat_timeout.is_some() {
+        report.figure("client_heartbeat_timeouts_total", "client-side heartbeat timeouts in the whole run", end.heartbeat_timeouts);
+    }
     report.figure("harness_rss_bytes_per_conn", "harness RSS growth per connection (bytes)", end.harness_bytes_per_conn(connected.ready));
     report.figure("failures_at_end", "failures by kind at the end", json!(end.failures));
     report.series = std::mem::take(&mut run.series);
     Ok(report)
+}
+
+/// Server RSS once every subscriber is connected, against the RSS before the first
+/// connection, summed over the server processes.
+fn server_memory_figures(report: &mut Report, baseline: Option<ProcSample>, server_pids: &[u32], ready: u64) {
+    let (Some(b), Some(l)) = (baseline, sample_servers(server_pids)) else { return };
+    report.figure("server_rss_baseline_mib", "server RSS before connecting (MiB)", round(b.rss_kib as f64 / 1024.0, 1));
+    report.figure("server_rss_connected_mib", "server RSS with every subscriber connected (MiB)", round(l.rss_kib as f64 / 1024.0, 1));
+    if let Some(per) = stats::rss_bytes_per_connection(b, l, ready) {
+        report.figure("server_rss_bytes_per_conn", "server RSS per connection (bytes)", json!(per.round()));
+    }
+    if server_pids.len() > 1 {
+        report.notes.push(format!("server RSS and CPU are sums over {} processes", server_pids.len()));
+    }
+}
+
+/// `--hold`: every subscriber connected, nothing published, only the server's heartbeats
+/// (a ping per quiet connection per heartbeat interval, each answered with a pong).
+fn hold_phase(run: &mut Run, report: &mut Report, server_pids: &[u32], hold: Duration) {
+    let t0 = run.fleet.snap();
+    let before = sample_costs(server_pids, &run.fleet);
+    run.pump_for(hold);
+    let t1 = run.fleet.snap();
+    let after = sample_costs(server_pids, &run.fleet);
+    let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
+    let heartbeats = t1.pings.saturating_sub(t0.pings);
+    report.figure("hold_s", "held with heartbeats only (s)", round(wall, 1));
+    report.figure("ready_at_hold_end", "connections ready at the end of the hold", t1.ready);
+    report.figure("dropped_during_hold", "connections dropped during the hold", t1.dropped_after_ready.saturating_sub(t0.dropped_after_ready));
+    report.figure("client_heartbeat_timeouts_during_hold", "client-side heartbeat timeouts during the hold", t1.heartbeat_timeouts.saturating_sub(t0.heartbeat_timeouts));
+    report.figure("heartbeats_during_hold", "heartbeats during the hold (pings received and answered)", heartbeats);
+    report.figure("heartbeats_per_s", "heartbeats per second during the hold", json!((heartbeats as f64 / wall).round()));
+    let hz = stats::clock_ticks_per_second() as f64;
+    if let (Some(b), Some(a)) = (before.server, after.server) {
+        let cpu = a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / hz;
+        report.figure("hold_server_cpu_percent", "server CPU during the hold (% of one core)", round(cpu / wall * 100.0, 1));
+        if heartbeats > 0 {
+            report.figure("server_cpu_s_per_1000_heartbeats", "server CPU seconds per 1,000 heartbeats (ping out, pong in)", round(cpu * 1000.0 / heartbeats as f64, 5));
+        }
+    }
+    let harness = after.harness_ticks.saturating_sub(before.harness_ticks) as f64 / hz;
+    report.figure("hold_harness_cpu_percent", "harness CPU during the hold (% of one core)", round(harness / wall * 100.0, 1));
+    if heartbeats > 0 {
+        report.figure("harness_cpu_s_per_1000_heartbeats", "harness CPU seconds per 1,000 heartbeats (ping in, pong out)", round(harness * 1000.0 / heartbeats as f64, 5));
+    }
+}
+
+/// One line and figures per broadcast (tracked message number): delivered of expected,
+/// publish → last delivery, publish → receive percentiles; and whether the second was
+/// published while the first was still being written.
+fn broadcast_figures(report: &mut Report, run: &Run, phase: &Phase) {
+    let subscribers = phase.subscribers();
+    let messages = &phase.after.messages;
+    for (i, m) in messages.iter().enumerate().take(phase.result.published as usize) {
+        let k = i + 1;
+        let p = run.fleet.messages.get(i).map(stats::percentiles).unwrap_or_default();
+        let span = m.last_arrival_ns.saturating_sub(m.sent_ns) as f64 / 1e9;
+        report.figure(&format!("broadcast{k}_delivered"), &format!("broadcast {k}: delivered"), m.deliveries);
+        report.figure(&format!("broadcast{k}_subscribers"), &format!("broadcast {k}: subscribers"), subscribers);
+        report.figure(&format!("broadcast{k}_s"), &format!("broadcast {k}: publish to last delivery (s)"), round(span, 3));
+        latency_figures(report, &format!("broadcast{k}_"), &format!("broadcast {k}: "), &p);
+        report.notes.push(format!(
+            "broadcast {k} delivered {} of {subscribers} in {span:.2} s (publish → receive p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms)",
+            m.deliveries,
+            p.p50_ns as f64 / 1e6,
+            p.p99_ns as f64 / 1e6,
+            p.max_ns as f64 / 1e6
+        ));
+    }
+    if let [first, second, ..] = messages.as_slice() {
+        if first.sent_ns > 0 && second.sent_ns > 0 {
+            let gap_ms = second.sent_ns.saturating_sub(first.sent_ns) as f64 / 1e6;
+            let overlapped = second.sent_ns < first.last_arrival_ns;
+            report.figure("broadcast2_published_after_ms", "broadcast 2 published after broadcast 1 (ms)", round(gap_ms, 1));
+            report.figure("broadcast2_during_broadcast1", "broadcast 2 published while broadcast 1 was still being delivered", overlapped);
+        }
+    }
 }
 
 /// `--max`: doubles the rate while a step loses nothing, then bisects; returns the best step.
@@ -174,7 +287,8 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report> {
     let src = source(&args.publish.source, client.target)?;
     let publisher = make_publisher(&args.publish.source, &src, &endpoints[0], std::slice::from_ref(&args.publish.channel), false);
     let via = src.via.describe();
-    run_fanout("fanout", client, &args.publish, endpoints, src.nats_prefix, publisher, &client.server_pid, &via)
+    let extra = Extra { hold: args.hold, drain: args.drain };
+    run_fanout("fanout", client, &args.publish, endpoints, src.nats_prefix, publisher, &client.server_pid, &via, extra)
 }
 
 pub fn limit(args: &LimitArgs) -> Result<Report> {
@@ -203,7 +317,7 @@ pub fn limit(args: &LimitArgs) -> Result<Report> {
     };
     let endpoints = vec![Endpoint { addr, host: addr.to_string(), path: "/ws".into() }];
     let publisher = Box::new(LimitPublisher { stdin, stdout });
-    let result = run_fanout("limit", &args.client, p, endpoints, None, publisher, &[child.id()], "limit server (self-paced)");
+    let result = run_fanout("limit", &args.client, p, endpoints, None, publisher, &[child.id()], "limit server (self-paced)", Extra::default());
     let _ = child.kill();
     let _ = child.wait();
     let mut report = result?;

@@ -84,6 +84,8 @@ struct Run {
     terminal: bool,
     /// Appended to the live line (`notify`: notifications accepted so far).
     extra: Option<Box<dyn Fn() -> String>>,
+    /// How long `publish_phase` waits for the last deliveries (`fanout --drain`).
+    drain: Duration,
 }
 
 impl Run {
@@ -120,6 +122,8 @@ impl Run {
             users: None,
             presence: false,
             held_from: None,
+            heartbeat_timeout_ms: client.heartbeat_timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+            tracked_messages: 0,
         };
         let mut base = base;
         adjust(&mut base);
@@ -133,6 +137,7 @@ impl Run {
             series: Vec::new(),
             terminal: std::io::stderr().is_terminal(),
             extra: None,
+            drain: limits::DRAIN_MAX,
         })
     }
 
@@ -141,12 +146,14 @@ impl Run {
         let until = Instant::now() + wait;
         loop {
             let now = Instant::now();
+            // The bound first: a loop of late points (each snap may wait for busy workers)
+            // must never stretch a phase past its time.
+            if now >= until {
+                return;
+            }
             if now >= self.next_point {
                 self.record_point();
                 continue;
-            }
-            if now >= until {
-                return;
             }
             self.fleet.pump(self.next_point.min(until) - now);
         }
@@ -156,6 +163,11 @@ impl Run {
         self.next_point += limits::REPORT_INTERVAL;
         // A fresh answer from every worker keeps each point exactly one second wide.
         let t = self.fleet.snap();
+        // Points missed while a snap waited on saturated workers are skipped, not caught up.
+        let now = Instant::now();
+        if self.next_point <= now {
+            self.next_point = now + limits::REPORT_INTERVAL;
+        }
         let p99 = stats::percentiles(&self.fleet.second).p99_ns;
         self.fleet.second.reset();
         let point = Point {
@@ -167,8 +179,9 @@ impl Run {
         self.last_deliveries = t.deliveries;
         self.series.push(point);
         let waiting = if t.waiting > 0 || t.reconnected > 0 { format!(" reconnecting {} back {}", t.waiting, t.reconnected) } else { String::new() };
+        let held = if t.pings > 0 || t.dropped_after_ready > 0 { format!(" | dropped {} pings {}", t.dropped_after_ready, t.pings) } else { String::new() };
         let line = format!(
-            "[{:>4}s] conns {}/{} ready {} failed {}{waiting} | deliveries/s {:>10} | p99 {:.3} ms{}{}",
+            "[{:>4}s] conns {}/{} ready {} failed {}{waiting} | deliveries/s {:>10} | p99 {:.3} ms{held}{}{}",
             point.t_s,
             t.open,
             t.attempted,
@@ -349,6 +362,8 @@ fn publish_phase(
     let want = expected(&result, &before);
     let drain_started = Instant::now();
     let mut last = before.deliveries;
+    // A long drain (a big broadcast) also tolerates a longer pause between deliveries.
+    let quiet = limits::DRAIN_QUIET.max(run.drain / 10);
     let mut quiet_since = Instant::now();
     let mut last_growth = Instant::now();
     loop {
@@ -363,10 +378,10 @@ fn publish_phase(
         if t.deliveries != last {
             last = t.deliveries;
             quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= limits::DRAIN_QUIET {
+        } else if quiet_since.elapsed() >= quiet {
             break;
         }
-        if drain_started.elapsed() >= limits::DRAIN_MAX {
+        if drain_started.elapsed() >= run.drain {
             break;
         }
     }
@@ -437,6 +452,7 @@ fn common_parameters(client: &ClientArgs, conns: usize) -> serde_json::Value {
         "url": client.url, "target": client.target.name(), "conns": conns, "workers": client.workers,
         "source_ips": client.source_ips, "connect_rate": client.connect_rate, "server_pid": client.server_pid,
         "cpus": client.cpus, "label": client.label,
+        "heartbeat_timeout_s": client.heartbeat_timeout.map(|d| d.as_secs_f64()),
     })
 }
 
