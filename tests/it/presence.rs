@@ -240,6 +240,7 @@ fn a_connect_burst_is_batched_into_few_redis_commands() {
     let reads_before = stat(&redis, "total_reads_processed");
     let commands_before = stat(&redis, "total_commands_processed");
     let mut clients = Vec::with_capacity(N);
+    let started = std::time::Instant::now();
     for i in 0..N {
         let (mut client, _) = user_client(&gw, &format!("u{i}"));
         send_json(&mut client, json!({"op": "sub", "ch": room, "presence": true, "id": 1}));
@@ -247,6 +248,10 @@ fn a_connect_burst_is_batched_into_few_redis_commands() {
     }
     let reader = Reader::new(&url, "rc");
     assert!(wait_until(Duration::from_secs(10), || reader.members(&room).is_ok_and(|m| m.len() == N)).is_some(), "all {N} members reached Redis");
+    // The writer sends at most one pipeline per flush (20 ms) while changes keep coming:
+    // a burst that a loaded host stretches over seconds takes more pipelines, but never
+    // more than its duration allows (plus a few for batches that fill up).
+    let flushes = started.elapsed().as_millis() as f64 / 20.0;
     // Also counted: this check's INFO calls, the reader's polls and heartbeats.
     let reads = stat(&redis, "total_reads_processed") - reads_before;
     let commands = stat(&redis, "total_commands_processed") - commands_before;
@@ -256,7 +261,8 @@ fn a_connect_burst_is_batched_into_few_redis_commands() {
     assert!(reads < N as u64 / 5, "{N} connects + joins took {reads} Redis reads ({commands} commands): not pipelined");
     let metrics = http(gw.port, "GET", "/metrics", &[], b"").2;
     let pipelines: f64 = metrics.lines().find(|l| l.starts_with("ringcast_presence_pipelines_total")).and_then(|l| l.rsplit(' ').next()?.parse().ok()).expect("ringcast_presence_pipelines_total");
-    assert!(pipelines >= 1.0 && pipelines < (N as f64) / 10.0, "{pipelines} pipelines for {N} changes");
+    let pipelines_max = (N as f64 / 10.0).max(flushes * 1.2 + 10.0).min(N as f64 / 2.0);
+    assert!(pipelines >= 1.0 && pipelines < pipelines_max, "{pipelines} pipelines for {N} connects + joins over {flushes:.0} flush periods (max {pipelines_max:.0})");
     drop(clients);
 }
 
