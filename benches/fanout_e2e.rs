@@ -30,7 +30,7 @@ fn gateway(extra: &[&str]) -> u16 {
     args.extend_from_slice(extra);
     let command = ringcast::config::load_from(args).expect("bench gateway flags");
     let ringcast::config::Command::Gateway(config) = command else { panic!("not a gateway command") };
-    std::thread::spawn(move || ringcast::gateway::run(config));
+    std::thread::spawn(move || ringcast::cmd::gateway::run(config));
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the bench gateway did not listen on {port}");

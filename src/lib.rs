@@ -30,14 +30,15 @@
 
 pub mod admission;
 pub mod auth;
+pub mod backoff;
 pub mod bridge;
+pub mod certificate;
 pub mod channel;
+pub mod cmd;
+pub mod clock;
 pub mod config;
-pub mod doctor;
 pub mod fanout;
-pub mod gateway;
 pub mod guard;
-pub mod histogram;
 pub mod lane;
 pub mod limits;
 pub mod metrics;

@@ -14,10 +14,10 @@ fn main() {
         }
     };
     let code = match command {
-        ringcast::config::Command::Gateway(config) => ringcast::gateway::run(config),
-        ringcast::config::Command::Doctor { connections } => ringcast::doctor::run(connections),
-        ringcast::config::Command::Worker(config) => ringcast::lane::sidecar::run(config),
-        ringcast::config::Command::Dlq { lane, action } => ringcast::lane::dlq::run(lane, action),
+        ringcast::config::Command::Gateway(config) => ringcast::cmd::gateway::run(config),
+        ringcast::config::Command::Doctor { connections } => ringcast::cmd::doctor::run(connections),
+        ringcast::config::Command::Worker(config) => ringcast::cmd::worker::run(config),
+        ringcast::config::Command::Dlq { lane, action } => ringcast::cmd::dlq::run(lane, action),
     };
     std::process::exit(code);
 }

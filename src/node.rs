@@ -11,6 +11,9 @@ use crate::metrics::{BridgeMetrics, NodeView, ShardMetrics, ShardView};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+use crate::certificate::{HandshakeFailure, LoadError, TlsMetrics, TlsState};
+use crate::metrics::transport::PollMetrics;
+use std::fmt::Write as _;
 
 pub struct Node {
     pub config: GatewayConfig,
@@ -36,7 +39,7 @@ pub struct Node {
     pub io_mode: OnceLock<&'static str>,
     pub started: Instant,
     /// TLS certificate and transport counters (TLS, long-poll).
-    pub transport: crate::transport::NodeTransport,
+    pub transport: NodeTransport,
     /// Node-wide bounds against hostile clients: subscriptions, long-poll sessions per
     /// client, HTTP-phase sockets (`guard`).
     pub guard: crate::guard::NodeGuard,
@@ -49,7 +52,7 @@ impl Node {
             .jwt_secret
             .as_ref()
             .map(|secret| JwtVerifier::with_claims(secret.as_bytes(), config.jwt_audience.as_deref(), config.jwt_issuer.as_deref()));
-        let transport = crate::transport::NodeTransport::new(&config).unwrap_or_else(|e| {
+        let transport = NodeTransport::new(&config).unwrap_or_else(|e| {
             eprintln!("ringcast: config error: {e}");
             std::process::exit(2)
         });
@@ -139,7 +142,65 @@ impl Node {
         self.transport.render_metrics(&mut out);
         self.guard.render(&mut out);
         self.presence.render(&mut out);
-        self.lane_metrics.render_into(&mut out, crate::lane::now_ms());
+        self.lane_metrics.render_into(&mut out, crate::clock::now_ms());
         out
+    }
+}
+
+/// What the transports share node-wide: the TLS certificate and the per-shard counters.
+pub struct NodeTransport {
+    pub tls: Option<TlsState>,
+    pub tls_metrics: Vec<TlsMetrics>,
+    pub poll_metrics: Vec<PollMetrics>,
+}
+
+impl NodeTransport {
+    pub fn new(config: &GatewayConfig) -> Result<NodeTransport, LoadError> {
+        let tls = config.transport.tls.as_ref().map(TlsState::new).transpose()?;
+        Ok(NodeTransport {
+            tls,
+            tls_metrics: (0..config.shards).map(|_| TlsMetrics::default()).collect(),
+            poll_metrics: (0..config.shards).map(|_| PollMetrics::default()).collect(),
+        })
+    }
+
+    /// Appends the transport families to a Prometheus scrape.
+    pub fn render_metrics(&self, out: &mut String) {
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(out, "ringcast_tls_enabled", "gauge", "1 when the listener terminates TLS (--tls-cert).");
+        let _ = writeln!(out, "ringcast_tls_enabled {}", self.tls.is_some() as u8);
+        family(out, "ringcast_tls_handshakes_total", "counter", "TLS handshakes completed.");
+        for (shard, m) in self.tls_metrics.iter().enumerate() {
+            let _ = writeln!(out, "ringcast_tls_handshakes_total{{shard=\"{shard}\"}} {}", m.handshakes.get());
+        }
+        family(out, "ringcast_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by reason.");
+        for (shard, m) in self.tls_metrics.iter().enumerate() {
+            for why in HandshakeFailure::ALL {
+                let _ = writeln!(out, "ringcast_tls_handshake_failures_total{{shard=\"{shard}\",reason=\"{}\"}} {}", why.label(), m.failures[why as usize].get());
+            }
+        }
+        let (reloads, failures) = self.tls.as_ref().map_or((0, 0), |t| (t.reloads.get(), t.reload_failures.get()));
+        family(out, "ringcast_tls_reloads_total", "counter", "Certificate reloads on SIGHUP that took effect.");
+        let _ = writeln!(out, "ringcast_tls_reloads_total {reloads}");
+        family(out, "ringcast_tls_reload_failures_total", "counter", "SIGHUP reloads refused (bad PEM); the previous certificate stays.");
+        let _ = writeln!(out, "ringcast_tls_reload_failures_total {failures}");
+        let poll: [(&str, &str, fn(&PollMetrics) -> u64); 8] = [
+            ("ringcast_poll_sessions", "Open long-poll sessions (also counted in ringcast_shard_connections).", |m| m.sessions.get()),
+            ("ringcast_poll_sessions_opened_total", "Long-poll sessions opened (POST /poll).", |m| m.opened.get()),
+            ("ringcast_poll_sessions_expired_total", "Long-poll sessions nobody polled for poll_timeout (a disconnect).", |m| m.expired.get()),
+            ("ringcast_poll_gets_total", "GET /poll/{sid} answered by the owning shard.", |m| m.gets.get()),
+            ("ringcast_poll_posts_total", "POST /poll/{sid} handled by the owning shard.", |m| m.posts.get()),
+            ("ringcast_poll_forwarded_total", "Long-poll requests forwarded to the shard owning the session.", |m| m.forwarded.get()),
+            ("ringcast_poll_forward_refused_total", "Forwards refused because the owner's mailbox was full (503).", |m| m.forward_refused.get()),
+            ("ringcast_poll_posts_too_many_frames_total", "POST /poll/{sid} refused with 413: more frames than twice client_rate.", |m| m.posts_too_many_frames.get()),
+        ];
+        for (name, help, get) in poll {
+            family(out, name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);
+            for (shard, m) in self.poll_metrics.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(m));
+            }
+        }
     }
 }

@@ -61,7 +61,7 @@ pub struct Sample {
     /// in milliseconds; `None` when nothing was delivered in it (or in the first sample).
     pub fanout_p99_ms: Option<f64>,
     /// The fan-out latency histograms of every shard, summed (cumulative).
-    pub fanout_latency: crate::histogram::HistogramSnapshot,
+    pub fanout_latency: crate::metrics::histogram::HistogramSnapshot,
 }
 
 impl Sample {

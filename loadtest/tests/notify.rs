@@ -150,8 +150,8 @@ struct QueuesGone {
 
 impl Drop for QueuesGone {
     fn drop(&mut self) {
-        use ringcast::lane::config::{RETRY_BASE_MS, RETRY_MAX_MS};
-        let backoff = ringcast::lane::backoff::Backoff::new(Duration::from_millis(RETRY_BASE_MS), Duration::from_millis(RETRY_MAX_MS)).unwrap();
+        use ringcast::config::lane::{RETRY_BASE_MS, RETRY_MAX_MS};
+        let backoff = ringcast::backoff::Backoff::new(Duration::from_millis(RETRY_BASE_MS), Duration::from_millis(RETRY_MAX_MS)).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let deleted = tokio::task::LocalSet::new().block_on(&runtime, ringcast::lane::rabbitmq::delete_queues(self.amqp, &self.prefix, &backoff));
         if let Err(e) = deleted {

@@ -86,7 +86,7 @@ fn parse_notify_body(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Re
     let ttl = match body.ttl {
         Some(ttl) => {
             let ttl = crate::config::parse_duration(&ttl).map_err(|e| (400, format!("ttl: {e}")))?;
-            if ttl.is_zero() || ttl > Duration::from_millis(super::config::NOTIFY_TTL_MAX_MS) {
+            if ttl.is_zero() || ttl > Duration::from_millis(crate::config::lane::NOTIFY_TTL_MAX_MS) {
                 return Err((400, "ttl must be above zero and at most 30 days (720h)".into()));
             }
             ttl
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
 
     fn config() -> super::super::LaneConfig {
-        super::super::config::build(&Default::default()).unwrap()
+        crate::config::lane::build(&Default::default()).unwrap()
     }
 
     #[test]

@@ -514,7 +514,7 @@ mod tests {
         let dir = dir("cycle");
         rt().block_on(async {
             let lane = EmbeddedLane::open(&dir).unwrap();
-            let now = crate::lane::now_ms();
+            let now = crate::clock::now_ms();
             assert_eq!(lane.enqueue(note("a", now)).await.unwrap(), Accepted::New);
             assert_eq!(lane.enqueue(note("a", now)).await.unwrap(), Accepted::Duplicate);
             assert_eq!(lane.enqueue(note("b", now + 1)).await.unwrap(), Accepted::New);
@@ -547,7 +547,7 @@ mod tests {
     #[test]
     fn accepted_survives_reopening() {
         let dir = dir("reopen");
-        let now = crate::lane::now_ms();
+        let now = crate::clock::now_ms();
         rt().block_on(async {
             let lane = EmbeddedLane::open(&dir).unwrap();
             for i in 0..100 {
@@ -583,7 +583,7 @@ mod tests {
         let dir = dir("throughput");
         rt().block_on(async {
             let lane = EmbeddedLane::open(&dir).unwrap();
-            let now = crate::lane::now_ms();
+            let now = crate::clock::now_ms();
             let start = Instant::now();
             let mut waits = Vec::new();
             for i in 0..5000 {

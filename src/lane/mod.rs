@@ -10,24 +10,21 @@
 //! because redb's commits block on fsync.
 
 pub mod api;
-pub mod backoff;
 pub mod bridge;
-pub mod config;
-pub mod dlq;
 pub mod embedded;
 pub mod inbox;
 pub mod metrics;
 pub mod nids;
 pub mod rabbitmq;
-pub mod sidecar;
 pub mod webhook;
 pub mod worker;
 
-pub use config::LaneConfig;
+pub use crate::clock::now_ms;
+pub use crate::config::lane::LaneConfig;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long an HTTP request waits for the Lane to persist a notification (or list the dead
 /// ones) before answering 503: longer than a healthy fsync or publisher confirm by orders
@@ -157,10 +154,6 @@ impl Lane {
             Lane::Rabbit(lane) => lane.dead(op).await,
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A fresh notification id: 16 hex digits of time and 16 of randomness.

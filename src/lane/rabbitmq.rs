@@ -20,7 +20,7 @@
 //! Owns: AMQP connections, channels, and reconnecting them. Runs on: a tokio current-thread
 //! runtime with a `LocalSet` (the bridge thread, or `ringcast worker`).
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 use super::{Accepted, DeadAnswer, DeadOp, DeadRecord, Notification, Outcome};
 use futures_util::StreamExt;
 use lapin::options::{
@@ -55,7 +55,7 @@ pub struct Envelopes {
 
 impl Default for Envelopes {
     fn default() -> Self {
-        Envelopes { per_message: super::config::LANE_ENVELOPE, waiting_max: super::config::LANE_WAITING }
+        Envelopes { per_message: crate::config::lane::LANE_ENVELOPE, waiting_max: crate::config::lane::LANE_WAITING }
     }
 }
 
@@ -83,7 +83,7 @@ pub const DEDUPE_NIDS_MAX: usize = 200_000;
 /// per `lane_park_max`, one with time left `t` about log2(t / 250 ms) more times near the
 /// end. Fixed, so every process declares and deletes the same queues.
 pub const PARK_BUCKETS_MS: [u64; 15] = [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000, 1_024_000, 2_048_000, 3_600_000];
-const _: () = assert!(PARK_BUCKETS_MS[PARK_BUCKETS_MS.len() - 1] == super::config::LANE_PARK_MAX_MS);
+const _: () = assert!(PARK_BUCKETS_MS[PARK_BUCKETS_MS.len() - 1] == crate::config::lane::LANE_PARK_MAX_MS);
 
 /// The park bucket for a wanted delay: the largest not above it (the smallest for less).
 pub fn park_bucket(ms: u64) -> u64 {

@@ -6,8 +6,8 @@
 //! in-app delivery. Plain HTTP/1.1 on a tokio socket (one request per connection) —
 //! a TLS-terminating proxy fronts an https endpoint. Runs on: the worker's runtime.
 
-use super::backoff::Backoff;
-use super::config::Webhook;
+use crate::backoff::Backoff;
+use crate::config::lane::Webhook;
 use super::metrics::LaneMetrics;
 use super::Notification;
 use std::cell::Cell;

@@ -12,12 +12,11 @@
 //! them to the backend in batches (`presence_batch` / `presence_flush`) and publishes
 //! `join`/`leave` frames on the internal channel `$pres.{channel}` through the broker.
 
-pub mod config;
 pub mod local;
 pub mod memory;
 pub mod redis;
 
-pub use config::{PresenceArgs, PresenceConfig};
+pub use crate::config::presence::{PresenceArgs, PresenceConfig};
 
 use crate::metrics::Counter;
 use bytes::Bytes;

@@ -393,7 +393,7 @@ impl Shard {
     }
 
     fn handle_inbox(self: &Rc<Self>, batch: &mut Vec<ToShard>) {
-        let mut latency = crate::histogram::PendingLatency::<INBOX_BATCH_MESSAGES_MAX>::new();
+        let mut latency = crate::metrics::histogram::PendingLatency::<INBOX_BATCH_MESSAGES_MAX>::new();
         let run_bytes_max = self.node.config.coalesce_bytes;
         let mut run: Vec<Arc<Delivery>> = Vec::new();
         let mut messages = batch.drain(..).peekable();

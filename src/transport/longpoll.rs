@@ -11,7 +11,7 @@
 
 use crate::fanout::poll::{PollAnswer, PollForward, PollOp};
 use crate::fanout::ToShard;
-use crate::metrics::{Counter, Refusal};
+use crate::metrics::Refusal;
 use crate::protocol::http::{self as h, Method, Request};
 use crate::shard::poll::parse_sid;
 use crate::shard::Shard;
@@ -26,25 +26,6 @@ const FORWARD_SLACK_MS: u64 = 5_000;
 const PREFLIGHT_MAX_AGE_SECONDS: &str = "600";
 /// What a refused session open tells the client to wait, in seconds.
 const RETRY_AFTER_SECONDS: &str = "5";
-
-/// One shard's long-poll counters (written by that shard only).
-#[repr(align(128))]
-#[derive(Default)]
-pub struct PollMetrics {
-    /// Open sessions owned by this shard (also counted in `ringcast_shard_connections`).
-    pub sessions: Counter,
-    pub opened: Counter,
-    /// Sessions nobody polled for `poll_timeout`.
-    pub expired: Counter,
-    pub gets: Counter,
-    pub posts: Counter,
-    /// Requests this shard forwarded to the owning shard.
-    pub forwarded: Counter,
-    /// Forwards refused because the owner's mailbox was full (answered 503).
-    pub forward_refused: Counter,
-    /// POSTs refused with 413 for carrying more frames than [`frames_per_post_max`].
-    pub posts_too_many_frames: Counter,
-}
 
 /// Frames one `POST /poll/{sid}` may carry: the client's whole burst (`client_rate`, burst
 /// twice that). A POST can never use more than the burst, and a body of a million tiny

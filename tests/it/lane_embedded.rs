@@ -76,7 +76,7 @@ fn unacked_notifications_back_off_then_go_to_the_dead_letter_queue() {
     assert_eq!(arrivals.len(), 4, "one frame per attempt, --max-attempts 4");
     // Between tries k and k+1: the ack wait, then full jitter under min(400, 100·2^(k-1)) ms
     // rounded up to a bucket (≤ 19% more; the smallest bucket is 25 ms).
-    let backoff = ringcast::lane::backoff::Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
+    let backoff = ringcast::backoff::Backoff::new(Duration::from_millis(100), Duration::from_millis(400)).unwrap();
     for (k, pair) in arrivals.windows(2).enumerate() {
         let gap = pair[1] - pair[0];
         let attempt = k as u32 + 1;

@@ -2,7 +2,7 @@
 //! `scripts/services.sh` starts it): accept with confirms, consume, retry through the
 //! TTL'd bucket queues, dead-letter, list, replay and purge. Unique queue prefix per test.
 
-use ringcast::lane::backoff::Backoff;
+use ringcast::backoff::Backoff;
 use ringcast::lane::rabbitmq::{RabbitLane, RabbitSource};
 use ringcast::lane::{Accepted, DeadAnswer, DeadOp, DeadRecord, Notification, Outcome};
 use serde_json::value::RawValue;
@@ -15,7 +15,7 @@ fn prefix(name: &str) -> String {
 }
 
 fn note(nid: &str) -> Notification {
-    let now = ringcast::lane::now_ms();
+    let now = ringcast::clock::now_ms();
     Notification { nid: nid.into(), user: "bob".into(), data: RawValue::from_string("{\"n\":1}".into()).unwrap(), ts: now, expires: now + 60_000, attempts: 0, parked: 0 }
 }
 

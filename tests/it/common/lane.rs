@@ -176,7 +176,7 @@ impl Drop for Sidecar {
 
 /// Deletes a test's RabbitMQ queues.
 pub fn delete_queues(amqp: &str, prefix: &str, retry_base: Duration, retry_max: Duration) {
-    let backoff = ringcast::lane::backoff::Backoff::new(retry_base, retry_max).unwrap();
+    let backoff = ringcast::backoff::Backoff::new(retry_base, retry_max).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     tokio::task::LocalSet::new().block_on(&rt, async {
         let _ = ringcast::lane::rabbitmq::delete_queues(amqp, prefix, &backoff).await;

@@ -5,18 +5,12 @@
 //! held by its gateway while it runs, so stop it first (or use `GET
 //! /api/notifications/dead`). Runs on: its own short-lived tokio runtime.
 
-use super::{DeadAnswer, DeadOp, Lane, LaneConfig};
+use crate::lane::{DeadAnswer, DeadOp, Lane, LaneConfig};
+use crate::config::lane::DlqAction;
 use std::time::{Duration, Instant};
 
 /// How long the command waits for RabbitMQ before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DlqAction {
-    List,
-    Replay { nid: Option<String> },
-    Purge,
-}
 
 /// Runs one action and prints its result; returns the exit code.
 pub fn run(config: LaneConfig, action: DlqAction) -> i32 {
@@ -36,11 +30,11 @@ pub fn run(config: LaneConfig, action: DlqAction) -> i32 {
 
 async fn execute(config: &LaneConfig, action: DlqAction) -> Result<String, String> {
     let lane = match &config.amqp {
-        None => Lane::Embedded(super::embedded::EmbeddedLane::open(&config.dir).map_err(|e| {
+        None => Lane::Embedded(crate::lane::embedded::EmbeddedLane::open(&config.dir).map_err(|e| {
             format!("{e}. A running gateway holds the embedded queue: stop it, or use GET /api/notifications/dead")
         })?),
         Some(url) => {
-            let lane = super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, Default::default(), None, Default::default());
+            let lane = crate::lane::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, Default::default(), None, Default::default());
             let deadline = Instant::now() + CONNECT_TIMEOUT;
             while !lane.connected.get() {
                 if Instant::now() > deadline {
@@ -52,7 +46,7 @@ async fn execute(config: &LaneConfig, action: DlqAction) -> Result<String, Strin
         }
     };
     let op = match action {
-        DlqAction::List => DeadOp::List { limit: super::DEAD_LIST_MAX },
+        DlqAction::List => DeadOp::List { limit: crate::lane::DEAD_LIST_MAX },
         DlqAction::Replay { nid } => DeadOp::Replay { nid },
         DlqAction::Purge => DeadOp::Purge,
     };

@@ -4,10 +4,10 @@
 //! Owns: the `tls_*`, `poll_*` and `cors_origin` keys. Must not touch: sockets. Runs on:
 //! the main thread at start-up (and the SIGHUP thread re-reads the same PEM files).
 
-use crate::config::{parse_duration, ConfigError};
+use super::value::{error, parse_duration, ConfigError};
 use clap::Args;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use crate::certificate::TlsFiles;
 use std::time::Duration;
 
 /// Longest a `GET /poll/{sid}` waits for frames before answering empty. 25 s stays under
@@ -54,12 +54,6 @@ impl TransportArgs {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 /// Which origins may call the long-poll routes from a browser.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -98,9 +92,6 @@ impl Default for TransportConfig {
     }
 }
 
-fn error(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), msg: msg.into() }
-}
 
 pub fn build(values: &BTreeMap<&str, String>) -> Result<TransportConfig, ConfigError> {
     let get = |key: &str| values.get(key).map(String::as_str).filter(|v| !v.is_empty());
@@ -114,7 +105,7 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<TransportConfig, ConfigE
         (Some(cert), Some(key)) => {
             let files = TlsFiles { cert: cert.into(), key: key.into() };
             // Read now so a bad file stops the start with its flag named, not the first handshake.
-            super::tls::load(&files).map_err(|e| error(e.key, e.msg))?;
+            crate::certificate::load(&files).map_err(|e| error(e.key, e.msg))?;
             Some(files)
         }
     };

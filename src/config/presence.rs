@@ -4,7 +4,7 @@
 //!
 //! Owns: parsing and validating presence settings. Must not touch: engines. Runs on: main.
 
-use crate::config::{parse_count, parse_duration, ConfigError};
+use super::value::{error, parse_count, parse_duration, ConfigError};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -143,9 +143,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn error(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), msg: msg.into() }
-}
 
 impl PresenceConfig {
     /// Builds from key → text (flags, environment and file already merged).

@@ -4,8 +4,8 @@
 //! Owns: every `--amqp`, `--lane-*`, retry and notification bound. Runs on: the main
 //! thread at start-up; the result is cloned into the bridge and the worker.
 
-use super::backoff::Backoff;
-use crate::config::{parse_bool, parse_count, parse_duration, parse_size, ConfigError};
+use crate::backoff::Backoff;
+use super::value::{error, parse_bool, parse_count, parse_duration, parse_size, ConfigError};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -198,9 +198,6 @@ impl std::fmt::Debug for LaneConfig {
     }
 }
 
-fn error(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), msg: msg.into() }
-}
 
 /// Builds the Lane's settings from the merged key → text map.
 pub fn build(values: &BTreeMap<&str, String>) -> Result<LaneConfig, ConfigError> {
@@ -342,4 +339,11 @@ mod tests {
         assert!(parse_webhook("http://:80/").is_err());
         assert!(parse_webhook("ftp://x").is_err());
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DlqAction {
+    List,
+    Replay { nid: Option<String> },
+    Purge,
 }

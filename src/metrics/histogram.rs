@@ -7,7 +7,7 @@
 //! rendering) and [`PendingLatency`] (a shard's per-turn list of what to observe).
 //! Must not touch: sockets. Runs on: written by its shard, read by whoever scrapes.
 
-use crate::metrics::Counter;
+use super::counter::Counter;
 use std::fmt::Write as _;
 
 /// Bucket upper bounds in microseconds: 50 µs (an idle shard) up to 1 s (a shard that

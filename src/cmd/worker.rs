@@ -11,40 +11,16 @@
 //!
 //! Runs on: a tokio current-thread runtime with a `LocalSet`, like the gateway's bridge.
 
-use super::metrics::LaneMetrics;
-use super::worker::{FrameSink, OnlineCheck, Source, Worker, WORKER_EVENTS_MAX};
-use super::LaneConfig;
-use crate::config::NatsConfig;
+use crate::lane::metrics::LaneMetrics;
+use crate::lane::worker::{FrameSink, OnlineCheck, Source, Worker, WORKER_EVENTS_MAX};
+use crate::config::worker::SidecarConfig;
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A user id no one has, asked of presence to see that Redis answers (`/readyz`).
 const READYZ_PROBE_USER: &str = "_ringcast_readyz";
-
-#[derive(Debug, Clone)]
-pub struct SidecarConfig {
-    pub lane: LaneConfig,
-    /// `--redis`: who is online on any node (skips tries for offline users).
-    pub presence: Option<crate::presence::PresenceConfig>,
-    pub nats: NatsConfig,
-    pub metrics_addr: Option<SocketAddr>,
-    pub log_filter: String,
-    pub log_json: bool,
-}
-
-/// Checks what a separate worker needs; the message says what to add.
-pub fn requirements(lane: &LaneConfig, nats: Option<&NatsConfig>) -> Result<(), (&'static str, String)> {
-    if lane.amqp.is_none() {
-        return Err(("amqp", "ringcast worker needs --amqp (RabbitMQ): the embedded queue belongs to one gateway, whose in-process worker serves it".into()));
-    }
-    if nats.is_none() {
-        return Err(("nats", "ringcast worker needs --nats: it reaches users on every gateway through NATS (and hears their acks there)".into()));
-    }
-    Ok(())
-}
 
 pub fn run(config: SidecarConfig) -> i32 {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -66,9 +42,9 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
     let url = lane.amqp.clone().expect("checked by requirements()");
     let client = crate::bridge::nats::client(&config.nats, "worker").await?;
     let (events_tx, events) = tokio::sync::mpsc::channel(WORKER_EVENTS_MAX);
-    tokio::task::spawn_local(super::bridge::forward_nats_events(client.clone(), lane.prefix.clone(), events_tx));
+    tokio::task::spawn_local(crate::lane::bridge::forward_nats_events(client.clone(), lane.prefix.clone(), events_tx));
     let metrics = Arc::new(LaneMetrics::default());
-    let source = super::rabbitmq::RabbitSource::start(&url, &lane.prefix, &lane.backoff, lane.in_flight, lane.into());
+    let source = crate::lane::rabbitmq::RabbitSource::start(&url, &lane.prefix, &lane.backoff, lane.in_flight, lane.into());
     let online = match &config.presence {
         Some(presence) => OnlineCheck::Presence(crate::presence::Presence::reader(presence)?),
         None => OnlineCheck::Unknown,
@@ -89,7 +65,7 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
     println!("ringcast worker consuming {}.work (in flight ≤ {})", lane.prefix, lane.in_flight);
     let mut worker = Worker::new(lane.clone(), source, frames, online, events, metrics);
     if let Some(redis) = config.presence.as_ref().and_then(|p| p.redis.as_ref()) {
-        worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &lane.prefix, lane.inbox_per_user)?);
+        worker = worker.with_shared_inbox(crate::lane::inbox::RedisInbox::new(&redis.url, &lane.prefix, lane.inbox_per_user)?);
     }
     worker.run().await;
     Ok(())
@@ -146,7 +122,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<LaneMetri
                 (status, "application/json", body)
             } else {
                 let mut body = String::new();
-                metrics.render_into(&mut body, super::now_ms());
+                metrics.render_into(&mut body, crate::clock::now_ms());
                 (200, "text/plain; version=0.0.4", body)
             };
             let reason = if status == 200 { "OK" } else { "Service Unavailable" };

@@ -5,8 +5,12 @@
 //! rendering. Must not touch: sockets. Runs on: written by its owner thread, read by
 //! whichever shard serves `/metrics`.
 
+pub mod counter;
+pub mod histogram;
+pub mod transport;
+
+pub use counter::Counter;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a connection ended. Every close has exactly one, and each is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,34 +119,6 @@ impl Refusal {
     }
 }
 
-#[derive(Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    #[inline]
-    pub fn add(&self, n: u64) {
-        // Single writer: a load + store is cheaper than a locked add and loses nothing.
-        self.0.store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-    }
-    #[inline]
-    pub fn inc(&self) {
-        self.add(1)
-    }
-    #[inline]
-    pub fn sub(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed) - n, Ordering::Relaxed);
-    }
-    /// For gauges the single writer recomputes.
-    #[inline]
-    pub fn set(&self, n: u64) {
-        self.0.store(n, Ordering::Relaxed);
-    }
-    #[inline]
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// One shard's counters. Aligned so two shards never share a cache line.
 #[repr(align(128))]
 #[derive(Default)]
@@ -177,7 +153,7 @@ pub struct ShardMetrics {
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
     /// Broker receipt → socket write, per delivered copy.
-    pub fanout_latency: crate::histogram::LatencyHistogram,
+    pub fanout_latency: crate::metrics::histogram::LatencyHistogram,
 }
 
 impl ShardMetrics {

@@ -1,0 +1,12 @@
+//! Leaf: wall-clock milliseconds since the Unix epoch, the one clock notifications,
+//! presence and metrics stamp with (monotonic intervals use `Instant`).
+//!
+//! Owns: `now_ms`. Must not touch: anything of the crate.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
