@@ -12,6 +12,7 @@
 
 mod embedded;
 pub mod history;
+pub mod lane;
 pub mod nats;
 
 pub use embedded::EmbeddedBroker;
@@ -77,7 +78,7 @@ pub struct Bridge {
     /// Members and online users (memory or Redis); see `crate::presence`.
     presence: PresenceEngine,
     /// Durable notifications (embedded store or RabbitMQ) and the in-process worker.
-    lane: crate::lane::bridge::LaneBridge,
+    lane: crate::bridge::lane::LaneBridge,
 }
 
 impl Bridge {
@@ -98,7 +99,7 @@ impl Bridge {
             }
         };
         let presence = PresenceEngine::start(&node.config.presence, &node.config.node, node.presence.clone())?;
-        let lane = crate::lane::bridge::LaneBridge::start(&node).await?;
+        let lane = crate::bridge::lane::LaneBridge::start(&node).await?;
         Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence, lane })
     }
 

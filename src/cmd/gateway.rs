@@ -178,7 +178,7 @@ async fn serve(id: u16, node: Arc<Node>, listener: Socket, nonblocking: bool, st
         }
     };
     let _ = started.send(Ok(()));
-    shard::run(Shard::new(id, node), listener).await;
+    shard::run(Shard::new(id, node, crate::transport::handlers()), listener).await;
 }
 
 /// First SIGTERM: drain (readyz 503, 1012 closes spread over `drain_seconds`, exit 0).

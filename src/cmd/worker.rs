@@ -42,7 +42,7 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
     let url = lane.amqp.clone().expect("checked by requirements()");
     let client = crate::bridge::nats::client(&config.nats, "worker").await?;
     let (events_tx, events) = tokio::sync::mpsc::channel(WORKER_EVENTS_MAX);
-    tokio::task::spawn_local(crate::lane::bridge::forward_nats_events(client.clone(), lane.prefix.clone(), events_tx));
+    tokio::task::spawn_local(crate::bridge::lane::forward_nats_events(client.clone(), lane.prefix.clone(), events_tx));
     let metrics = Arc::new(LaneMetrics::default());
     let source = crate::lane::rabbitmq::RabbitSource::start(&url, &lane.prefix, &lane.backoff, lane.in_flight, lane.into());
     let online = match &config.presence {

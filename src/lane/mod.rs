@@ -9,8 +9,6 @@
 //! `ringcast worker` process's own runtime; the embedded store has a thread of its own
 //! because redb's commits block on fsync.
 
-pub mod api;
-pub mod bridge;
 pub mod embedded;
 pub mod inbox;
 pub mod metrics;

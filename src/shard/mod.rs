@@ -24,7 +24,7 @@ use crate::node::Node;
 use crate::permission;
 use crate::protocol::ws::{self, WsLimits};
 use bytes::Bytes;
-use monoio::net::TcpListener;
+use monoio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -87,10 +87,25 @@ pub struct Shard {
     pub ws_limits: WsLimits,
     /// This shard's accept-rate bucket.
     pub admission: crate::admission::ShardAdmission,
+    /// What the transports do with what the shard cannot handle itself.
+    pub handlers: Handlers,
+}
+
+/// The transports' entry points, handed to each shard at start-up by `cmd::gateway`, so the
+/// shard (below the transports) never names them: what to run on an accepted socket, a
+/// long-poll request forwarded from another shard, and a NATS confirmation of a `sub`.
+#[derive(Clone, Copy)]
+pub struct Handlers {
+    /// Serves one accepted socket from its first byte to its close.
+    pub serve: fn(Rc<Shard>, TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    /// A long-poll request for a session this shard owns, forwarded by another shard.
+    pub poll_forwarded: fn(&Rc<Shard>, crate::fanout::poll::PollForward),
+    /// The broker's answer to a `sub` that waited for it (`live`: confirmed on the server).
+    pub sub_confirmed: fn(&Rc<Shard>, Box<crate::fanout::SubConfirm>, bool),
 }
 
 impl Shard {
-    pub fn new(id: u16, node: Arc<Node>) -> Rc<Shard> {
+    pub fn new(id: u16, node: Arc<Node>, handlers: Handlers) -> Rc<Shard> {
         let config = &node.config;
         Rc::new(Shard {
             id,
@@ -112,6 +127,7 @@ impl Shard {
             ping_frame: ws::encode_ping(b""),
             ws_limits: WsLimits { max_frame_bytes: config.max_frame_bytes, max_message_bytes: config.max_message_bytes },
             admission: crate::admission::ShardAdmission::new(&node),
+            handlers,
             node,
         })
     }
@@ -434,8 +450,8 @@ impl Shard {
                 ToShard::Drain => drain::begin(self),
                 ToShard::Replay { target, replay, frames } => self.replay_frames(target, replay, frames),
                 ToShard::ReplayDone { target, replay, outcome } => self.replay_done(target, replay, outcome),
-                ToShard::Poll(forward) => crate::transport::longpoll::serve_forwarded(self, *forward),
-                ToShard::Confirmed { confirm, live } => crate::transport::websocket::sub_confirmed(self, confirm, live),
+                ToShard::Poll(forward) => (self.handlers.poll_forwarded)(self, *forward),
+                ToShard::Confirmed { confirm, live } => (self.handlers.sub_confirmed)(self, confirm, live),
             }
         }
         self.retry_presence();
@@ -567,7 +583,7 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     shard.metrics.accepted.inc();
-                    monoio::spawn(crate::transport::serve(shard.clone(), stream));
+                    monoio::spawn((shard.handlers.serve)(shard.clone(), stream));
                 }
                 Err(error) => {
                     // EMFILE/ENFILE: out of descriptors. Back off instead of spinning.

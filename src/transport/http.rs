@@ -90,7 +90,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let routed = match super::longpoll::route(&shard, &request, peer).await {
             Some(bytes) => Routed::Respond { bytes, keep_alive: true },
-            None => match crate::lane::api::handle(&shard, &request).await {
+            None => match super::notify::handle(&shard, &request).await {
                 Some(bytes) => Routed::Respond { bytes, keep_alive: true },
                 None => match request.path.strip_prefix("/api/presence/") {
                     Some(channel) => presence_api(&shard, &request, channel).await,

@@ -5,6 +5,7 @@
 //! engines (publishes go to the bridge inbox). Runs on: the shard that accepted it.
 
 mod assets;
+pub mod notify;
 mod http;
 pub mod longpoll;
 mod presence;
@@ -12,4 +13,17 @@ pub mod tls;
 pub(crate) mod websocket;
 
 pub use http::serve;
+
+use crate::shard::{Handlers, Shard};
+use std::rc::Rc;
+
+/// The entry points a shard is handed at start-up: protocol v1 over HTTP, WebSocket and
+/// long-poll. A new wire protocol registers here (its routes live behind `serve`).
+pub fn handlers() -> Handlers {
+    Handlers {
+        serve: |shard: Rc<Shard>, stream| Box::pin(serve(shard, stream)),
+        poll_forwarded: longpoll::serve_forwarded,
+        sub_confirmed: websocket::sub_confirmed,
+    }
+}
 

@@ -6,7 +6,7 @@
 //! Runs on: a shard thread (monoio). The answer comes back in a tokio oneshot, which any
 //! executor can await.
 
-use super::{Accepted, DeadAnswer, DeadOp, Notification, DEAD_LIST_MAX, LANE_REPLY_TIMEOUT};
+use crate::lane::{Accepted, DeadAnswer, DeadOp, Notification, DEAD_LIST_MAX, LANE_REPLY_TIMEOUT};
 use crate::fanout::ToBridge;
 use crate::protocol::http::{self as h, Method, Request};
 use crate::shard::Shard;
@@ -59,12 +59,12 @@ struct NotifyBody<'a> {
 }
 
 /// Checks a request body and builds the notification, or says what is wrong (status, msg).
-pub fn parse_notify(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Result<Notification, (u16, String)> {
+pub fn parse_notify(body: &[u8], config: &crate::lane::LaneConfig, now_ms: u64) -> Result<Notification, (u16, String)> {
     parse_notify_body(body, config, now_ms).map(|(notification, _)| notification)
 }
 
 /// As [`parse_notify`], and whether the body named its own `nid` (false: generated here).
-fn parse_notify_body(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Result<(Notification, bool), (u16, String)> {
+fn parse_notify_body(body: &[u8], config: &crate::lane::LaneConfig, now_ms: u64) -> Result<(Notification, bool), (u16, String)> {
     const SHAPE: &str = "body must be {\"user\":\"<user id>\",\"data\":<json>,\"nid\"?:\"<id>\",\"ttl\"?:\"1h\"}";
     let body: NotifyBody = serde_json::from_slice(body).map_err(|e| (400, format!("{SHAPE}: {e}")))?;
     let user = body.user.ok_or_else(|| (400, format!("user is required; {SHAPE}")))?;
@@ -78,10 +78,10 @@ fn parse_notify_body(body: &[u8], config: &super::LaneConfig, now_ms: u64) -> Re
     let caller_nid = body.nid.is_some();
     let nid = match body.nid {
         Some(nid) => {
-            super::validate_nid(&nid).map_err(|e| (400, e))?;
+            crate::lane::validate_nid(&nid).map_err(|e| (400, e))?;
             nid.into_owned()
         }
-        None => super::new_nid(),
+        None => crate::lane::new_nid(),
     };
     let ttl = match body.ttl {
         Some(ttl) => {
@@ -110,37 +110,37 @@ async fn notify(shard: &Shard, request: &Request) -> Vec<u8> {
         return rejected;
     }
     let metrics = &shard.node.lane_metrics;
-    let (notification, caller_nid) = match parse_notify_body(&request.body, &shard.node.config.lane, super::now_ms()) {
+    let (notification, caller_nid) = match parse_notify_body(&request.body, &shard.node.config.lane, crate::clock::now_ms()) {
         Ok(parsed) => parsed,
         Err((status, msg)) => {
-            super::metrics::LaneMetrics::inc(&metrics.rejected);
+            crate::lane::metrics::LaneMetrics::inc(&metrics.rejected);
             return error(status, &msg);
         }
     };
     let nid = notification.nid.clone();
     let (reply, answer) = oneshot::channel();
     if shard.node.bridge_inbox.push(ToBridge::Notify { notification: Box::new(notification), caller_nid, reply }).is_err() {
-        super::metrics::LaneMetrics::inc(&metrics.unavailable);
+        crate::lane::metrics::LaneMetrics::inc(&metrics.unavailable);
         return unavailable("the bridge queue is full; retry shortly");
     }
     match monoio::time::timeout(LANE_REPLY_TIMEOUT, answer).await {
         Ok(Ok(Ok(Accepted::InProgress))) => {
-            super::metrics::LaneMetrics::inc(&metrics.in_progress);
+            crate::lane::metrics::LaneMetrics::inc(&metrics.in_progress);
             let msg = format!("nid {nid:?} is being accepted by another request right now; resend it after Retry-After (the same nid is safe to resend)");
             h::json_error(409, &msg, &[("Retry-After", "1")], true)
         }
         Ok(Ok(Ok(accepted))) => {
             let counter = if accepted == Accepted::New { &metrics.accepted } else { &metrics.duplicates };
-            super::metrics::LaneMetrics::inc(counter);
+            crate::lane::metrics::LaneMetrics::inc(counter);
             let body = format!("{{\"nid\":{}}}", serde_json::to_string(&nid).expect("string"));
             h::response(202, "application/json", body.as_bytes(), &[], true)
         }
         Ok(Ok(Err(msg))) => {
-            super::metrics::LaneMetrics::inc(&metrics.unavailable);
+            crate::lane::metrics::LaneMetrics::inc(&metrics.unavailable);
             unavailable(&format!("not persisted: {msg}"))
         }
         Ok(Err(_)) | Err(_) => {
-            super::metrics::LaneMetrics::inc(&metrics.unavailable);
+            crate::lane::metrics::LaneMetrics::inc(&metrics.unavailable);
             unavailable("the Lane did not confirm in time; retry (the same nid is safe to resend)")
         }
     }
@@ -188,7 +188,7 @@ async fn dead(shard: &Shard, request: &Request) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn config() -> super::super::LaneConfig {
+    fn config() -> crate::lane::LaneConfig {
         crate::config::lane::build(&Default::default()).unwrap()
     }
 

@@ -12,8 +12,8 @@
 //!
 //! Runs on: the bridge thread (tokio current-thread + LocalSet).
 
-use super::worker::{FrameSink, OnlineCheck, Source, Worker, WorkerEvent, WORKER_EVENTS_MAX};
-use super::{Accepted, DeadAnswer, DeadOp, Lane, Notification};
+use crate::lane::worker::{FrameSink, OnlineCheck, Source, Worker, WorkerEvent, WORKER_EVENTS_MAX};
+use crate::lane::{Accepted, DeadAnswer, DeadOp, Lane, Notification};
 use crate::node::Node;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -58,7 +58,7 @@ impl LaneBridge {
     pub async fn start(node: &Arc<Node>) -> Result<LaneBridge, String> {
         let config = node.config.lane.clone();
         let (lane, source) = match &config.amqp {
-            None => match super::embedded::EmbeddedLane::open(&config.dir) {
+            None => match crate::lane::embedded::EmbeddedLane::open(&config.dir) {
                 Ok(lane) => (Some(Lane::Embedded(lane.clone())), Some(Source::Embedded(lane))),
                 Err(e) if !config.dir_given => {
                     // Another gateway on this host (tests, several processes on one port)
@@ -70,18 +70,18 @@ impl LaneBridge {
             },
             Some(url) => {
                 let shared = match &node.config.presence.redis {
-                    Some(redis) => Some(super::nids::SharedNids::new(&redis.url, &config.prefix, &node.config.node, config.waiting)?),
+                    Some(redis) => Some(crate::lane::nids::SharedNids::new(&redis.url, &config.prefix, &node.config.node, config.waiting)?),
                     None => None,
                 };
-                let lane = Lane::Rabbit(super::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, (&config).into(), shared, node.lane_metrics.clone()));
+                let lane = Lane::Rabbit(crate::lane::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, (&config).into(), shared, node.lane_metrics.clone()));
                 let source = config
                     .worker_in_process
-                    .then(|| Source::Rabbit(super::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight, (&config).into())));
+                    .then(|| Source::Rabbit(crate::lane::rabbitmq::RabbitSource::start(url, &config.prefix, &config.backoff, config.in_flight, (&config).into())));
                 (Some(lane), source)
             }
         };
         let nats = match &node.config.broker.nats {
-            Some(nats) => Some(crate::bridge::nats::client(nats, &format!("{} lane", node.config.node)).await?),
+            Some(nats) => Some(super::nats::client(nats, &format!("{} lane", node.config.node)).await?),
             None => None,
         };
         let reachable = Rc::new(RefCell::new(HashSet::new()));
@@ -106,7 +106,7 @@ impl LaneBridge {
             let frames = FrameSink::Bridge(node.bridge_inbox.clone());
             let mut worker = Worker::new(config.clone(), source, frames, online, rx, node.lane_metrics.clone());
             if let Some(redis) = &node.config.presence.redis {
-                worker = worker.with_shared_inbox(super::inbox::RedisInbox::new(&redis.url, &config.prefix, config.inbox_per_user)?);
+                worker = worker.with_shared_inbox(crate::lane::inbox::RedisInbox::new(&redis.url, &config.prefix, config.inbox_per_user)?);
             }
             tokio::task::spawn_local(worker.run());
         }
