@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod node;
 pub mod permission;
 pub mod presence;
+pub mod session;
 pub mod protocol;
 pub mod shard;
 pub mod sysfeed;

@@ -10,12 +10,14 @@ pub mod conn;
 pub mod drain;
 mod event;
 pub mod poll;
+mod reply;
 mod presence;
 pub mod sys;
 pub mod tls;
 
 pub use conn::{Conn, Flushed, Hold, Identity, Replaying};
 pub use event::LocalEvent;
+pub use reply::Reply;
 
 use crate::channel::{Insert, Remove, SubIndex};
 use crate::fanout::{ConnRef, Delivery, Mailbox, ReplayError, ToBridge, ToShard};
@@ -102,6 +104,8 @@ pub struct Handlers {
     pub poll_forwarded: fn(&Rc<Shard>, crate::fanout::poll::PollForward),
     /// The broker's answer to a `sub` that waited for it (`live`: confirmed on the server).
     pub sub_confirmed: fn(&Rc<Shard>, Box<crate::fanout::SubConfirm>, bool),
+    /// Encodes a session answer in the connection's wire format and queues it.
+    pub answer: fn(&Shard, &Conn, Reply<'_>),
 }
 
 impl Shard {
@@ -266,7 +270,7 @@ impl Shard {
                         self.metrics.resume_duplicates.inc();
                     }
                 }
-                self.send(&conn, ws::encode_text(&crate::protocol::ops::ok(id)));
+                (self.handlers.answer)(self, &conn, Reply::Ok { id });
             }
             Err(error) => {
                 let Some(replaying) = conn.take_replay(|r| r.replay == replay && r.upto.is_none()) else { return };
@@ -279,7 +283,7 @@ impl Shard {
                     self.remove_subscription(conn.slot, pattern);
                 }
                 self.metrics.client_errors.inc();
-                self.send(&conn, ws::encode_text(&crate::protocol::ops::err(replaying.id, error.code, &error.msg)));
+                (self.handlers.answer)(self, &conn, Reply::Err { id: replaying.id, code: error.code, msg: &error.msg });
             }
         }
     }

@@ -3,7 +3,6 @@
 //! or hand it over to the WebSocket session.
 
 use super::websocket;
-use crate::auth::AuthError;
 use crate::channel;
 use crate::fanout::ToBridge;
 use crate::metrics::Refusal;
@@ -299,7 +298,7 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
             return error(e.status, e.msg, extra);
         }
     };
-    let identity = match authenticate(shard, request) {
+    let identity = match super::identity::authenticate(shard, request) {
         Ok(identity) => identity,
         Err(e) => {
             shard.metrics.refused(Refusal::Unauthorized);
@@ -315,75 +314,12 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
     Routed::Upgrade { response: h::upgrade_response(&upgrade), identity }
 }
 
-/// Token from `?token=` or `Authorization: Bearer`. With no secret configured every
-/// connection is anonymous (local quick start); with one, a token is required unless
-/// anonymous access is switched on.
-pub(super) fn authenticate(shard: &Shard, request: &Request) -> Result<Option<Box<Identity>>, AuthError> {
-    let Some(verifier) = shard.node.jwt.as_ref() else { return Ok(None) };
-    let token = request.query_param("token").or_else(|| request.bearer_token().map(str::to_owned));
-    let Some(token) = token else {
-        return if shard.node.config.allow_anonymous { Ok(None) } else { Err(AuthError::Missing) };
-    };
-    let claims = verifier.verify(&token)?;
-    if let Some(sub) = claims.sub.as_deref() {
-        if !channel::is_valid_token(sub) {
-            return Err(AuthError::Malformed(format!("sub {sub:?} must be one channel token ([A-Za-z0-9_-]), as it names user.{{sub}}")));
-        }
-    }
-    Ok(Some(Box::new(Identity {
-        user: claims.sub,
-        chans: claims.chans.map(valid_patterns),
-        pubs: claims.pubs.map(valid_patterns),
-        info: claims.info,
-        expires_unix: claims.exp,
-    })))
-}
-
-/// Drops claim entries that are not valid patterns: a malformed entry like `a.>.b` must
-/// grant nothing rather than something its author did not mean.
-fn valid_patterns(mut patterns: Vec<String>) -> Vec<String> {
-    patterns.retain(|p| {
-        let valid = channel::validate_pattern(p).is_ok();
-        if !valid {
-            tracing::warn!(pattern = %p, "ignoring an invalid pattern in a token's chans/pub claim");
-        }
-        valid
-    });
-    patterns
-}
-
 #[derive(Deserialize)]
 struct PublishBody<'a> {
     #[serde(borrow)]
     ch: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
-}
-
-/// Why a client or the API may not publish on `$…` channels: the server alone speaks
-/// there (`$sys.metrics` feeds the dashboard; `$pres.*` carries join/leave frames).
-pub(super) const SERVER_CHANNEL_REFUSAL: &str = "channels starting with $ ($sys.*, $pres.*) are published by the server only";
-
-/// The `msg` frame envelope around `ch` and `data`, at its largest:
-/// `{"op":"msg","ch":"","data":,"seq":}` plus a 20-digit `seq`.
-const MSG_ENVELOPE_BYTES_MAX: usize = r#"{"op":"msg","ch":"","data":,"seq":}"#.len() + 20;
-
-/// Whether a publish of `data_bytes` on `channel` can reach a subscriber at all: `data`
-/// within `max_message`, and the `msg` frame it becomes within `outbound_limit` (a frame
-/// larger than a subscriber's whole backlog would close every subscriber with 4008). The
-/// error names the limit. Every door (pub op, long-poll, /api/publish) asks this.
-pub(super) fn check_publish_size(config: &crate::config::GatewayConfig, channel: &str, data_bytes: usize) -> Result<(), String> {
-    if data_bytes > config.max_message_bytes {
-        return Err(format!("data is {data_bytes} bytes, over max_message ({} bytes); send less, or a link to it", config.max_message_bytes));
-    }
-    let frame_bytes = crate::limits::FRAME_HEADER_BYTES_MAX + MSG_ENVELOPE_BYTES_MAX + channel.len() + data_bytes;
-    if frame_bytes > config.outbound_bytes_max {
-        return Err(format!(
-            "the message frame would be up to {frame_bytes} bytes, over a subscriber's outbound_limit ({} bytes): nobody could receive it; send less",
-            config.outbound_bytes_max
-        ));
-    }
-    Ok(())
 }
 
 fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
@@ -398,9 +334,9 @@ fn publish(shard: &Rc<Shard>, request: &Request) -> Routed {
         return error(400, &format!("bad channel: {e}"), &[]);
     }
     if body.ch.starts_with('$') {
-        return error(403, SERVER_CHANNEL_REFUSAL, &[]);
+        return error(403, crate::session::SERVER_CHANNEL_REFUSAL, &[]);
     }
-    if let Err(msg) = check_publish_size(&shard.node.config, &body.ch, body.data.get().len()) {
+    if let Err(msg) = crate::session::check_publish_size(&shard.node.config, &body.ch, body.data.get().len()) {
         shard.metrics.publish_too_large.inc();
         return error(413, &msg, &[]);
     }
@@ -444,9 +380,9 @@ async fn presence_api(shard: &Rc<Shard>, request: &Request, channel_name: &str) 
     if channel::is_server_token(channel_name.split('.').next().unwrap_or("")) {
         return error(400, "server channels ($sys, $pres) have no presence", &[]);
     }
-    match super::presence::members(shard, &channel_name).await {
+    match crate::session::presence::members(shard, &channel_name).await {
         Ok(members) => {
-            let body = format!("{{{}}}", super::presence::members_field(&members));
+            let body = format!("{{{}}}", super::v1::members_field(&members));
             respond(200, "application/json", body.as_bytes(), true)
         }
         Err(e) => error(e.code(), e.message(), &[("Retry-After", "1")]),

@@ -111,7 +111,7 @@ fn preflight() -> Answer {
 
 /// `POST /poll`: the same checks as a WebSocket upgrade, then a session on this shard.
 fn open(shard: &Rc<Shard>, request: &Request, peer: Option<std::net::IpAddr>) -> Answer {
-    let identity = match super::http::authenticate(shard, request) {
+    let identity = match super::identity::authenticate(shard, request) {
         Ok(identity) => identity,
         Err(e) => {
             shard.metrics.refused(Refusal::Unauthorized);
@@ -246,7 +246,7 @@ async fn local(shard: &Rc<Shard>, slot: u32, secret: u128, op: PollOp) -> PollAn
                     break;
                 }
                 shard.metrics.frames_in.inc();
-                super::websocket::on_text(shard, &conn, frame);
+                super::v1::on_text(shard, &conn, frame);
             }
             shard.flush(&conn);
             PollAnswer { status: 202, body: b"{}".to_vec() }

@@ -5,12 +5,13 @@
 //! engines (publishes go to the bridge inbox). Runs on: the shard that accepted it.
 
 mod assets;
-pub mod notify;
 mod http;
+pub mod identity;
 pub mod longpoll;
-mod presence;
+pub mod notify;
 pub mod tls;
-pub(crate) mod websocket;
+pub mod v1;
+pub mod websocket;
 
 pub use http::serve;
 
@@ -23,7 +24,8 @@ pub fn handlers() -> Handlers {
     Handlers {
         serve: |shard: Rc<Shard>, stream| Box::pin(serve(shard, stream)),
         poll_forwarded: longpoll::serve_forwarded,
-        sub_confirmed: websocket::sub_confirmed,
+        sub_confirmed: crate::session::on_confirmed,
+        answer: v1::answer,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Presence on the wire: `sub` with `presence: true` (join), `unsub` (leave), the
-//! `presence` op and `GET /api/presence/{channel}`.
+//! Presence in the session: `sub` with `presence: true` (join), `unsub` (leave), the
+//! `presence` op, and the members query `GET /api/presence/{channel}` shares.
 //!
 //! A joined connection is also subscribed to the internal channel `$pres.{channel}`,
 //! where the bridge publishes `join`/`leave` frames (through the broker, so they reach
@@ -10,8 +10,6 @@
 use crate::channel;
 use crate::fanout::ToBridge;
 use crate::presence::{Change, PresenceError, PRESENCE_CHANNEL_PREFIX, PRESENCE_QUERY_TIMEOUT_MS};
-use crate::protocol::ops;
-use crate::protocol::ws;
 use crate::shard::{Conn, Shard};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -84,35 +82,18 @@ pub async fn members(shard: &Shard, channel: &str) -> Result<Vec<Arc<str>>, Pres
     }
 }
 
-/// `"members":[..]` for an `ok` frame or the HTTP body.
-pub fn members_field(members: &[Arc<str>]) -> String {
-    let mut out = String::with_capacity(16 + members.iter().map(|m| m.len() + 1).sum::<usize>());
-    out.push_str("\"members\":[");
-    for (i, member) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(member);
-    }
-    out.push(']');
-    out
-}
-
 /// The `presence` op: answered from a task of its own, since the bridge (and maybe Redis)
 /// answers later; the connection may be gone by then.
 pub fn query_op(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, channel: String) {
     let shard = shard.clone();
     let conn = conn.clone();
     monoio::spawn(async move {
-        let frame = match members(&shard, &channel).await {
-            Ok(members) => ops::ok_with(id, &members_field(&members)),
-            Err(error) => {
-                shard.metrics.client_errors.inc();
-                ops::err(id, error.code(), error.message())
-            }
-        };
+        let answer = members(&shard, &channel).await;
         if conn.state.borrow().finished.is_none() {
-            shard.send(&conn, ws::encode_text(&frame));
+            match answer {
+                Ok(members) => super::reply(&shard, &conn, super::Reply::Members { id, members: &members }),
+                Err(error) => super::reply_err(&shard, &conn, id, error.code(), error.message()),
+            }
             shard.flush(&conn);
         }
     });
