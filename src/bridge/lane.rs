@@ -103,7 +103,11 @@ impl LaneBridge {
             if nats.is_none() {
                 events = Some(tx);
             }
-            let frames = FrameSink::Bridge(node.bridge_inbox.clone());
+            let inbox = node.bridge_inbox.clone();
+            let frames = FrameSink::new(move |channel, frame| {
+                let taken = inbox.push(crate::fanout::ToBridge::PublishFrame { channel: channel.into(), frame }).is_ok();
+                Box::pin(std::future::ready(taken))
+            });
             let mut worker = Worker::new(config.clone(), source, frames, online, rx, node.lane_metrics.clone());
             if let Some(redis) = &node.config.presence.redis {
                 worker = worker.with_shared_inbox(crate::lane::inbox::RedisInbox::new(&redis.url, &config.prefix, config.inbox_per_user)?);

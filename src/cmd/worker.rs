@@ -61,7 +61,17 @@ async fn serve(config: SidecarConfig) -> Result<(), String> {
         println!("ringcast worker metrics on http://{local}/metrics");
     }
     let source = Source::Rabbit(source);
-    let frames = FrameSink::Nats { client, prefix: config.nats.prefix.clone() };
+    let prefix = config.nats.prefix.clone();
+    // Frames go to `{prefix}.user.{id}` marked `Ringcast-Frame: 1`: every gateway's bridge
+    // passes them to the user's connections as they are.
+    let frames = FrameSink::new(move |channel, frame| {
+        let (client, subject) = (client.clone(), format!("{prefix}.{channel}"));
+        Box::pin(async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(crate::bridge::nats::FRAME_HEADER, "1");
+            client.publish_with_headers(subject, headers, frame).await.is_ok()
+        })
+    });
     println!("ringcast worker consuming {}.work (in flight ≤ {})", lane.prefix, lane.in_flight);
     let mut worker = Worker::new(lane.clone(), source, frames, online, events, metrics);
     if let Some(redis) = config.presence.as_ref().and_then(|p| p.redis.as_ref()) {

@@ -56,28 +56,21 @@ pub enum WorkerEvent {
     Online { user: String },
 }
 
-/// Where `notify` frames go.
-pub enum FrameSink {
-    /// In-process: the bridge publishes it (embedded broker or NATS).
-    Bridge(Arc<crate::fanout::Mailbox<crate::fanout::ToBridge>>),
-    /// A separate worker: NATS subject `{prefix}.user.{id}` with `Ringcast-Frame: 1`.
-    Nats { client: async_nats::Client, prefix: String },
+/// Where `notify` frames go, handed in by whoever runs the worker: the gateway's bridge
+/// (embedded broker or NATS) or, for a separate worker, a NATS publish. The Lane knows
+/// neither; it gets the notification's channel (`user.{id}`) and its `notify` frame, and
+/// learns whether the frame was taken.
+pub struct FrameSink {
+    send: Box<dyn Fn(String, Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>>,
 }
 
 impl FrameSink {
+    pub fn new(send: impl Fn(String, Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool>>> + 'static) -> FrameSink {
+        FrameSink { send: Box::new(send) }
+    }
+
     async fn send(&self, notification: &Notification) -> bool {
-        let frame = Bytes::from(notification.frame_json());
-        match self {
-            FrameSink::Bridge(inbox) => {
-                inbox.push(crate::fanout::ToBridge::PublishFrame { channel: notification.channel().into(), frame }).is_ok()
-            }
-            FrameSink::Nats { client, prefix } => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(crate::bridge::nats::FRAME_HEADER, "1");
-                let subject = format!("{prefix}.{}", notification.channel());
-                client.publish_with_headers(subject, headers, frame).await.is_ok()
-            }
-        }
+        (self.send)(notification.channel().into(), Bytes::from(notification.frame_json())).await
     }
 }
 
