@@ -46,17 +46,15 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: GatewayConfig) -> Arc<Node> {
+    /// The node's shared state; an error when the TLS certificate cannot be loaded.
+    pub fn new(config: GatewayConfig) -> Result<Arc<Node>, LoadError> {
         let shards = config.shards;
         let jwt = config
             .jwt_secret
             .as_ref()
             .map(|secret| JwtVerifier::with_claims(secret.as_bytes(), config.jwt_audience.as_deref(), config.jwt_issuer.as_deref()));
-        let transport = NodeTransport::new(&config).unwrap_or_else(|e| {
-            eprintln!("ringcast: config error: {e}");
-            std::process::exit(2)
-        });
-        Arc::new(Node {
+        let transport = NodeTransport::new(&config)?;
+        Ok(Arc::new(Node {
             shard_inboxes: (0..shards).map(|_| Arc::new(Mailbox::new(config.shard_inbox_messages))).collect(),
             bridge_inbox: Arc::new(Mailbox::new(config.bridge_inbox_messages)),
             shard_metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
@@ -73,7 +71,7 @@ impl Node {
             transport,
             guard: crate::guard::NodeGuard::new(config.guard.clone(), config.broker.nats.is_some()),
             config,
-        })
+        }))
     }
 
     /// Reserves a connection slot; false when the node is full.

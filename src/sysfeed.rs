@@ -266,10 +266,11 @@ impl Feed {
     }
 }
 
-/// Starts the feed thread: one snapshot per interval on a fixed schedule (no drift from
-/// the time a snapshot takes), until the node starts shutting down.
-pub fn spawn(node: Arc<Node>) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("ringcast-sysfeed".into()).spawn(move || {
+/// The feed thread's loop (`cmd::gateway` starts the thread): one snapshot per interval on
+/// a fixed schedule (no drift from the time a snapshot takes), until the node starts
+/// shutting down.
+pub fn run(node: Arc<Node>) {
+    {
         let interval = Duration::from_millis(SYS_METRICS_INTERVAL_MS);
         let mut feed = Feed::new(node.clone());
         let mut next = Instant::now();
@@ -284,7 +285,7 @@ pub fn spawn(node: Arc<Node>) -> std::io::Result<std::thread::JoinHandle<()>> {
             }
             std::thread::sleep(next - now);
         }
-    })
+    }
 }
 
 #[cfg(test)]

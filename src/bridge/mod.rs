@@ -362,35 +362,3 @@ impl ShardSet {
     }
 }
 
-/// Starts the bridge on its own thread (current-thread tokio runtime + `LocalSet`) and
-/// waits until its broker is set up; an error (bad NATS credentials, say) is returned
-/// before any shard starts.
-pub fn spawn(node: Arc<Node>) -> Result<std::thread::JoinHandle<()>, String> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("ringcast-bridge".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("the bridge's tokio runtime could not start");
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
-                match Bridge::start(node).await {
-                    Ok(bridge) => {
-                        let _ = ready_tx.send(Ok(()));
-                        bridge.run().await;
-                    }
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                    }
-                }
-            });
-        })
-        .map_err(|e| format!("cannot start the bridge thread: {e}"))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err("the bridge thread died while starting".into()),
-    }
-}

@@ -47,8 +47,14 @@ pub fn run(config: GatewayConfig) -> i32 {
             "the open-file limit is below max_connections: accepts will fail past it (see tuning/README.md; run more processes on the same port)"
         );
     }
-    let node = Node::new(config);
-    let bridge_thread = match bridge::spawn(node.clone()) {
+    let node = match Node::new(config) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("ringcast: config error: {e}");
+            return 2;
+        }
+    };
+    let bridge_thread = match spawn_bridge(node.clone()) {
         Ok(thread) => thread,
         Err(error) => {
             eprintln!("ringcast: {error}");
@@ -56,7 +62,10 @@ pub fn run(config: GatewayConfig) -> i32 {
         }
     };
     if node.config.sys_subscribe {
-        crate::sysfeed::spawn(node.clone()).expect("cannot start the $sys.metrics feed thread");
+        {
+            let node = node.clone();
+            std::thread::Builder::new().name("ringcast-sysfeed".into()).spawn(move || crate::sysfeed::run(node)).expect("cannot start the $sys.metrics feed thread");
+        }
     }
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let shard_threads: Vec<_> = listeners
@@ -77,7 +86,7 @@ pub fn run(config: GatewayConfig) -> i32 {
     println!("ringcast gateway listening on {scheme}://{address} ({} shards, {mode}, node {})", node.config.shards, node.config.node);
     let _ = std::io::stdout().flush();
     tracing::info!(%address, shards = node.config.shards, io = mode, "gateway started");
-    crate::transport::tls::spawn_reload_thread(node.clone());
+    spawn_reload_thread(node.clone());
     for thread in shard_threads {
         let _ = thread.join();
     }
@@ -219,3 +228,57 @@ fn spawn_signal_thread(node: Arc<Node>) {
         })
         .expect("cannot start the signal thread");
 }
+
+/// Starts the bridge on its own thread (current-thread tokio runtime + `LocalSet`) and
+/// waits until its broker is set up; an error (bad NATS credentials, say) is returned
+/// before any shard starts.
+fn spawn_bridge(node: Arc<Node>) -> Result<std::thread::JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("ringcast-bridge".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the bridge's tokio runtime could not start");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                match bridge::Bridge::start(node).await {
+                    Ok(bridge) => {
+                        let _ = ready_tx.send(Ok(()));
+                        bridge.run().await;
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                    }
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the bridge thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err("the bridge thread died while starting".into()),
+    }
+}
+
+/// SIGHUP → reload the certificate. Existing connections keep the session they have.
+fn spawn_reload_thread(node: Arc<Node>) {
+    if node.transport.tls.is_none() {
+        return;
+    }
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).expect("cannot install the SIGHUP handler");
+    std::thread::Builder::new()
+        .name("ringcast-tls-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let Some(tls) = node.transport.tls.as_ref() else { continue };
+                match tls.reload() {
+                    Ok(()) => tracing::info!(cert = %tls.files.cert.display(), "SIGHUP: TLS certificate reloaded; new handshakes use it"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate"),
+                }
+            }
+        })
+        .expect("cannot start the TLS reload thread");
+}
+

@@ -11,7 +11,6 @@
 //! and 1.2, ALPN `http/1.1` (a client offering only `h2` is refused with an alert).
 
 use crate::certificate::HandshakeFailure;
-use crate::node::Node;
 use crate::shard::tls::FdIo;
 use crate::shard::Shard;
 use monoio::net::TcpStream;
@@ -19,26 +18,6 @@ use rustls::ServerConfig;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-
-/// SIGHUP → reload the certificate. Existing connections keep the session they have.
-pub fn spawn_reload_thread(node: Arc<Node>) {
-    if node.transport.tls.is_none() {
-        return;
-    }
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).expect("cannot install the SIGHUP handler");
-    std::thread::Builder::new()
-        .name("ringcast-tls-reload".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                let Some(tls) = node.transport.tls.as_ref() else { continue };
-                match tls.reload() {
-                    Ok(()) => tracing::info!(cert = %tls.files.cert.display(), "SIGHUP: TLS certificate reloaded; new handshakes use it"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate"),
-                }
-            }
-        })
-        .expect("cannot start the TLS reload thread");
-}
 
 /// Runs the server side of the handshake on this shard. `Ok(None)`: TLS is off.
 pub async fn accept(shard: &Shard, stream: &TcpStream) -> Result<Option<Box<rustls::ServerConnection>>, ()> {
