@@ -69,7 +69,7 @@ impl Node {
             io_mode: OnceLock::new(),
             started: Instant::now(),
             transport,
-            guard: crate::guard::NodeGuard::new(config.guard.clone(), config.broker.nats.is_some()),
+            guard: crate::guard::NodeGuard::new(config.guard.clone(), config.broker.mirrors_interest()),
             config,
         }))
     }
@@ -103,11 +103,7 @@ impl Node {
     }
 
     pub fn broker_name(&self) -> &'static str {
-        if self.config.broker.nats.is_some() {
-            "nats"
-        } else {
-            "embedded"
-        }
+        self.config.broker.name()
     }
 
     pub fn render_metrics(&self) -> String {

@@ -7,7 +7,7 @@
 
 use crate::lane::{DeadAnswer, DeadOp, Lane, LaneConfig};
 use crate::config::lane::DlqAction;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the command waits for RabbitMQ before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,22 +29,7 @@ pub fn run(config: LaneConfig, action: DlqAction) -> i32 {
 }
 
 async fn execute(config: &LaneConfig, action: DlqAction) -> Result<String, String> {
-    let lane = match &config.amqp {
-        None => Lane::Embedded(crate::lane::embedded::EmbeddedLane::open(&config.dir).map_err(|e| {
-            format!("{e}. A running gateway holds the embedded queue: stop it, or use GET /api/notifications/dead")
-        })?),
-        Some(url) => {
-            let lane = crate::lane::rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, Default::default(), None, Default::default());
-            let deadline = Instant::now() + CONNECT_TIMEOUT;
-            while !lane.connected.get() {
-                if Instant::now() > deadline {
-                    return Err(format!("RabbitMQ did not answer within {CONNECT_TIMEOUT:?}"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Lane::Rabbit(lane)
-        }
-    };
+    let lane = Lane::open_admin(config, CONNECT_TIMEOUT).await?;
     let op = match action {
         DlqAction::List => DeadOp::List { limit: crate::lane::DEAD_LIST_MAX },
         DlqAction::Replay { nid } => DeadOp::Replay { nid },

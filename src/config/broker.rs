@@ -150,6 +150,30 @@ impl std::fmt::Debug for NatsConfig {
     }
 }
 
+impl BrokerConfig {
+    /// Which engine carries messages between nodes, for logs, metrics and the dashboard.
+    pub fn name(&self) -> &'static str {
+        if self.nats.is_some() {
+            "nats"
+        } else {
+            "embedded"
+        }
+    }
+
+    /// How long a `sub` may wait for the broker to confirm that the node's interest is
+    /// live on it; `None` when interest is live as soon as the bridge has seen it (the
+    /// embedded broker), so a `sub` is answered at once.
+    pub fn sub_confirm_timeout(&self) -> Option<Duration> {
+        self.nats.as_ref().map(|nats| nats.sub_confirm_timeout)
+    }
+
+    /// Whether the bridge keeps its own copy of the node's interest (to tell the broker),
+    /// which the node's subscription-memory bound must count.
+    pub fn mirrors_interest(&self) -> bool {
+        self.nats.is_some()
+    }
+}
+
 /// Channels whose messages are kept (JetStream with NATS, memory rings when embedded) so a
 /// client can resume with `sub … since`.
 #[derive(Clone, Debug, Default)]

@@ -130,6 +130,28 @@ pub enum Lane {
 }
 
 impl Lane {
+    /// The configured queue for an administrative command (`ringcast dlq`): RabbitMQ
+    /// when `amqp` is set (waiting up to `connect_timeout` for it), else the embedded
+    /// store file, which a running gateway holds (the error says so).
+    pub async fn open_admin(config: &LaneConfig, connect_timeout: Duration) -> Result<Lane, String> {
+        match &config.amqp {
+            None => Ok(Lane::Embedded(embedded::EmbeddedLane::open(&config.dir).map_err(|e| {
+                format!("{e}. A running gateway holds the embedded queue: stop it, or use GET /api/notifications/dead")
+            })?)),
+            Some(url) => {
+                let lane = rabbitmq::RabbitLane::start(url, &config.prefix, &config.backoff, Default::default(), None, Default::default());
+                let deadline = std::time::Instant::now() + connect_timeout;
+                while !lane.connected.get() {
+                    if std::time::Instant::now() > deadline {
+                        return Err(format!("RabbitMQ did not answer within {connect_timeout:?}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Lane::Rabbit(lane))
+            }
+        }
+    }
+
     pub async fn enqueue(&self, notification: Notification) -> Result<Accepted, String> {
         match self {
             Lane::Embedded(lane) => lane.enqueue(notification).await,

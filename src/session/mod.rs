@@ -17,7 +17,6 @@ use crate::permission::{self, Principal};
 use crate::shard::{Conn, Replaying, Shard, REPLAYS_PER_CONNECTION_MAX};
 use bytes::Bytes;
 use std::rc::Rc;
-use std::time::Duration;
 
 /// One decoded client operation, whatever wire it came on.
 pub enum Op<'a> {
@@ -204,7 +203,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
 /// place as soon as the bridge has seen it, which it has before any later publish.
 /// `undo`: this `sub` added the pattern, so an unconfirmed one is taken back.
 fn answer_when_live(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, undo: bool) {
-    if shard.node.config.broker.nats.is_none() {
+    if shard.node.config.broker.sub_confirm_timeout().is_none() {
         return reply(shard, conn, Reply::Ok { id });
     }
     let confirm = Box::new(SubConfirm { target: ConnRef { slot: conn.slot, conn: conn.id }, id, pattern: pattern.into(), undo });
@@ -233,7 +232,7 @@ pub fn on_confirmed(shard: &Rc<Shard>, confirm: Box<SubConfirm>, live: bool) {
         presence::leave(shard, &conn, &confirm.pattern);
         unsubscribe_quietly(shard, &conn, &confirm.pattern);
     }
-    let timeout = shard.node.config.broker.nats.as_ref().map_or(Duration::ZERO, |c| c.sub_confirm_timeout);
+    let timeout = shard.node.config.broker.sub_confirm_timeout().unwrap_or_default();
     let msg = format!(
         "NATS did not confirm the subscription within {timeout:?} (nats_sub_confirm_timeout; broker unreachable?), so it was not made; retry shortly"
     );
