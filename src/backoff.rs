@@ -1,6 +1,7 @@
-//! Retry delays: exponential backoff with full jitter, rounded up to a fixed set of delay
-//! buckets. Pure functions (the random draw is passed in), used by the worker on any
-//! thread.
+//! Retry delays, in one place: the notification retry schedule (exponential backoff with
+//! full jitter, rounded up to a fixed set of delay buckets) and [`Reconnect`], the delay
+//! between attempts to reach an engine again (NATS, Redis, RabbitMQ). Pure functions (the
+//! random draw is passed in) plus one small stateful helper; used on any thread.
 //!
 //! Why buckets: RabbitMQ expires messages only at the head of a queue, so one retry queue
 //! with per-message TTLs would hold a short delay behind a long one. Each bucket is its own
@@ -100,6 +101,42 @@ impl Backoff {
     }
 }
 
+/// Full jitter under a doubling cap: attempt `n` (0-based) waits uniformly between 0 and
+/// `min(cap, base·2^n)`, so a fleet that lost its engine together does not come back in
+/// step. `random` is any uniformly drawn number.
+pub fn reconnect_delay(attempts: usize, base: Duration, cap: Duration, random: u64) -> Duration {
+    let base_ms = base.as_millis() as u64;
+    let ceiling = base_ms.saturating_mul(1u64 << attempts.min(20)).min(cap.as_millis() as u64);
+    Duration::from_millis(random % (ceiling + 1))
+}
+
+/// The delays of one link's reconnect loop: [`reconnect_delay`] with a fresh random draw,
+/// starting over after a success.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    base: Duration,
+    cap: Duration,
+    attempts: usize,
+}
+
+impl Reconnect {
+    pub const fn new(base: Duration, cap: Duration) -> Reconnect {
+        Reconnect { base, cap, attempts: 0 }
+    }
+
+    /// How long to wait before the next attempt; each call counts one failed attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = reconnect_delay(self.attempts, self.base, self.cap, fastrand::u64(..));
+        self.attempts = self.attempts.saturating_add(1);
+        delay
+    }
+
+    /// The link is up again: the next failure starts from `base`.
+    pub fn reset(&mut self) {
+        self.attempts = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +184,24 @@ mod tests {
             }
         }
         assert!(b.delay_max(1) <= ms(120), "the cap's own bucket is at most ~19% above it");
+    }
+
+    #[test]
+    fn reconnect_delay_is_full_jitter_under_a_doubling_cap() {
+        let (base, cap) = (Duration::from_millis(100), Duration::from_millis(5_000));
+        assert_eq!(reconnect_delay(0, base, cap, 0), Duration::ZERO);
+        for attempts in 0..30 {
+            let ceiling = (100u64 << attempts.min(20)).min(5_000);
+            for random in [0, 1, 99, 12_345, u64::MAX] {
+                assert!(reconnect_delay(attempts, base, cap, random) <= Duration::from_millis(ceiling));
+            }
+            assert_eq!(reconnect_delay(attempts, base, cap, ceiling), Duration::from_millis(ceiling));
+        }
+        let mut link = Reconnect::new(base, cap);
+        for _ in 0..10 {
+            assert!(link.next_delay() <= cap);
+        }
+        link.reset();
+        assert!(link.next_delay() <= base);
     }
 }

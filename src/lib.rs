@@ -47,6 +47,7 @@ pub mod permission;
 pub mod presence;
 pub mod session;
 pub mod protocol;
+pub mod redis_link;
 pub mod shard;
 pub mod sysfeed;
 pub mod transport;

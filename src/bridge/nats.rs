@@ -223,7 +223,7 @@ async fn connect(
         .max_reconnects(None)
         .subscription_capacity(SUBSCRIPTION_MESSAGES_MAX)
         .client_capacity(CLIENT_COMMANDS_MAX)
-        .reconnect_delay_callback(|attempts| reconnect_delay(attempts, rand_u64()))
+        .reconnect_delay_callback(link_retry_delay)
         .event_callback(move |event| {
             let link = link.clone();
             let metrics = metrics.clone();
@@ -280,18 +280,10 @@ pub async fn client(config: &NatsConfig, name: &str) -> Result<async_nats::Clien
     connect(config, name, Arc::new(AtomicBool::new(false)), Arc::new(BridgeMetrics::default()), connected).await
 }
 
-/// Full jitter: uniform in [0, min(cap, base · 2^attempts)].
-pub fn reconnect_delay(attempts: usize, random: u64) -> Duration {
-    let ceiling = RECONNECT_BASE_MS.saturating_mul(1u64 << attempts.min(20)).min(RECONNECT_CAP_MS);
-    Duration::from_millis(random % (ceiling + 1))
-}
-
-/// A cheap random number for jitter (not for anything secret).
-pub fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
-    hasher.finish()
+/// The wait before retry `attempts` of anything that needs the NATS link: full jitter
+/// under a doubling cap (`backoff::reconnect_delay`).
+fn link_retry_delay(attempts: usize) -> Duration {
+    crate::backoff::reconnect_delay(attempts, Duration::from_millis(RECONNECT_BASE_MS), Duration::from_millis(RECONNECT_CAP_MS), fastrand::u64(..))
 }
 
 /// Sends the node's core subscribes in order and confirms them: after each batch (every
@@ -422,7 +414,7 @@ async fn ensure_stream(
                 } else {
                     tracing::warn!(%error, stream = %config.name, "cannot create the history stream yet; retrying");
                 }
-                tokio::time::sleep(reconnect_delay(attempt, rand_u64()).max(Duration::from_millis(50))).await;
+                tokio::time::sleep(link_retry_delay(attempt).max(Duration::from_millis(50))).await;
                 attempt += 1;
             }
         }
@@ -680,7 +672,7 @@ impl LiveConsumer {
             }
             tokio::select! {
                 _ = &mut cancelled => return,
-                _ = tokio::time::sleep(reconnect_delay(attempt, rand_u64()).max(Duration::from_millis(20))) => {}
+                _ = tokio::time::sleep(link_retry_delay(attempt).max(Duration::from_millis(20))) => {}
             }
             attempt = (attempt + 1).min(20);
         }
@@ -853,20 +845,3 @@ impl ReplayJob {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_delay_is_full_jitter_under_a_doubling_cap() {
-        assert_eq!(reconnect_delay(0, 0), Duration::ZERO);
-        assert_eq!(reconnect_delay(0, u64::MAX), Duration::from_millis((u64::MAX % (RECONNECT_BASE_MS + 1)) as u64));
-        for attempts in 0..30 {
-            let ceiling = (RECONNECT_BASE_MS << attempts.min(20)).min(RECONNECT_CAP_MS);
-            for random in [0, 1, 99, 12_345, u64::MAX] {
-                assert!(reconnect_delay(attempts, random) <= Duration::from_millis(ceiling));
-            }
-            assert_eq!(reconnect_delay(attempts, ceiling), Duration::from_millis(ceiling));
-        }
-    }
-}

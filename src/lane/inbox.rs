@@ -17,7 +17,7 @@
 
 use super::Notification;
 use ::redis::aio::MultiplexedConnection;
-use ::redis::AsyncConnectionConfig;
+use crate::redis_link::RedisLink;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 pub const WAKE_HOLD_MS: u64 = 1_000;
 /// After a Redis error, the worker goes without the shared inbox for this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// KEYS[1] inbox; ARGV nid, json, per-user max, keep-for ms. 1 = held, 0 = full.
@@ -35,9 +34,8 @@ const PUT_SCRIPT: &str = "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and re
                           return 1";
 
 pub struct RedisInbox {
-    client: ::redis::Client,
+    link: RedisLink,
     prefix: String,
-    con: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Set after an error: Redis is skipped until then.
     down_until: Cell<Option<Instant>>,
     /// Notifications held per user (`--lane-inbox-per-user`); past it a returning user waits
@@ -47,8 +45,8 @@ pub struct RedisInbox {
 
 impl RedisInbox {
     pub fn new(url: &str, lane_prefix: &str, per_user: usize) -> Result<RedisInbox, String> {
-        let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
-        Ok(RedisInbox { client, prefix: lane_prefix.to_owned(), con: tokio::sync::Mutex::new(None), down_until: Cell::new(None), per_user })
+        let link = RedisLink::open(url, REDIS_RESPONSE_TIMEOUT)?;
+        Ok(RedisInbox { link, prefix: lane_prefix.to_owned(), down_until: Cell::new(None), per_user })
     }
 
     pub fn inbox_key(&self, user: &str) -> String {
@@ -66,21 +64,14 @@ impl RedisInbox {
                 return None;
             }
         }
-        let mut slot = self.con.lock().await;
-        if let Some(con) = slot.as_ref() {
-            return Some(con.clone());
-        }
-        let config = AsyncConnectionConfig::new().set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT)).set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT));
-        match self.client.get_multiplexed_async_connection_with_config(&config).await {
+        match self.link.connection().await {
             Ok(con) => {
                 if self.down_until.take().is_some() {
                     tracing::info!("Redis answers again: the online fast path's inbox is shared");
                 }
-                *slot = Some(con.clone());
                 Some(con)
             }
             Err(error) => {
-                drop(slot);
                 self.failed(&error).await;
                 None
             }
@@ -88,7 +79,7 @@ impl RedisInbox {
     }
 
     async fn failed(&self, error: &::redis::RedisError) {
-        *self.con.lock().await = None;
+        self.link.reset().await;
         if self.down_until.replace(Some(Instant::now() + RETRY_AFTER)).is_none() {
             tracing::warn!(%error, "Redis unreachable: the online fast path uses this worker's own inbox");
         }

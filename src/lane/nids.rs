@@ -25,7 +25,7 @@
 //! Runs on: the bridge thread (one multiplexed connection).
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::AsyncConnectionConfig;
+use crate::redis_link::RedisLink;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
@@ -36,7 +36,6 @@ use std::time::Duration;
 pub const CLAIM_MS: u64 = 15_000;
 /// Redis connect and response timeouts: a slow Redis must not hold `/api/notify` (it
 /// falls back to node-local idempotency instead).
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// Claims every key (KEYS[i] with token ARGV[i], expiry ARGV[#KEYS + 1] ms) that does
@@ -116,9 +115,8 @@ impl<T, R> Waiting<T, R> {
 }
 
 struct Inner {
-    client: ::redis::Client,
+    link: RedisLink,
     prefix: String,
-    con: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Logged that Redis is unreachable; cleared when it answers again.
     down_logged: Cell<bool>,
     /// nid and token.
@@ -137,11 +135,9 @@ pub struct SharedNids {
 impl SharedNids {
     /// `waiting_max`: claims (and `done` marks) waiting for a call at most.
     pub fn new(url: &str, lane_prefix: &str, node: &str, waiting_max: usize) -> Result<SharedNids, String> {
-        let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
         let inner = Inner {
-            client,
+            link: RedisLink::open(url, REDIS_RESPONSE_TIMEOUT)?,
             prefix: lane_prefix.to_owned(),
-            con: tokio::sync::Mutex::new(None),
             down_logged: Cell::new(false),
             claims: Waiting::new(waiting_max),
             dones: Waiting::new(waiting_max),
@@ -195,19 +191,12 @@ impl Inner {
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, ::redis::RedisError> {
-        let mut slot = self.con.lock().await;
-        if let Some(con) = slot.as_ref() {
-            return Ok(con.clone());
-        }
-        let config = AsyncConnectionConfig::new().set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT)).set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT));
-        let con = self.client.get_multiplexed_async_connection_with_config(&config).await?;
-        *slot = Some(con.clone());
-        Ok(con)
+        self.link.connection().await
     }
 
     /// Notes a Redis failure (drops the connection, logs once per outage).
     async fn failed(&self, error: &::redis::RedisError) {
-        *self.con.lock().await = None;
+        self.link.reset().await;
         if !self.down_logged.replace(true) {
             tracing::warn!(%error, "Redis unreachable: nid idempotency is node-local until it answers again");
         }

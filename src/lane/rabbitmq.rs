@@ -204,7 +204,7 @@ fn supervise<L: 'static>(
     };
     let slot = Rc::downgrade(owner);
     tokio::task::spawn_local(async move {
-        let mut delay = RECONNECT_DELAY_MIN;
+        let mut reconnect = crate::backoff::Reconnect::new(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX);
         while slot.strong_count() > 0 {
             let attempt = async {
                 let conn = connect(&url, name).await?;
@@ -218,7 +218,7 @@ fn supervise<L: 'static>(
                     *owner.borrow_mut() = Some(Rc::new(link));
                     drop(owner);
                     set_up(true);
-                    delay = RECONNECT_DELAY_MIN;
+                    reconnect.reset();
                     while conn.status().connected() && slot.strong_count() > 0 {
                         tokio::time::sleep(LINK_CHECK_INTERVAL).await;
                     }
@@ -232,11 +232,13 @@ fn supervise<L: 'static>(
                     }
                 }
                 Err(e) => {
+                    let delay = reconnect.next_delay();
                     tracing::warn!(link = name, error = %e, "cannot reach RabbitMQ; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    continue;
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+            tokio::time::sleep(reconnect.next_delay()).await;
         }
     });
 }

@@ -19,7 +19,7 @@
 use super::local::LocalState;
 use super::{MembersReply, Op, PresenceError, PresenceShared};
 use ::redis::aio::MultiplexedConnection;
-use ::redis::AsyncConnectionConfig;
+use crate::redis_link::{RedisLink, REDIS_RESPONSE_TIMEOUT_MS};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -27,11 +27,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Time to establish a Redis connection before the attempt counts as failed.
-pub const REDIS_CONNECT_TIMEOUT_MS: u64 = 1_000;
-/// Time one command or pipeline may take before the link is declared down.
-pub const REDIS_RESPONSE_TIMEOUT_MS: u64 = 2_000;
-/// Reconnect delay: doubles from the minimum to the maximum, with jitter.
+/// Reconnect delay: full jitter under a cap doubling from the minimum to the maximum
+/// (`backoff::Reconnect`).
 pub const REDIS_RECONNECT_DELAY_MS_MIN: u64 = 50;
 pub const REDIS_RECONNECT_DELAY_MS_MAX: u64 = 2_000;
 /// Jobs (batches and queries) waiting for the writer: past it a batch is dropped and
@@ -48,12 +45,6 @@ pub const LINK_CHECK_MS_MAX: u64 = 1_000;
 pub enum Job {
     Batch(Vec<Op>),
     Members { channel: Arc<str>, reply: MembersReply },
-}
-
-fn connection_config() -> AsyncConnectionConfig {
-    AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(REDIS_CONNECT_TIMEOUT_MS)))
-        .set_response_timeout(Some(Duration::from_millis(REDIS_RESPONSE_TIMEOUT_MS)))
 }
 
 fn unavailable(error: impl std::fmt::Display) -> PresenceError {
@@ -128,29 +119,22 @@ async fn members_on(con: &mut MultiplexedConnection, keys: &Keys, channel: &str)
 /// worker's `is_online`. Connects lazily and again after an error.
 #[derive(Clone)]
 pub struct RedisReader {
-    client: ::redis::Client,
+    link: Arc<RedisLink>,
     keys: Keys,
-    con: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl RedisReader {
     pub fn new(url: &str, prefix: &str) -> Result<RedisReader, String> {
-        let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
-        Ok(RedisReader { client, keys: Keys::new(prefix), con: Arc::new(tokio::sync::Mutex::new(None)) })
+        let link = RedisLink::open(url, Duration::from_millis(REDIS_RESPONSE_TIMEOUT_MS))?;
+        Ok(RedisReader { link: Arc::new(link), keys: Keys::new(prefix) })
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, PresenceError> {
-        let mut slot = self.con.lock().await;
-        if let Some(con) = slot.as_ref() {
-            return Ok(con.clone());
-        }
-        let con = self.client.get_multiplexed_async_connection_with_config(&connection_config()).await.map_err(unavailable)?;
-        *slot = Some(con.clone());
-        Ok(con)
+        self.link.connection().await.map_err(unavailable)
     }
 
     async fn forget(&self) {
-        *self.con.lock().await = None;
+        self.link.reset().await;
     }
 
     /// At least one live connection of `user` on any node.
@@ -188,11 +172,11 @@ pub struct RedisWriter {
 impl RedisWriter {
     /// Starts the writer task on the current `LocalSet`; it connects in the background.
     pub fn start(url: &str, prefix: &str, node: &str, ttl: Duration, batch: usize, local: Rc<RefCell<LocalState>>, shared: Arc<PresenceShared>) -> Result<RedisWriter, String> {
-        let client = ::redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
+        let link = RedisLink::open(url, Duration::from_millis(REDIS_RESPONSE_TIMEOUT_MS))?;
         let (queue, jobs) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS);
         let resync = Rc::new(Cell::new(false));
         let task = WriterTask {
-            client,
+            link,
             keys: Keys::new(prefix),
             node: node.replace('/', "_"),
             ttl,
@@ -229,7 +213,7 @@ impl RedisWriter {
 }
 
 struct WriterTask {
-    client: ::redis::Client,
+    link: RedisLink,
     keys: Keys,
     node: String,
     ttl: Duration,
@@ -244,24 +228,22 @@ struct WriterTask {
 
 impl WriterTask {
     async fn run(mut self, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
-        let mut delay_ms = REDIS_RECONNECT_DELAY_MS_MIN;
+        let mut reconnect = crate::backoff::Reconnect::new(Duration::from_millis(REDIS_RECONNECT_DELAY_MS_MIN), Duration::from_millis(REDIS_RECONNECT_DELAY_MS_MAX));
         loop {
-            let mut con = match self.client.get_multiplexed_async_connection_with_config(&connection_config()).await {
+            let mut con = match self.link.connect().await {
                 Ok(con) => con,
                 Err(error) => {
                     self.down(&error, &mut jobs);
-                    tokio::time::sleep(jitter(delay_ms)).await;
-                    delay_ms = (delay_ms * 2).min(REDIS_RECONNECT_DELAY_MS_MAX);
+                    tokio::time::sleep(reconnect.next_delay()).await;
                     continue;
                 }
             };
             if let Err(error) = self.register(&mut con, &mut jobs).await {
                 self.down(&error, &mut jobs);
-                tokio::time::sleep(jitter(delay_ms)).await;
-                delay_ms = (delay_ms * 2).min(REDIS_RECONNECT_DELAY_MS_MAX);
+                tokio::time::sleep(reconnect.next_delay()).await;
                 continue;
             }
-            delay_ms = REDIS_RECONNECT_DELAY_MS_MIN;
+            reconnect.reset();
             let error = self.serve(&mut con, &mut jobs).await;
             self.down(&error, &mut jobs);
         }
@@ -427,12 +409,6 @@ pub fn build_pipeline(keys: &Keys, instance: &str, node: &str, ops: &[Op]) -> ::
         }
     }
     pipe
-}
-
-/// `base_ms` ± half, from the clock's nanoseconds (no RNG needed for a retry delay).
-fn jitter(base_ms: u64) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
-    Duration::from_millis(base_ms / 2 + nanos % base_ms.max(1))
 }
 
 #[cfg(test)]
