@@ -206,9 +206,7 @@ impl NodeGuard {
     }
 
     pub fn render(&self, out: &mut String) {
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
+        use crate::metrics::prometheus::family;
         let load = |a: &AtomicUsize| a.load(Ordering::Relaxed);
         family(out, "ringcast_node_subscriptions", "gauge", "Subscriptions held on the node (bound: max_node_subscriptions).");
         let _ = writeln!(out, "ringcast_node_subscriptions {}", load(&self.subscriptions));

@@ -160,9 +160,7 @@ impl NodeTransport {
 
     /// Appends the transport families to a Prometheus scrape.
     pub fn render_metrics(&self, out: &mut String) {
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
+        use crate::metrics::prometheus::family;
         family(out, "ringcast_tls_enabled", "gauge", "1 when the listener terminates TLS (--tls-cert).");
         let _ = writeln!(out, "ringcast_tls_enabled {}", self.tls.is_some() as u8);
         family(out, "ringcast_tls_handshakes_total", "counter", "TLS handshakes completed.");

@@ -3,7 +3,6 @@
 //! counters of `crate::metrics`), rendered into the gateway's `/metrics` and by
 //! `ringcast worker --metrics-addr`.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Default, Debug)]
@@ -87,8 +86,7 @@ impl LaneMetrics {
             ("work_messages", "RabbitMQ work messages published (an envelope carries up to lane_envelope notifications).", &self.work_messages),
         ];
         for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP ringcast_lane_{name}_total {help}\n# TYPE ringcast_lane_{name}_total counter");
-            let _ = writeln!(out, "ringcast_lane_{name}_total {}", get(counter));
+            crate::metrics::prometheus::single(out, &format!("ringcast_lane_{name}_total"), "counter", help, get(counter));
         }
         let oldest = get(&self.oldest_pending_ms);
         let age = if oldest == 0 { 0.0 } else { now_ms.saturating_sub(oldest) as f64 / 1000.0 };
@@ -101,7 +99,7 @@ impl LaneMetrics {
         ];
         for (name, help, value) in gauges {
             let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# HELP ringcast_lane_{name} {help}\n# TYPE ringcast_lane_{name} {kind}\nringcast_lane_{name} {value}");
+            crate::metrics::prometheus::single(out, &format!("ringcast_lane_{name}"), kind, help, value);
         }
     }
 }

@@ -7,9 +7,11 @@
 
 pub mod counter;
 pub mod histogram;
+pub mod prometheus;
 pub mod transport;
 
 pub use counter::Counter;
+use prometheus::family;
 use std::fmt::Write as _;
 
 /// Why a connection ended. Every close has exactly one, and each is counted.
@@ -235,10 +237,6 @@ pub struct NodeView<'a> {
     pub bridge_inbox_capacity: usize,
     pub bridge_inbox_dropped: u64,
     pub uptime_seconds: u64,
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 fn per_shard(out: &mut String, view: &NodeView, name: &str, kind: &str, help: &str, get: impl Fn(&ShardView) -> u64) {

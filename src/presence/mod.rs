@@ -25,7 +25,6 @@ use memory::MemoryPresence;
 use redis::{RedisReader, RedisWriter};
 use serde_json::value::RawValue;
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -187,7 +186,7 @@ impl PresenceShared {
             ("presence_dropped_total", "presence changes lost past the shard's retry bound", m.dropped.load(Ordering::Relaxed)),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} counter\nringcast_{name} {value}");
+            crate::metrics::prometheus::single(out, &format!("ringcast_{name}"), "counter", help, value);
         }
         let gauges: [(&str, &str, u64); 4] = [
             ("presence_members", "channel memberships held by this node's connections", m.members.get()),
@@ -196,7 +195,7 @@ impl PresenceShared {
             ("presence_degraded", "1 while the presence store is unavailable", u64::from(!self.is_up())),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP ringcast_{name} {help}\n# TYPE ringcast_{name} gauge\nringcast_{name} {value}");
+            crate::metrics::prometheus::single(out, &format!("ringcast_{name}"), "gauge", help, value);
         }
     }
 }
