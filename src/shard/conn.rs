@@ -25,6 +25,13 @@ pub struct Identity {
     pub expires_unix: u64,
 }
 
+impl Identity {
+    /// Whether the token has run out at `now_unix` (seconds): the connection must end.
+    pub fn expired(&self, now_unix: u64) -> bool {
+        self.expires_unix != 0 && self.expires_unix < now_unix
+    }
+}
+
 pub struct Conn {
     pub slot: u32,
     pub id: u64,

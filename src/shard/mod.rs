@@ -106,6 +106,9 @@ pub struct Handlers {
     pub sub_confirmed: fn(&Rc<Shard>, Box<crate::fanout::SubConfirm>, bool),
     /// Encodes a session answer in the connection's wire format and queues it.
     pub answer: fn(&Shard, &Conn, Reply<'_>),
+    /// The connection's token ran out: end it as its wire says (the shard found it on its
+    /// heartbeat wheel).
+    pub token_expired: fn(&Shard, &Conn),
 }
 
 impl Shard {
@@ -511,9 +514,8 @@ impl Shard {
                 let error = ReplayError { code: 503, msg: "resume timed out (history unavailable); retry".into() };
                 self.replay_done(target, replay, Err(error));
             }
-            let expired = conn.identity.as_ref().is_some_and(|i| i.expires_unix != 0 && i.expires_unix < now_unix);
-            if expired {
-                self.close(&conn, ws::close_code::POLICY, "token expired; reconnect with a fresh token", CloseReason::TokenExpired);
+            if conn.identity.as_ref().is_some_and(|i| i.expired(now_unix)) {
+                (self.handlers.token_expired)(self, &conn);
             } else if idle >= timeout {
                 // Say why (1001 going away, as load balancers do on idle timeouts) in case
                 // only the peer's pongs were lost; a dead peer gets no handshake wait.

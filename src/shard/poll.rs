@@ -150,9 +150,8 @@ impl Shard {
             conn.finish(CloseReason::HeartbeatTimeout);
             return;
         }
-        let expired = conn.identity.as_ref().is_some_and(|i| i.expires_unix != 0 && i.expires_unix < now_unix);
-        if expired && !closing {
-            self.close(conn, ws::close_code::POLICY, "token expired; reconnect with a fresh token", CloseReason::TokenExpired);
+        if !closing && conn.identity.as_ref().is_some_and(|i| i.expired(now_unix)) {
+            (self.handlers.token_expired)(self, conn);
         }
     }
 }

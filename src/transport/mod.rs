@@ -26,6 +26,7 @@ pub fn handlers() -> Handlers {
         poll_forwarded: longpoll::serve_forwarded,
         sub_confirmed: crate::session::on_confirmed,
         answer: v1::answer,
+        token_expired: v1::token_expired,
     }
 }
 

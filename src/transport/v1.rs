@@ -5,6 +5,7 @@
 //! Owns: v1 decoding and encoding of ops and replies. Must not touch: the rules of an op
 //! (permissions, bounds, presence, history). Runs on: the shard that holds the connection.
 
+use crate::metrics::CloseReason;
 use crate::protocol::ops::{self, ClientOp};
 use crate::protocol::ws;
 use crate::session::{self, Op, Reply};
@@ -22,6 +23,12 @@ pub fn answer(shard: &Shard, conn: &Conn, reply: Reply<'_>) {
         Reply::Err { id, code, msg } => ops::err(id, code, msg),
     };
     shard.send(conn, ws::encode_text(&json));
+}
+
+/// A v1 connection whose token ran out is closed with 1008 (policy) and says why; the
+/// client reconnects with a fresh token.
+pub fn token_expired(shard: &Shard, conn: &Conn) {
+    shard.close(conn, ws::close_code::POLICY, "token expired; reconnect with a fresh token", CloseReason::TokenExpired);
 }
 
 /// One client op (a WebSocket text frame, or a frame posted to a long-poll session).
