@@ -9,9 +9,9 @@
 //!   1012 closes over (the shard side lives in `shard::drain`).
 //! - `--share-port`: allow starting on a port another live process already listens on.
 //!
-//! Owns: these settings, the per-shard [`TokenBucket`] and the admission decision.
-//! Must not touch: sockets. Runs on: config parsing (main thread), then each shard thread
-//! for its own bucket.
+//! Owns: the per-shard [`TokenBucket`] and the admission decision (the settings are data
+//! in `config::admission`). Must not touch: sockets. Runs on: each shard thread for its
+//! own bucket.
 
 use crate::metrics::Refusal;
 use crate::node::Node;
