@@ -13,7 +13,8 @@
 //!   `max_http_connections` (503 at accept, not EMFILE); at most `max_pipelined_requests`
 //!   requests are answered back to back from one socket's buffered input (429, closed).
 //!
-//! Owns: the node-wide counters (settings: `config::guard`) behind them and their metrics. Must not
+//! Owns: the node-wide counters behind these bounds and their metrics (the settings are
+//! data in `config::guard`). Must not
 //! touch: sockets. Runs on: any shard (atomics and one mutex touched on open/close only,
 //! never per message).
 
