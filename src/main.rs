@@ -15,7 +15,7 @@ fn main() {
     };
     let code = match command {
         ringcast::config::Command::Gateway(config) => ringcast::cmd::gateway::run(config),
-        ringcast::config::Command::Doctor { connections } => ringcast::cmd::doctor::run(connections),
+        ringcast::config::Command::Doctor { connections, http_connections } => ringcast::cmd::doctor::run(connections, http_connections),
         ringcast::config::Command::Worker(config) => ringcast::cmd::worker::run(config),
         ringcast::config::Command::Dlq { lane, action } => ringcast::cmd::dlq::run(lane, action),
     };

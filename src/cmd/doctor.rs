@@ -64,8 +64,13 @@ fn nofile() -> (u64, u64) {
 }
 
 /// Every check for `connections`, in the order an operator should fix them.
-pub fn checks(connections: u64) -> Vec<Check> {
-    let fds = connections + FDS_SPARE;
+/// `http_connections`: each gateway's `--max-http-connections` (sockets in the HTTP phase
+/// besides its connections), which need descriptors too: past the limit accepts fail with
+/// EMFILE instead of the 503 the bound exists to give.
+pub fn checks(connections: u64, http_connections: u64) -> Vec<Check> {
+    let (_, hard) = nofile();
+    let http = http_per_process(http_connections, hard);
+    let fds = connections + http + FDS_SPARE;
     let mut checks = Vec::new();
     let uring = monoio::utils::detect_uring();
     let disabled = read_number("/proc/sys/kernel/io_uring_disabled");
@@ -76,15 +81,15 @@ pub fn checks(connections: u64) -> Vec<Check> {
         ok: uring,
         advice: "sysctl kernel.io_uring_disabled=0; in containers allow io_uring_setup/enter/register in the seccomp profile".into(),
     });
-    let (soft, hard) = nofile();
-    let processes = gateway_processes(connections, hard);
+    let (soft, _) = nofile();
+    let processes = gateway_processes(connections, hard, http);
     checks.push(Check {
         name: "open files (hard limit)",
         have: format!("soft {soft}, hard {hard}"),
-        need: format!("{fds}"),
+        need: format!("{fds} ({connections} connections + {http} HTTP-phase sockets + {FDS_SPARE} spare)"),
         ok: hard >= fds,
         advice: format!(
-            "raise the hard limit (systemd LimitNOFILE={fds}, or `ulimit -Hn {fds}` as root); where it cannot be raised, run {processes} gateway processes on the same --listen port (--share-port, SO_REUSEPORT; {REUSEPORT_FILL_PERCENT}% fill, as the kernel spreads by hash)"
+            "raise the hard limit (systemd LimitNOFILE={fds}, or `ulimit -Hn {fds}` as root); where it cannot be raised, run {processes} gateway processes on the same --listen port (--share-port, SO_REUSEPORT; {REUSEPORT_FILL_PERCENT}% fill, as the kernel spreads by hash), each with --max-connections + --max-http-connections + {FDS_SPARE} within the limit"
         ),
     });
     for (name, path, need, advice) in [
@@ -140,10 +145,17 @@ pub fn checks(connections: u64) -> Vec<Check> {
     checks
 }
 
-/// Gateway processes needed when one process may hold at most `hard - FDS_SPARE`
+/// The HTTP-phase bound to plan each gateway with: the one asked for, but at most a tenth
+/// of the descriptor limit where that limit is what decides the process count (a
+/// handshake takes milliseconds: a tenth of the limit is a very large connect burst).
+fn http_per_process(http_connections: u64, hard: u64) -> u64 {
+    http_connections.min(hard / 10)
+}
+
+/// Gateway processes needed when one process may hold at most `hard - http - FDS_SPARE`
 /// connections, filled to REUSEPORT_FILL_PERCENT.
-fn gateway_processes(connections: u64, hard: u64) -> u64 {
-    let per_process = hard.saturating_sub(FDS_SPARE).max(1);
+fn gateway_processes(connections: u64, hard: u64, http: u64) -> u64 {
+    let per_process = hard.saturating_sub(FDS_SPARE + http).max(1);
     if per_process >= connections {
         return 1;
     }
@@ -160,19 +172,20 @@ fn memory_needed(connections: u64, processes: u64) -> u64 {
 
 /// What the checks imply, in numbers: processes, memory, heartbeat load, and what a load
 /// generator on this same host adds.
-pub fn plan(connections: u64) -> Vec<String> {
+pub fn plan(connections: u64, http_connections: u64) -> Vec<String> {
     let (_, hard) = nofile();
-    let processes = gateway_processes(connections, hard);
+    let http = http_per_process(http_connections, hard);
+    let processes = gateway_processes(connections, hard, http);
     let per_process = connections.div_ceil(processes);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let mut lines = Vec::new();
     if processes > 1 {
         lines.push(format!(
-            "descriptors: the hard limit is {hard} per process, so {processes} gateway processes × ~{per_process} connections on one --listen port (--share-port, each --max-connections {}); SO_REUSEPORT spreads by hash, hence {REUSEPORT_FILL_PERCENT}% fill",
-            hard.saturating_sub(FDS_SPARE)
+            "descriptors: the hard limit is {hard} per process, so {processes} gateway processes × ~{per_process} connections on one --listen port (--share-port, each --max-connections {} --max-http-connections {http}); SO_REUSEPORT spreads by hash, hence {REUSEPORT_FILL_PERCENT}% fill",
+            hard.saturating_sub(FDS_SPARE + http)
         ));
     } else {
-        lines.push(format!("descriptors: one gateway process holds them all (hard limit {hard})"));
+        lines.push(format!("descriptors: one gateway process holds them all, with --max-http-connections {http} (hard limit {hard})"));
     }
     lines.push(format!(
         "memory: ~{:.1} GiB kernel ({} KiB per socket + {CONNTRACK_BYTES_PER_CONNECTION} B conntrack), ~{:.1} GiB gateways ({} B per connection + {} MiB per process)",
@@ -198,8 +211,8 @@ pub fn plan(connections: u64) -> Vec<String> {
 }
 
 /// Prints the report; returns the exit code (0: ready, 1: something to change).
-pub fn run(connections: usize) -> i32 {
-    let checks = checks(connections as u64);
+pub fn run(connections: usize, http_connections: usize) -> i32 {
+    let checks = checks(connections as u64, http_connections as u64);
     println!("ringcast doctor: can this host hold {connections} connections?\n");
     for check in &checks {
         let mark = if check.ok { "ok    " } else { "CHANGE" };
@@ -209,7 +222,7 @@ pub fn run(connections: usize) -> i32 {
         }
     }
     println!("\nplan for {connections} connections:");
-    for line in plan(connections as u64) {
+    for line in plan(connections as u64, http_connections as u64) {
         println!("  {line}");
     }
     let port_range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
@@ -234,16 +247,23 @@ mod tests {
     #[test]
     fn processes_leave_room_for_the_uneven_reuseport_spread() {
         // This host: hard limit 20,000, so 19,000 per process at 95% fill: 56 for a million.
-        assert_eq!(gateway_processes(1_000_000, 20_000), 56);
+        assert_eq!(gateway_processes(1_000_000, 20_000, 0), 56);
         assert!(1_000_000u64.div_ceil(56) <= 19_000 * REUSEPORT_FILL_PERCENT / 100);
-        assert_eq!(gateway_processes(1_000, 20_000), 1);
-        assert_eq!(gateway_processes(1_000_000, 2_000_000), 1);
-        assert_eq!(gateway_processes(19_000, 20_000), 1);
+        assert_eq!(gateway_processes(1_000, 20_000, 0), 1);
+        assert_eq!(gateway_processes(1_000_000, 2_000_000, 0), 1);
+        assert_eq!(gateway_processes(19_000, 20_000, 0), 1);
+        // HTTP-phase sockets take descriptors too: the default 10,000 is planned as a
+        // tenth of the limit (2,000), leaving 17,000 connections per process.
+        let http = http_per_process(crate::limits::HTTP_CONNECTIONS_MAX as u64, 20_000);
+        assert_eq!(http, 2_000);
+        assert_eq!(gateway_processes(1_000_000, 20_000, http), 62);
+        assert_eq!(gateway_processes(19_000, 20_000, http), 2, "19,000 connections + 2,000 HTTP sockets do not fit one process");
     }
 
     #[test]
     fn plan_names_processes_memory_heartbeats_and_the_load_generator() {
-        let plan = plan(1_000_000).join("\n");
+        let plan = plan(1_000_000, 10_000).join("\n");
+        assert!(plan.contains("--max-http-connections"), "{plan}");
         for word in ["descriptors:", "memory:", "heartbeats: 40000 pings/s", "source addresses"] {
             assert!(plan.contains(word), "{word}: {plan}");
         }

@@ -40,11 +40,13 @@ pub fn run(config: GatewayConfig) -> i32 {
     let address = listeners[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(config.listen);
     let mut fd_limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut fd_limit) };
-    if (fd_limit.rlim_cur as usize) < config.max_connections {
+    let fds_needed = config.max_connections + config.guard.http_connections_max;
+    if (fd_limit.rlim_cur as usize) < fds_needed {
         tracing::warn!(
             fd_limit = fd_limit.rlim_cur,
             max_connections = config.max_connections,
-            "the open-file limit is below max_connections: accepts will fail past it (see tuning/README.md; run more processes on the same port)"
+            max_http_connections = config.guard.http_connections_max,
+            "the open-file limit is below max_connections + max_http_connections: accepts can fail with EMFILE before either bound answers 503 (lower them, raise the limit, or run more processes on the same port; `ringcast doctor --connections N --http-connections M` says which)"
         );
     }
     let node = match Node::new(config) {

@@ -97,6 +97,10 @@ struct DoctorArgs {
     /// Connections the node should hold.
     #[arg(long, env = "RINGCAST_DOCTOR_CONNECTIONS", default_value_t = 1_000_000, value_name = "N")]
     connections: usize,
+    /// Sockets each gateway may hold in the HTTP phase besides its connections
+    /// (`--max-http-connections` of the gateways you will run); they need descriptors too.
+    #[arg(long, env = "RINGCAST_DOCTOR_HTTP_CONNECTIONS", default_value_t = crate::limits::HTTP_CONNECTIONS_MAX, value_name = "N")]
+    http_connections: usize,
 }
 
 /// Raw gateway settings as given on the command line or in the environment.
@@ -341,8 +345,9 @@ impl std::fmt::Debug for GatewayConfig {
 
 pub enum Command {
     Gateway(GatewayConfig),
-    /// `ringcast doctor`: the connection count to check the host for.
-    Doctor { connections: usize },
+    /// `ringcast doctor`: the connection count to check the host for, and the HTTP-phase
+    /// sockets each gateway may hold besides.
+    Doctor { connections: usize, http_connections: usize },
     /// `ringcast worker`.
     Worker(worker::SidecarConfig),
     /// `ringcast dlq …`.
@@ -362,7 +367,7 @@ where
 {
     let cli = Cli::parse_from(args);
     match cli.command {
-        Sub::Doctor(args) => Ok(Command::Doctor { connections: args.connections }),
+        Sub::Doctor(args) => Ok(Command::Doctor { connections: args.connections, http_connections: args.http_connections }),
         Sub::Worker(args) => {
             let file = match &cli.config {
                 Some(path) => read_file(path)?,
