@@ -26,7 +26,10 @@ fn free_port() -> u16 {
 fn gateway(extra: &[&str]) -> u16 {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["ringcast", "gateway", "--listen", &listen, "--shards", "1", "--api-key", API_KEY, "--log", "error"];
+    // A burst is BURST pipelined requests: above the default bound on queued pipelined
+    // requests (max_pipelined_requests 16), which answers 429 and closes.
+    let pipelined = BURST.to_string();
+    let mut args = vec!["ringcast", "gateway", "--listen", &listen, "--shards", "1", "--api-key", API_KEY, "--log", "error", "--max-pipelined-requests", &pipelined];
     args.extend_from_slice(extra);
     let command = ringcast::config::load_from(args).expect("bench gateway flags");
     let ringcast::config::Command::Gateway(config) = command else { panic!("not a gateway command") };
