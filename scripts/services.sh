@@ -2,7 +2,7 @@
 # Installs (from Debian packages) and starts the engines ringcast's tests talk to, only
 # where missing or not listening. Idempotent: run it as often as you like.
 #   NATS with JetStream 127.0.0.1:4222 · Redis 127.0.0.1:6379 · RabbitMQ 127.0.0.1:5672
-#   (guest/guest) · Mosquitto 127.0.0.1:1883
+#   (guest/guest) · Mosquitto 127.0.0.1:1883 (and its clients, mosquitto_pub)
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -49,6 +49,8 @@ start_rabbitmq() {
 }
 
 start_mosquitto() {
+  # mosquitto_pub: the real MQTT client of the IoT test (tests/it/mqtt.rs).
+  need_pkg mosquitto_pub mosquitto-clients
   listening 1883 && return 0
   need_pkg mosquitto mosquitto
   mosquitto -d -c /etc/mosquitto/mosquitto.conf

@@ -18,6 +18,7 @@ mod lane_restart;
 mod lane_webhook;
 mod longpoll;
 mod metrics;
+mod mqtt;
 mod presence;
 mod seams;
 mod tls;
