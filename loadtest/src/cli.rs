@@ -161,7 +161,9 @@ pub struct SourceArgs {
     /// How to publish: `http` (POST /api/publish on the --url node; ringcast only),
     /// `nats://HOST:PORT[?prefix=rc]` (NATS PUB to `{prefix}.{channel}`: the gateway's
     /// NATS bridge, or nats-server itself for --target nats-ws, where the prefix defaults
-    /// to none), `mqtt://HOST:PORT` (MQTT QoS 0 PUBLISH; --target mqtt-ws) [default: http].
+    /// to none), `mqtt://HOST:PORT[?prefix=rc]` (MQTT QoS 0 PUBLISH: to mosquitto for
+    /// --target mqtt-ws; for ringcast, devices publishing to nats-server's MQTT listener,
+    /// topic `{prefix}/a/b` for channel `a.b`, README "IoT devices over MQTT") [default: http].
     #[arg(long)]
     pub publish: Option<String>,
     /// Publisher connections, each with an equal share of the rate. HTTP has one request

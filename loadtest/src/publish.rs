@@ -58,8 +58,9 @@ pub enum Via {
     Http,
     /// NATS `PUB` to subject `{prefix}.{channel}` (no prefix: the channel itself).
     Nats { addr: SocketAddr, prefix: Option<String> },
-    /// MQTT QoS 0 `PUBLISH` to the channel's topic (`.` → `/`).
-    Mqtt { addr: SocketAddr },
+    /// MQTT QoS 0 `PUBLISH` to the channel's topic (`.` → `/`), under `{prefix}/` when set
+    /// (ringcast behind nats-server's MQTT listener: topic `rc/a/b` is channel `a.b`).
+    Mqtt { addr: SocketAddr, prefix: Option<String> },
 }
 
 impl Via {
@@ -67,7 +68,8 @@ impl Via {
         match self {
             Via::Http => "http /api/publish".into(),
             Via::Nats { addr, prefix } => format!("nats://{addr} subject prefix {:?}", prefix.as_deref().unwrap_or("")),
-            Via::Mqtt { addr } => format!("mqtt://{addr}"),
+            Via::Mqtt { addr, prefix: None } => format!("mqtt://{addr}"),
+            Via::Mqtt { addr, prefix: Some(p) } => format!("mqtt://{addr}?prefix={p}"),
         }
     }
 }
@@ -90,14 +92,25 @@ pub fn parse_via(text: Option<&str>, kind: TargetKind) -> Result<Via> {
             }
             Via::Nats { addr: loopback(authority.trim_end_matches('/'), url)?, prefix }
         }
-        Some(url) if url.starts_with("mqtt://") => Via::Mqtt { addr: loopback(url["mqtt://".len()..].trim_end_matches('/'), url)? },
-        Some(other) => bail!("--publish {other:?}: give http, nats://host:port[?prefix=rc] or mqtt://host:port"),
+        Some(url) if url.starts_with("mqtt://") => {
+            let rest = &url["mqtt://".len()..];
+            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+            // Ringcast hears MQTT through nats-server, whose subjects carry --nats-prefix.
+            let mut prefix = (kind == TargetKind::Ringcast).then(|| "rc".to_string());
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("prefix", p)) => prefix = (!p.is_empty()).then(|| p.to_string()),
+                    _ => bail!("--publish {url}: unknown query {pair:?}; the only one is ?prefix=P"),
+                }
+            }
+            Via::Mqtt { addr: loopback(authority.trim_end_matches('/'), url)?, prefix }
+        }
+        Some(other) => bail!("--publish {other:?}: give http, nats://host:port[?prefix=rc] or mqtt://host:port[?prefix=rc]"),
     };
     match (kind, &via) {
-        (TargetKind::Ringcast, Via::Http | Via::Nats { .. }) | (TargetKind::NatsWs, Via::Nats { .. }) | (TargetKind::MqttWs, Via::Mqtt { .. }) => Ok(via),
+        (TargetKind::Ringcast, Via::Http | Via::Nats { .. } | Via::Mqtt { .. }) | (TargetKind::NatsWs, Via::Nats { .. }) | (TargetKind::MqttWs, Via::Mqtt { .. }) => Ok(via),
         (TargetKind::NatsWs, _) => bail!("--target nats-ws publishes through NATS: add --publish nats://127.0.0.1:PORT (scripts/peers.sh prints it)"),
         (TargetKind::MqttWs, _) => bail!("--target mqtt-ws publishes through MQTT: add --publish mqtt://127.0.0.1:PORT (scripts/peers.sh prints it)"),
-        (TargetKind::Ringcast, Via::Mqtt { .. }) => bail!("ringcast takes --publish http or nats://; mqtt:// is for --target mqtt-ws"),
     }
 }
 
@@ -331,11 +344,14 @@ impl PipelinePublisher {
         Self::new(Pipeline::Nats, addr, messages, name, tolerate_outage)
     }
 
-    pub fn mqtt(addr: SocketAddr, channels: &[String], payload_bytes: usize, name: String, tolerate_outage: bool) -> Self {
+    pub fn mqtt(addr: SocketAddr, prefix: Option<&str>, channels: &[String], payload_bytes: usize, name: String, tolerate_outage: bool) -> Self {
         let messages = channels
             .iter()
             .map(|ch| {
-                let topic = mqtt::topic_of(ch);
+                let topic = match prefix {
+                    Some(p) => format!("{p}/{}", mqtt::topic_of(ch)),
+                    None => mqtt::topic_of(ch),
+                };
                 Encoded::new(b"", payload_bytes, b"", |payload| {
                     let mut bytes = Vec::new();
                     mqtt::push_publish(&mut bytes, &topic, payload);
@@ -605,7 +621,7 @@ pub fn build(plan: PublishPlan) -> Box<dyn Publisher> {
             match plan.via {
                 Via::Http => Box::new(HttpPublisher::new(plan.http_target, plan.http_host, plan.api_key, channels, plan.payload, plan.tolerate_outage)),
                 Via::Nats { addr, prefix } => Box::new(PipelinePublisher::nats(*addr, prefix.as_deref(), channels, plan.payload, name, plan.tolerate_outage)),
-                Via::Mqtt { addr } => Box::new(PipelinePublisher::mqtt(*addr, channels, plan.payload, name, plan.tolerate_outage)),
+                Via::Mqtt { addr, prefix } => Box::new(PipelinePublisher::mqtt(*addr, prefix.as_deref(), channels, plan.payload, name, plan.tolerate_outage)),
             }
         })
         .collect();
@@ -669,7 +685,13 @@ mod tests {
         assert!(parse_via(None, TargetKind::MqttWs).is_err());
         assert!(parse_via(Some("nats://127.0.0.1:4222?bogus=1"), TargetKind::Ringcast).is_err());
         assert!(parse_via(Some("nats://8.8.8.8:4222"), TargetKind::Ringcast).is_err(), "loopback only");
-        assert!(matches!(parse_via(Some("mqtt://127.0.0.1:1883"), TargetKind::MqttWs).unwrap(), Via::Mqtt { .. }));
+        assert!(matches!(parse_via(Some("mqtt://127.0.0.1:1883"), TargetKind::MqttWs).unwrap(), Via::Mqtt { prefix: None, .. }));
+        // Ringcast through nats-server's MQTT listener: topics under the NATS prefix.
+        let via = parse_via(Some("mqtt://127.0.0.1:1883"), TargetKind::Ringcast).unwrap();
+        assert!(matches!(&via, Via::Mqtt { prefix: Some(p), .. } if p == "rc"), "{via:?}");
+        let via = parse_via(Some("mqtt://127.0.0.1:1883?prefix=acme"), TargetKind::Ringcast).unwrap();
+        assert!(matches!(&via, Via::Mqtt { prefix: Some(p), .. } if p == "acme"), "{via:?}");
+        assert!(parse_via(Some("mqtt://127.0.0.1:1883?qos=1"), TargetKind::Ringcast).is_err());
     }
 
     #[test]
@@ -695,15 +717,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!((v["ch"].as_str(), v["data"]["lt_n"].as_u64()), (Some("y"), Some(1)), "round robin, numbered per channel");
 
-        let mut mq = PipelinePublisher::mqtt("127.0.0.1:1".parse().unwrap(), &["dev.1.temp".into()], 150, "t".into(), false);
-        let packet = mq.messages.current().stamp().to_vec();
-        match mqtt::parse_packet(&packet).unwrap().unwrap().0 {
-            mqtt::ServerPacket::Publish { topic, payload } => {
-                assert_eq!(topic, b"dev/1/temp");
-                assert_eq!(payload.len(), 150);
-                assert_eq!(frame::find_counter(payload), Some(1));
+        for (prefix, want) in [(None, &b"dev/1/temp"[..]), (Some("rc"), &b"rc/dev/1/temp"[..])] {
+            let mut mq = PipelinePublisher::mqtt("127.0.0.1:1".parse().unwrap(), prefix, &["dev.1.temp".into()], 150, "t".into(), false);
+            let packet = mq.messages.current().stamp().to_vec();
+            match mqtt::parse_packet(&packet).unwrap().unwrap().0 {
+                mqtt::ServerPacket::Publish { topic, payload } => {
+                    assert_eq!(topic, want);
+                    assert_eq!(payload.len(), 150);
+                    assert_eq!(frame::find_counter(payload), Some(1));
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 
