@@ -133,6 +133,9 @@
     $("published-rate").textContent = fmt(s.published_per_s, s.published_per_s < 10 ? 1 : 0);
     $("p99").textContent = s.fanout_p99_ms === null || s.fanout_p99_ms === undefined ? "n/a" : fmt(s.fanout_p99_ms, 2);
     $("drops").textContent = fmt(s.drops_per_s, s.drops_per_s < 10 ? 1 : 0);
+    // Older nodes' snapshots have no conflation figures.
+    var conflated = s.conflated_per_s === undefined ? null : s.conflated_per_s;
+    $("conflated").textContent = conflated === null ? "n/a" : fmt(conflated, conflated < 10 ? 1 : 0);
     $("node-meta").textContent = s.io + " · " + s.shards.length + " shards · up " + s.uptime_s + " s · max " + fmt(s.connections_max);
     var shardSeries = s.shards.map(function (sh, i) {
       return { label: "shard " + sh.id, color: COLORS[i % COLORS.length], values: column(points, function (p) { return p.shards[i] ? p.shards[i].connections : null; }) };

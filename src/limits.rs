@@ -54,6 +54,14 @@ pub const COALESCE_DELAY_US_MAX: u64 = 1_000;
 pub const COALESCE_BYTES: usize = 64 * 1024;
 /// Upper bound for `coalesce_bytes`.
 pub const COALESCE_BYTES_MAX: usize = 1 << 20;
+/// Backlog of one subscriber from which messages of `--conflate` channels replace their
+/// queued predecessor: a quarter of the default outbound bound, so a dashboard on a slow
+/// link stays well clear of the 4008 close.
+pub const CONFLATE_THRESHOLD_BYTES: usize = 64 * 1024;
+/// Conflated channels one backlog tracks (a wildcard subscription can match many); each
+/// entry is a channel name and a pointer. Past it messages queue as usual.
+pub const CONFLATE_CHANNELS_MAX: usize = 1024;
+pub const CONFLATE_CHANNELS_MAX_MAX: usize = 65_536;
 /// Shard → bridge queue (publishes and interest changes), in messages.
 pub const BRIDGE_INBOX_MESSAGES_MAX: usize = 65_536;
 /// Smallest queue a user may configure: below this, ordinary bursts drop.

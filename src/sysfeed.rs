@@ -45,6 +45,8 @@ pub struct ShardSample {
     pub queue_depth: u64,
     pub drops: u64,
     pub slow_consumer_closes: u64,
+    /// Queued messages of `--conflate` channels replaced by newer ones.
+    pub conflated: u64,
 }
 
 /// Cumulative counters of the node at one instant.
@@ -98,6 +100,7 @@ fn shard_sample(metrics: &ShardMetrics, queue_depth: u64, drops: u64) -> ShardSa
         queue_depth,
         drops,
         slow_consumer_closes: metrics.closes[CloseReason::SlowConsumer as usize].get(),
+        conflated: metrics.conflated.get(),
     }
 }
 
@@ -148,6 +151,8 @@ struct SnapshotJson<'a> {
     drops_per_s: f64,
     drops_total: u64,
     slow_consumer_closes_total: u64,
+    conflated_per_s: f64,
+    conflated_total: u64,
     shards: Vec<ShardJson>,
 }
 
@@ -209,6 +214,8 @@ pub fn render(facts: &NodeFacts, previous: Option<&Sample>, current: &Sample, el
         drops_per_s: r(drops_now, drops_then),
         drops_total: drops_now,
         slow_consumer_closes_total: sum(current, |s| s.slow_consumer_closes),
+        conflated_per_s: r(sum(current, |s| s.conflated), sum(before, |s| s.conflated)),
+        conflated_total: sum(current, |s| s.conflated),
         shards,
     };
     serde_json::to_vec(&snapshot).expect("a snapshot of plain numbers and strings always serializes")
@@ -297,7 +304,7 @@ mod tests {
     }
 
     fn shard(connections: u64, frames_in: u64, frames_out: u64, deliveries: u64, drops: u64) -> ShardSample {
-        ShardSample { connections, frames_in, frames_out, deliveries, queue_depth: 3, drops, slow_consumer_closes: 1 }
+        ShardSample { connections, frames_in, frames_out, deliveries, queue_depth: 3, drops, slow_consumer_closes: 1, conflated: 2 }
     }
 
     #[test]
@@ -320,6 +327,7 @@ mod tests {
         assert_eq!(json["drops_per_s"], 3.0);
         assert_eq!(json["fanout_p99_ms"], 1.23);
         assert_eq!(json["slow_consumer_closes_total"], 2);
+        assert_eq!(json["conflated_total"], 4, "summed over the shards");
         assert_eq!(json["shards"][0]["connections"], 3);
         assert_eq!(json["shards"][0]["in_per_s"], 10.0);
         assert_eq!(json["shards"][1]["id"], 1);
@@ -348,7 +356,7 @@ mod tests {
 
     #[test]
     fn the_largest_snapshot_fits_its_bound() {
-        let widest = ShardSample { connections: u64::MAX / 2, frames_in: u64::MAX, frames_out: u64::MAX, deliveries: u64::MAX, queue_depth: u64::MAX, drops: u64::MAX / 1024, slow_consumer_closes: 0 };
+        let widest = ShardSample { connections: u64::MAX / 2, frames_in: u64::MAX, frames_out: u64::MAX, deliveries: u64::MAX, queue_depth: u64::MAX, drops: u64::MAX / 1024, slow_consumer_closes: 0, conflated: u64::MAX / 1024 };
         let sample = Sample { shards: vec![widest; crate::limits::SHARD_COUNT_MAX], published: u64::MAX, bytes_in: u64::MAX, bytes_out: u64::MAX, bridge_drops: 0, fanout_p99_ms: Some(123456.789), ..Sample::default() };
         let node = "n".repeat(255);
         let facts = NodeFacts { node: &node, io_mode: "io_uring", connections_max: usize::MAX, uptime_seconds: u64::MAX, unix_ms: u64::MAX };

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod broker;
+pub mod fanout;
 pub mod guard;
 pub mod lane;
 pub mod presence;
@@ -221,6 +222,8 @@ struct GatewayArgs {
     admission: admission::AdmissionArgs,
     #[command(flatten)]
     guard: guard::GuardArgs,
+    #[command(flatten)]
+    fanout: fanout::FanoutArgs,
 }
 
 impl GatewayArgs {
@@ -267,6 +270,7 @@ impl GatewayArgs {
         given.extend(self.lane.given());
         given.extend(self.admission.given());
         given.extend(self.guard.given());
+        given.extend(self.fanout.given());
         given
     }
 }
@@ -318,6 +322,7 @@ pub struct GatewayConfig {
     pub admission: admission::AdmissionConfig,
     /// Hostile-client bounds: node subscriptions, long-poll sessions, HTTP sockets (`guard`).
     pub guard: guard::GuardConfig,
+    pub fanout: fanout::FanoutConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -539,6 +544,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         lane: crate::config::lane::build(values)?,
         admission: admission::build(values)?,
         guard: guard::build(values)?,
+        fanout: fanout::build(values, size("outbound_limit", limits::OUTBOUND_BYTES_MAX)?)?,
     };
     validate(&config, cpus)?;
     Ok(config)

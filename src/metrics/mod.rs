@@ -152,6 +152,9 @@ pub struct ShardMetrics {
     pub close_handshake_timeouts: Counter,
     /// Publishes answered 413: `data` over max_message, or a `msg` frame over outbound_limit.
     pub publish_too_large: Counter,
+    /// Queued messages of `--conflate` channels replaced by a newer one (or skipped in a
+    /// run for its newest) on a subscriber's backlog past the conflation threshold.
+    pub conflated: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
     /// Broker receipt → socket write, per delivered copy.
@@ -261,7 +264,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 19] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 20] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -281,6 +284,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_resume_duplicates_dropped_total", "Live messages dropped at a resume's seam because the replay already carried them.", |m| m.resume_duplicates.get()),
         ("ringcast_close_handshake_timeouts_total", "Server-started closes whose handshake did not finish in 5 s, so the socket was shut (each is also counted under its cause in ringcast_closes_total).", |m| m.close_handshake_timeouts.get()),
         ("ringcast_publish_too_large_total", "Publishes (pub op, long-poll or /api/publish) answered 413: data over max_message, or a message frame over outbound_limit.", |m| m.publish_too_large.get()),
+        ("ringcast_conflated_total", "Queued messages of --conflate channels replaced by a newer one on a slow subscriber's backlog (instead of a 4008 close).", |m| m.conflated.get()),
     ];
     for (name, help, get) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };

@@ -74,6 +74,9 @@ pub struct ConnState {
     pub tls: Option<Box<rustls::ServerConnection>>,
     /// Set on a long-poll session: the outbox is its resend buffer (see `shard::poll`).
     pub poll: Option<Box<super::poll::PollState>>,
+    /// The last queued frame of each conflated channel (`--conflate`), once this backlog
+    /// has passed the conflation threshold; dropped when the backlog drains.
+    pub conflated: Option<Box<Vec<(Box<str>, Bytes)>>>,
     /// The bridge knows this connection for presence (online or joined): its end must
     /// be reported.
     pub presence: bool,
@@ -237,6 +240,49 @@ impl Conn {
         let newly = !st.dirty;
         st.dirty = true;
         newly
+    }
+
+    /// Queues a message of a conflated channel on a backlog past the conflation threshold:
+    /// when this channel's previous frame is still waiting (not started on the wire), the
+    /// new frame takes its place and the old message is dropped (`replaced` counts it, and
+    /// `skipped` more messages of a run that only its newest one stands for); otherwise it
+    /// is queued as usual and remembered (up to `channels_max` channels). The byte bound
+    /// holds either way. Returns true if newly dirty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue_conflated(&self, channel: &str, frame: Bytes, skipped: u64, channels_max: usize, limit_bytes: usize, now_ms: u64, close_timeout_ms: u64, metrics: &ShardMetrics) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.closing.is_some() || st.finished.is_some() {
+            return false;
+        }
+        let mut conflated = st.conflated.take().unwrap_or_default();
+        // The head may be half written: it must go out whole.
+        let first_waiting = usize::from(st.head_offset > 0);
+        if let Some(i) = conflated.iter().position(|(ch, _)| **ch == *channel) {
+            let previous = &conflated[i].1;
+            let queued = st.outbox.iter().skip(first_waiting).position(|b| b.as_ptr() == previous.as_ptr() && b.len() == previous.len());
+            match queued {
+                Some(at) if st.outbox_bytes - st.outbox[first_waiting + at].len() + frame.len() <= limit_bytes => {
+                    let at = first_waiting + at;
+                    st.outbox_bytes = st.outbox_bytes - st.outbox[at].len() + frame.len();
+                    st.outbox[at] = frame.clone();
+                    conflated[i].1 = frame;
+                    st.conflated = Some(conflated);
+                    metrics.conflated.add(1 + skipped);
+                    return false; // already queued: the connection is dirty or being written
+                }
+                Some(_) => {}
+                None => {
+                    conflated.swap_remove(i);
+                }
+            }
+        }
+        if st.outbox_bytes + frame.len() <= limit_bytes && conflated.len() < channels_max {
+            conflated.push((channel.into(), frame.clone()));
+        }
+        st.conflated = Some(conflated);
+        metrics.conflated.add(skipped);
+        drop(st);
+        self.enqueue_frames(frame, 1, limit_bytes, now_ms, close_timeout_ms, metrics)
     }
 
     /// Starts the close handshake: drops what is queued (except a half-written frame,

@@ -323,6 +323,10 @@ impl Shard {
         let frames = out.parts.len() as u64;
         let mut dirty = self.dirty.borrow_mut();
         let mut closing = self.closing.borrow_mut();
+        let fanout = &self.node.config.fanout;
+        // Whether this channel is conflated: asked once per message, and only when a
+        // backlogged subscriber needs the answer.
+        let conflates: Cell<Option<bool>> = Cell::new(if fanout.conflate.is_empty() { Some(false) } else { None });
         self.subs.borrow().for_each_match(out.channel, |slot| {
             let Some(conn) = conns[slot as usize].as_ref() else { return };
             {
@@ -355,7 +359,13 @@ impl Shard {
                 }
             }
             let was_closing = conn.state.borrow().closing.is_some();
-            let newly_dirty = if conn.stream.is_none() && frames > 1 {
+            let backlogged = conn.stream.is_some() && conn.state.borrow().outbox_bytes >= fanout.conflate_threshold_bytes;
+            let newly_dirty = if backlogged && conflatable(&conflates, &fanout.conflate, out.channel) {
+                // A slow subscriber of a conflated channel: the newest message stands for
+                // the run and replaces the one still waiting.
+                let newest = out.parts.last().map_or_else(|| out.frame.clone(), |part| if frames > 1 { part.frame.clone() } else { out.frame.clone() });
+                conn.enqueue_conflated(out.channel, newest, frames - 1, fanout.conflate_channels_max, limit, now, CLOSE_TIMEOUT_MS, &self.metrics)
+            } else if conn.stream.is_none() && frames > 1 {
                 // A long-poll session numbers its frames one by one: give it each message.
                 let mut newly = false;
                 for part in out.parts {
@@ -376,7 +386,19 @@ impl Shard {
         });
         copies.get()
     }
+}
 
+/// Whether `channel` matches a `--conflate` pattern, computed at most once per message.
+fn conflatable(cache: &Cell<Option<bool>>, patterns: &[String], channel: &str) -> bool {
+    if let Some(known) = cache.get() {
+        return known;
+    }
+    let answer = patterns.iter().any(|p| crate::channel::matches(p, channel));
+    cache.set(Some(answer));
+    answer
+}
+
+impl Shard {
     /// Writes every connection that had frames queued this turn: one vectored send each.
     pub fn flush_dirty(self: &Rc<Self>) {
         let slots = std::mem::take(&mut *self.dirty.borrow_mut());
@@ -507,6 +529,9 @@ impl Shard {
                 let mut st = conn.state.borrow_mut();
                 if st.outbox.is_empty() && st.outbox.capacity() > 0 && !st.writer_active {
                     st.outbox = std::collections::VecDeque::new();
+                }
+                if st.outbox.is_empty() {
+                    st.conflated = None;
                 }
             }
             for replay in conn.stale_replays(now.saturating_sub(REPLAY_TIMEOUT_MS)) {

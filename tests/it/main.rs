@@ -4,6 +4,7 @@
 //! Run one file's tests with `cargo test --release --test it -- lane_embedded::`.
 
 mod common;
+mod conflate;
 mod admission;
 mod beacon;
 mod dashboard;

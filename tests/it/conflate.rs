@@ -1,0 +1,104 @@
+//! Conflation (`--conflate PATTERN`): a subscriber on a slow link stays connected and ends
+//! on the latest reading of each conflated channel; a subscriber that keeps up gets every
+//! message; a slow subscriber of a channel that is not conflated is still closed with 4008.
+
+use crate::common::edge_a::{metric, scrape};
+use crate::common::{connect, publish, recv_json, request, unique, Client, Gateway};
+use serde_json::json;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// A WebSocket client whose socket takes little from the network before its reader
+/// drains it (4 KiB receive buffer), so the gateway's backlog for it grows as soon as it
+/// stops reading: a dashboard on a slow link.
+fn slow_client(gateway: &Gateway) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address: std::net::SocketAddr = ([127, 0, 0, 1], gateway.port).into();
+    socket.connect(&address.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut client, _) = tungstenite::client(gateway.url(""), stream).expect("upgrade");
+    assert_eq!(recv_json(&mut client)["op"], "welcome");
+    client
+}
+
+/// Reads `msg` frames until `last` arrives; returns the `n` of each. Panics on a close.
+fn read_until(client: &mut Client, last: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match client.read().expect("connection open") {
+            tungstenite::Message::Text(text) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["op"] == "msg" {
+                    let n = frame["data"]["n"].as_u64().unwrap();
+                    seen.push(n);
+                    if n == last {
+                        return seen;
+                    }
+                }
+            }
+            tungstenite::Message::Close(close) => panic!("closed: {close:?} after {} messages", seen.len()),
+            _ => {}
+        }
+    }
+    panic!("message {last} did not arrive; saw {} messages, last {:?}", seen.len(), seen.last());
+}
+
+#[test]
+fn a_slow_dashboard_gets_the_latest_values_and_stays_connected() {
+    let gateway = Gateway::start(&["--shards", "1", "--conflate", "tele.>", "--conflate-threshold", "32KiB", "--outbound-limit", "256KiB"]);
+    let u = unique();
+    let (tele, raw) = (format!("tele.{u}.dev1"), format!("raw.{u}.dev1"));
+    let mut slow_tele = slow_client(&gateway);
+    let mut slow_raw = slow_client(&gateway);
+    assert_eq!(request(&mut slow_tele, json!({"op": "sub", "ch": tele}), 1)["op"], "ok");
+    assert_eq!(request(&mut slow_raw, json!({"op": "sub", "ch": raw}), 1)["op"], "ok");
+    // A subscriber that keeps up, reading on its own thread.
+    let (mut fast, _) = connect(&gateway.url(""));
+    assert_eq!(request(&mut fast, json!({"op": "sub", "ch": tele}), 1)["op"], "ok");
+    let total: u64 = 400;
+    let fast_reader = std::thread::spawn(move || read_until(&mut fast, total - 1));
+
+    // 400 readings of ~8 KB on each channel (3.2 MB each): far past what the slow
+    // clients' sockets take and past the 256 KiB bound.
+    let pad = "x".repeat(8_000);
+    for n in 0..total {
+        publish(gateway.port, &tele, json!({"n": n, "pad": pad}));
+        publish(gateway.port, &raw, json!({"n": n, "pad": pad}));
+    }
+
+    // The fast subscriber got every message, in order.
+    let every = fast_reader.join().unwrap();
+    assert_eq!(every, (0..total).collect::<Vec<_>>());
+    // The slow one on the conflated channel is still connected and ends on the latest
+    // reading, having skipped the ones replaced while it was behind.
+    let conflated = read_until(&mut slow_tele, total - 1);
+    assert!(conflated.windows(2).all(|w| w[0] < w[1]), "in order: {conflated:?}");
+    assert!(conflated.len() < total as usize, "some readings were replaced: got {}", conflated.len());
+    // The slow one on a channel that is not conflated was closed with 4008, as before.
+    let close = loop {
+        match slow_raw.read() {
+            Ok(tungstenite::Message::Close(close)) => break close,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a 4008 close frame, got {e}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(4008));
+    let metrics = scrape(gateway.port);
+    let replaced = metric(&metrics, "ringcast_conflated_total", &[]);
+    assert!(replaced >= (total as usize - conflated.len()) as f64, "{replaced} replaced; {} of {total} arrived", conflated.len());
+    assert_eq!(metric(&metrics, "ringcast_slow_consumer_closes_total", &[]), 1.0, "only the subscriber of the channel that is not conflated");
+}
+
+#[test]
+fn conflation_settings_are_checked_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--conflate", "tele.>", "--conflate-threshold", "1MiB"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("conflate_threshold") && text.contains("outbound_limit"), "{text}");
+}
