@@ -79,7 +79,8 @@ pub fn build(values: &BTreeMap<&str, String>, outbound_bytes_max: usize) -> Resu
     if let Some(text) = values.get("conflate_threshold") {
         c.conflate_threshold_bytes = parse_size(text).map_err(|m| error("conflate_threshold", m))?;
     }
-    if c.conflate_threshold_bytes == 0 || c.conflate_threshold_bytes >= outbound_bytes_max {
+    // Checked only where conflation is on: without it the threshold is never used.
+    if !c.conflate.is_empty() && (c.conflate_threshold_bytes == 0 || c.conflate_threshold_bytes >= outbound_bytes_max) {
         return Err(error(
             "conflate_threshold",
             format!("{} bytes must be above 0 and below outbound_limit ({outbound_bytes_max} bytes): conflation must start before the 4008 bound", c.conflate_threshold_bytes),
@@ -111,7 +112,8 @@ mod tests {
         assert!(build(&values(&[]), 256 * 1024).unwrap().conflate.is_empty());
         assert_eq!(build(&values(&[("conflate", "a..b")]), 256 * 1024).unwrap_err().key, "conflate");
         assert_eq!(build(&values(&[("conflate", "$sys.>")]), 256 * 1024).unwrap_err().key, "conflate");
-        assert_eq!(build(&values(&[("conflate_threshold", "1MiB")]), 256 * 1024).unwrap_err().key, "conflate_threshold");
+        assert_eq!(build(&values(&[("conflate", "a.>"), ("conflate_threshold", "1MiB")]), 256 * 1024).unwrap_err().key, "conflate_threshold");
+        assert!(build(&values(&[("conflate_threshold", "1MiB")]), 256 * 1024).is_ok(), "unused without --conflate");
         assert_eq!(build(&values(&[("conflate_channels", "0")]), 256 * 1024).unwrap_err().key, "conflate_channels");
     }
 }
