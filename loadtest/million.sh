@@ -260,7 +260,7 @@ echo "harness RSS per connection        $(f harness_rss_bytes_per_conn) B"
 echo "hold                              $(f hold_s) s: dropped $(f dropped_during_hold), heartbeat timeouts $(f client_heartbeat_timeouts_during_hold) client-side / $gw_hb gateway-side (all $seen_end gateways scraped)"
 echo "heartbeats                        $(f heartbeats_during_hold) in the hold ($(f heartbeats_per_s)/s); CPU s per 1,000: gateways $(f server_cpu_s_per_1000_heartbeats), harness $(f harness_cpu_s_per_1000_heartbeats); gateway CPU $(f hold_server_cpu_percent)% of a core"
 jq -r '.notes[] | select(startswith("broadcast"))' "$work/result.json"
-echo "broadcasts                        lost $(f lost) of $(f expected); broadcast 2 went out $(f broadcast2_published_after_ms) ms after broadcast 1, while it was still being written: $(f broadcast2_during_broadcast1)"
+echo "broadcasts                        published $(f published) of $BROADCASTS (publish errors $(jq -c '.figures.publish_errors // {}' "$work/result.json")); lost $(f lost) of $(f expected); broadcast 2 went out $(f broadcast2_published_after_ms) ms after broadcast 1, while it was still being written: $(f broadcast2_during_broadcast1)"
 echo "gateway counters                  slow-consumer closes $gw_slow, queue drops $(( gw_qdrops + gw_dropped )), NATS slow consumer $gw_nats_slow; TCP buffer pages held ${tcp1:-?}, peak $tcp_peak (tcp_mem max $(awk '{print $3}' /proc/sys/net/ipv4/tcp_mem))"
 echo "host load average                 before $load0, after $load1 (other work on these 2 cores counts here)"
 jq -r '.notes[] | select(startswith("broadcast") | not)' "$work/result.json" | sed 's/^/note: /'
@@ -274,8 +274,11 @@ short=()
 [ "$(f client_heartbeat_timeouts_total)" = 0 ] || short+=("$(f client_heartbeat_timeouts_total) client-side heartbeat timeouts")
 [ "$gw_hb" = 0 ] || short+=("$gw_hb gateway-side heartbeat timeouts")
 [ "$seen_end" = "$PROCS" ] || short+=("only $seen_end of $PROCS gateways answered /metrics")
+# A broadcast whose publish failed has no tally: it must count as a shortfall, not as equal nulls.
+[ "$(f published)" = "$BROADCASTS" ] || short+=("only $(f published) of $BROADCASTS broadcasts were published (publish errors: $(jq -c '.figures.publish_errors' "$work/result.json"))")
 for k in $(seq 1 "$BROADCASTS"); do
-  [ "$(f broadcast${k}_delivered)" = "$(f broadcast${k}_subscribers)" ] || short+=("broadcast $k delivered $(f broadcast${k}_delivered) of $(f broadcast${k}_subscribers)")
+  d=$(f broadcast${k}_delivered) n=$(f broadcast${k}_subscribers)
+  [[ "$d" =~ ^[0-9]+$ ]] && [ "$d" = "$n" ] || short+=("broadcast $k delivered $d of $n")
 done
 if [ ${#short[@]} -gt 0 ]; then
   keep_logs=1

@@ -40,8 +40,10 @@ pub trait Publisher: Send {
 
 /// Consecutive failed requests after which publishing gives up (unless outages are expected).
 pub(crate) const FAILURES_IN_ROW_MAX: u32 = 5;
-/// A server answer slower than this is a failure (every server here answers in µs).
-pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A server answer slower than this is a failure. Servers answer in µs, except a gateway
+/// whose core is busy writing a broadcast to its subscribers: in the 1M run (56 gateways
+/// on one core) the second broadcast's `202` came more than 5 s after its request.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// While an outage is expected (`reconnect`), a connect attempt waits at most this long,
 /// so pacing goes on while the server is down.
 const OUTAGE_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
