@@ -24,7 +24,7 @@ for run in $(seq 1 "$RUNS"); do
     compression=on; deflate=(--deflate)
     [ "$mode" = plain ] && { compression=off; deflate=(); }
     taskset -c 0 "$bin/ringcast" gateway --listen "127.0.0.1:$PORT" --api-key bench --shards 1 \
-      --compression "$compression" --max-connections $((CONNS + 1000)) --log warn >/dev/null 2>&1 &
+      --compression "$compression" --max-connections $((CONNS + 1000)) --accept-rate 1000000 --log warn >/dev/null 2>&1 &
     GW=$!
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
     json=$(taskset -c 1 "$bin/ringcast-loadtest" fanout --url "ws://127.0.0.1:$PORT/ws" --api-key bench \
