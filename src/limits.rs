@@ -54,6 +54,11 @@ pub const COALESCE_DELAY_US_MAX: u64 = 1_000;
 pub const COALESCE_BYTES: usize = 64 * 1024;
 /// Upper bound for `coalesce_bytes`.
 pub const COALESCE_BYTES_MAX: usize = 1 << 20;
+/// Default for `compression_threshold`: smaller messages go out uncompressed. Deflate's
+/// block and Huffman-table overhead eats most of the gain below a few hundred bytes.
+pub const COMPRESSION_THRESHOLD_BYTES: usize = 256;
+/// Default for `compression_level` (zlib's default: most of 9's ratio at a third of its cost).
+pub const COMPRESSION_LEVEL: u32 = 6;
 /// Backlog of one subscriber from which messages of `--conflate` channels replace their
 /// queued predecessor: a quarter of the default outbound bound, so a dashboard on a slow
 /// link stays well clear of the 4008 close.

@@ -128,6 +128,11 @@ pub struct ClientArgs {
     /// `--heartbeat`, 25s by default, e.g. 60s here). [default: off]
     #[arg(long, value_parser = duration)]
     pub heartbeat_timeout: Option<Duration>,
+    /// Offer permessage-deflate (RFC 7692) on the upgrade, as browsers do, and inflate
+    /// compressed (RSV1) frames before reading them. For measuring ringcast's compression
+    /// (the gateway's --compression); the harness's own inflate CPU is on the client side.
+    #[arg(long)]
+    pub deflate: bool,
     /// PID(s) of the server under test, comma-separated (several gateway processes on one
     /// port): their summed CPU-µs per delivery and RSS, from /proc.
     #[arg(long, value_delimiter = ',')]
@@ -174,6 +179,11 @@ pub struct SourceArgs {
     /// Size in bytes of each message's `data` JSON (carries the send time and a number).
     #[arg(long, default_value_t = 200)]
     pub payload: usize,
+    /// What fills the payload: `x` (one letter; deflates ~100x) or `telemetry` (sensor
+    /// readings with varying values; compresses like real device telemetry). Use
+    /// `telemetry` when measuring compression.
+    #[arg(long, default_value = "x", value_parser = ["x", "telemetry"])]
+    pub pad: String,
 }
 
 #[derive(Args, Debug, Clone)]

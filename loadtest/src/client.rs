@@ -109,6 +109,9 @@ pub struct WorkerConfig {
     /// `limits::TRACKED_MESSAGES_MAX`, 0 = off): each is one broadcast.
     #[serde(default)]
     pub tracked_messages: usize,
+    /// Offer permessage-deflate and inflate RSV1 frames (`--deflate`).
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl WorkerConfig {
@@ -195,6 +198,9 @@ pub struct WorkerReport {
     pub done: bool,
     pub attempted: u64,
     pub upgraded: u64,
+    /// Compressed (RSV1) frames inflated (`--deflate`).
+    #[serde(default)]
+    pub inflated: u64,
     /// Connections currently upgraded and joined (subscribed or logged in).
     pub ready: u64,
     /// Connections currently open in any state.
@@ -313,6 +319,10 @@ struct Worker {
     pending_delay: Histogram<u64>,
     /// Latency per tracked message number since the previous report.
     message_latency: Vec<Histogram<u64>>,
+    /// `--deflate`: one inflater for every connection (the server sends each message
+    /// compressed on its own) and its output buffer.
+    inflater: flate2::Decompress,
+    inflated: Vec<u8>,
 }
 
 /// Why a connection ended: a failure kind, counted by name.
@@ -348,7 +358,7 @@ impl Worker {
         let requests = cfg
             .endpoints
             .iter()
-            .map(|e| frame::handshake_request(&e.host, &e.path, "dGhlIHNhbXBsZSBub25jZQ==", cfg.kind.subprotocol()).into_bytes())
+            .map(|e| frame::offer_deflate(frame::handshake_request(&e.host, &e.path, "dGhlIHNhbXBsZSBub25jZQ==", cfg.kind.subprotocol()), cfg.deflate).into_bytes())
             .collect();
         let mut conns = Vec::with_capacity(cfg.conns);
         conns.resize_with(cfg.conns, Conn::default);
@@ -378,6 +388,8 @@ impl Worker {
             holding: false,
             notify_seen: std::collections::HashSet::new(),
             pending_delay: stats::new_histogram(),
+            inflater: flate2::Decompress::new(false),
+            inflated: Vec::new(),
             message_latency: (0..tracked).map(|_| stats::new_histogram()).collect(),
             cfg,
         })
@@ -569,7 +581,7 @@ impl Worker {
                 let e = &self.cfg.endpoints[endpoint];
                 let sep = if e.path.contains('?') { '&' } else { '?' };
                 let path = format!("{}{sep}token={token}", e.path);
-                own_request = frame::handshake_request(&e.host, &path, "dGhlIHNhbXBsZSBub25jZQ==", self.cfg.kind.subprotocol()).into_bytes();
+                own_request = frame::offer_deflate(frame::handshake_request(&e.host, &path, "dGhlIHNhbXBsZSBub25jZQ==", self.cfg.kind.subprotocol()), self.cfg.deflate).into_bytes();
                 &own_request
             }
         };
@@ -687,8 +699,20 @@ impl Worker {
                 break;
             }
             let payload = &data[pos + h.header_len..pos + h.frame_len() as usize];
+            let compressed = data[pos] & 0x40 != 0;
             pos += h.frame_len() as usize;
             match h.opcode {
+                frame::OPCODE_TEXT | frame::OPCODE_BINARY if compressed => {
+                    if !self.cfg.deflate {
+                        return Err(Fail("rsv1_not_negotiated".into()));
+                    }
+                    let mut inflated = std::mem::take(&mut self.inflated);
+                    frame::inflate(&mut self.inflater, payload, &mut inflated).map_err(Fail)?;
+                    self.report.inflated += 1;
+                    let result = self.on_app(slot, conn, &inflated, now_ns);
+                    self.inflated = inflated;
+                    result?
+                }
                 frame::OPCODE_TEXT | frame::OPCODE_BINARY | frame::OPCODE_CONTINUATION => self.on_app(slot, conn, payload, now_ns)?,
                 frame::OPCODE_PING => {
                     self.report.pings += 1;
@@ -1096,6 +1120,7 @@ mod tests {
             held_from: None,
             heartbeat_timeout_ms: 0,
             tracked_messages: 0,
+            deflate: false,
         }
     }
 

@@ -61,6 +61,8 @@ pub struct ClassTotals {
 pub struct Totals {
     pub attempted: u64,
     pub upgraded: u64,
+    /// Compressed (RSV1) frames the workers inflated (`--deflate`).
+    pub inflated: u64,
     pub ready: u64,
     pub open: u64,
     pub dropped_after_ready: u64,
@@ -275,6 +277,7 @@ impl Fleet {
             }
             t.attempted += r.attempted;
             t.upgraded += r.upgraded;
+            t.inflated += r.inflated;
             t.ready += r.ready;
             t.open += r.open;
             t.dropped_after_ready += r.dropped_after_ready;

@@ -122,6 +122,41 @@ pub fn handshake_request(host: &str, path: &str, key: &str, subprotocol: Option<
     )
 }
 
+/// Adds a permessage-deflate offer (what browsers send) to a handshake request when `on`.
+pub fn offer_deflate(request: String, on: bool) -> String {
+    if !on {
+        return request;
+    }
+    let head = request.strip_suffix("\r\n\r\n").unwrap_or(&request);
+    format!("{head}\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+}
+
+/// Inflates one permessage-deflate message (no context kept between messages) into `out`.
+pub fn inflate(inflater: &mut flate2::Decompress, compressed: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    inflater.reset(false);
+    out.clear();
+    out.reserve(compressed.len() * 8 + 256);
+    for chunk in [compressed, &[0u8, 0, 0xff, 0xff][..]] {
+        let mut input = chunk;
+        loop {
+            let (before, before_out) = (inflater.total_in(), out.len());
+            inflater.decompress_vec(input, out, flate2::FlushDecompress::Sync).map_err(|_| "bad_deflate".to_string())?;
+            input = &input[(inflater.total_in() - before) as usize..];
+            if input.is_empty() && out.len() < out.capacity() {
+                break;
+            }
+            if inflater.total_in() == before && out.len() == before_out && out.len() < out.capacity() {
+                return Err("bad_deflate".into());
+            }
+            if out.len() > crate::limits::CARRY_BYTES_MAX {
+                return Err("inflated_too_big".into());
+            }
+            out.reserve(out.capacity());
+        }
+    }
+    Ok(())
+}
+
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
 pub fn accept_key(key: &str) -> String {
     use base64::Engine;
@@ -218,15 +253,51 @@ pub struct PayloadTemplate {
 pub fn payload_template(payload_bytes: usize) -> PayloadTemplate {
     let fixed = TIMESTAMP_KEY.len() + TIMESTAMP_DIGITS + 1 + COUNTER_KEY.len() + COUNTER_DIGITS + r#"{,"pad":""}"#.len();
     let pad = payload_bytes.saturating_sub(fixed);
+    let pad = if TELEMETRY_PAD.load(std::sync::atomic::Ordering::Relaxed) { telemetry_pad(pad) } else { "x".repeat(pad) };
     let text = format!(
         "{{\"lt_ns\":{},\"lt_n\":{},\"pad\":\"{}\"}}",
         "1".repeat(TIMESTAMP_DIGITS),
         format!("0{}", " ".repeat(COUNTER_DIGITS - 1)),
-        "x".repeat(pad)
+        pad
     );
     let ts_at = 1 + TIMESTAMP_KEY.len();
     let n_at = ts_at + TIMESTAMP_DIGITS + 1 + COUNTER_KEY.len();
     PayloadTemplate { text, ts_at, n_at }
+}
+
+/// `--pad telemetry` (set once at start-up by `main`): the padding reads like device
+/// readings instead of `xxx..`, so compression ratios are those of telemetry, not of a
+/// run of one letter (which deflates ~100x and would flatter compression).
+pub static TELEMETRY_PAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `n` bytes of sensor readings as text (no quotes or backslashes: it sits in a JSON string),
+/// with pseudo-random values so it compresses like real telemetry (~3-5x per message).
+fn telemetry_pad(n: usize) -> String {
+    const SENSORS: [&str; 6] = ["temperature", "humidity", "pressure", "vibration", "voltage", "flow"];
+    const UNITS: [&str; 6] = ["celsius", "percent", "hPa", "mm/s", "V", "l/min"];
+    let mut out = String::with_capacity(n + 96);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut i = 0;
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = i % SENSORS.len();
+        out.push_str(&format!(
+            "sensor={}-{} value={}.{} unit={} status={} battery={} ts={};",
+            SENSORS[k],
+            x % 97,
+            x % 1000,
+            (x >> 10) % 100,
+            UNITS[k],
+            if x % 11 == 0 { "warn" } else { "ok" },
+            (x >> 20) % 100,
+            1_700_000_000 + (x >> 24) % 100_000
+        ));
+        i += 1;
+    }
+    out.truncate(n);
+    out
 }
 
 /// The template's text and timestamp offset (the `limit` server patches only that).

@@ -453,6 +453,7 @@ mod tests {
             held_from: None,
             heartbeat_timeout_ms: 0,
             tracked_messages: 0,
+            deflate: false,
             connect_timeout_ms: 10_000,
             lifetime_ms: 60_000,
         };

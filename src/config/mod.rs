@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod broker;
+pub mod compression;
 pub mod fanout;
 pub mod guard;
 pub mod lane;
@@ -224,6 +225,8 @@ struct GatewayArgs {
     guard: guard::GuardArgs,
     #[command(flatten)]
     fanout: fanout::FanoutArgs,
+    #[command(flatten)]
+    compression: compression::CompressionArgs,
 }
 
 impl GatewayArgs {
@@ -271,6 +274,7 @@ impl GatewayArgs {
         given.extend(self.admission.given());
         given.extend(self.guard.given());
         given.extend(self.fanout.given());
+        given.extend(self.compression.given());
         given
     }
 }
@@ -323,6 +327,8 @@ pub struct GatewayConfig {
     /// Hostile-client bounds: node subscriptions, long-poll sessions, HTTP sockets (`guard`).
     pub guard: guard::GuardConfig,
     pub fanout: fanout::FanoutConfig,
+    /// permessage-deflate: on/off, threshold, level (`config::compression`).
+    pub compression: compression::CompressionConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -545,6 +551,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         admission: admission::build(values)?,
         guard: guard::build(values)?,
         fanout: fanout::build(values, size("outbound_limit", limits::OUTBOUND_BYTES_MAX)?)?,
+        compression: compression::build(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)

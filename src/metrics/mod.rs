@@ -155,6 +155,17 @@ pub struct ShardMetrics {
     /// Queued messages of `--conflate` channels replaced by a newer one (or skipped in a
     /// run for its newest) on a subscriber's backlog past the conflation threshold.
     pub conflated: Counter,
+    /// WebSocket connections that negotiated permessage-deflate.
+    pub deflate_negotiated: Counter,
+    /// Published messages compressed (once per shard, whatever the subscriber count).
+    pub compressed_messages: Counter,
+    /// Payload bytes of those messages before and after compression.
+    pub compress_bytes_in: Counter,
+    pub compress_bytes_out: Counter,
+    /// Copies of messages queued compressed (subscribers sharing one compressed buffer).
+    pub compressed_deliveries: Counter,
+    /// Client messages inflated (RSV1 frames) with the shard's one inflater.
+    pub inflated_messages: Counter,
     pub closes: [Counter; CloseReason::ALL.len()],
     pub refusals: [Counter; Refusal::ALL.len()],
     /// Broker receipt → socket write, per delivered copy.
@@ -264,7 +275,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 20] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 26] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -284,6 +295,12 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_resume_duplicates_dropped_total", "Live messages dropped at a resume's seam because the replay already carried them.", |m| m.resume_duplicates.get()),
         ("ringcast_close_handshake_timeouts_total", "Server-started closes whose handshake did not finish in 5 s, so the socket was shut (each is also counted under its cause in ringcast_closes_total).", |m| m.close_handshake_timeouts.get()),
         ("ringcast_publish_too_large_total", "Publishes (pub op, long-poll or /api/publish) answered 413: data over max_message, or a message frame over outbound_limit.", |m| m.publish_too_large.get()),
+        ("ringcast_deflate_connections_total", "WebSocket connections that negotiated permessage-deflate (RFC 7692; --compression).", |m| m.deflate_negotiated.get()),
+        ("ringcast_compressed_messages_total", "Published messages compressed for permessage-deflate subscribers: once per shard, shared by every such subscriber.", |m| m.compressed_messages.get()),
+        ("ringcast_compress_bytes_in_total", "Frame bytes of compressed messages before compression.", |m| m.compress_bytes_in.get()),
+        ("ringcast_compress_bytes_out_total", "Frame bytes of compressed messages after compression (in / out = the ratio).", |m| m.compress_bytes_out.get()),
+        ("ringcast_compressed_deliveries_total", "Message copies queued compressed (RSV1) to permessage-deflate subscribers.", |m| m.compressed_deliveries.get()),
+        ("ringcast_inflated_messages_total", "Compressed client messages inflated by the shard's one inflater (no connection keeps an inflate window: client_no_context_takeover).", |m| m.inflated_messages.get()),
         ("ringcast_conflated_total", "Queued messages of --conflate channels replaced by a newer one on a slow subscriber's backlog (instead of a 4008 close).", |m| m.conflated.get()),
     ];
     for (name, help, get) in counters {

@@ -387,6 +387,9 @@ pub struct Upgrade {
     pub accept_key: String,
     /// `Some("ringcast.v1")` when the client offered it; otherwise none is selected.
     pub protocol: Option<&'static str>,
+    /// The client offered permessage-deflate in a form the server accepts (RFC 7692); the
+    /// caller clears it when compression is off.
+    pub deflate: bool,
 }
 
 /// Checks a WebSocket opening handshake. Errors are 405 (not GET; add `Allow: GET`),
@@ -431,9 +434,11 @@ pub fn websocket_upgrade(req: &Request) -> Result<Upgrade, HttpError> {
         .filter(|(name, _)| name == "sec-websocket-protocol")
         .flat_map(|(_, value)| value.split(','))
         .any(|item| item.trim() == SUBPROTOCOL);
+    let extensions = req.headers.iter().filter(|(name, _)| name == "sec-websocket-extensions").map(|(_, value)| value.as_str());
     Ok(Upgrade {
         accept_key: accept_key(key),
         protocol: offered.then_some(SUBPROTOCOL),
+        deflate: super::deflate::accepts_offer(extensions),
     })
 }
 
@@ -456,6 +461,11 @@ pub fn upgrade_response(up: &Upgrade) -> Vec<u8> {
     if let Some(protocol) = up.protocol {
         out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
         out.extend_from_slice(protocol.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if up.deflate {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(super::deflate::RESPONSE.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -945,7 +955,8 @@ mod tests {
             up,
             Upgrade {
                 accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
-                protocol: None
+                protocol: None,
+                deflate: false,
             }
         );
         let text = String::from_utf8(upgrade_response(&up)).unwrap();
@@ -977,9 +988,25 @@ mod tests {
         let up = Upgrade {
             accept_key: "k".into(),
             protocol: Some(SUBPROTOCOL),
+            deflate: false,
         };
         let text = String::from_utf8(upgrade_response(&up)).unwrap();
         assert!(text.contains("\r\nSec-WebSocket-Protocol: ringcast.v1\r\n"));
+        assert!(!text.contains("Sec-WebSocket-Extensions"));
+    }
+
+    #[test]
+    fn upgrade_permessage_deflate() {
+        let offered = |value: &str| {
+            let text = UPGRADE.replace("\r\n\r\n", &format!("\r\nSec-WebSocket-Extensions: {value}\r\n\r\n"));
+            websocket_upgrade(&request(&text)).unwrap()
+        };
+        let up = offered("permessage-deflate; client_max_window_bits");
+        assert!(up.deflate);
+        let text = String::from_utf8(upgrade_response(&up)).unwrap();
+        assert!(text.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"), "{text}");
+        assert!(!offered("permessage-deflate; server_max_window_bits=9").deflate);
+        assert!(!websocket_upgrade(&request(UPGRADE)).unwrap().deflate, "no offer, no extension");
     }
 
     #[test]

@@ -77,6 +77,8 @@ const MESSAGE_TOO_BIG: WsError = WsError { close_code: close_code::TOO_BIG, reas
 /// A message arriving in fragments.
 struct Fragments {
     opcode: u8,
+    /// RSV1 on its first frame: permessage-deflate; inflated (and checked) once complete.
+    compressed: bool,
     buf: Vec<u8>,
     /// Prefix of `buf` known to be valid UTF-8 (text only).
     valid_up_to: usize,
@@ -90,6 +92,7 @@ pub struct WsReader {
 
 struct Header {
     fin: bool,
+    rsv1: bool,
     opcode: u8,
     mask: [u8; 4],
     header_len: usize,
@@ -111,8 +114,22 @@ impl WsReader {
         limits: &WsLimits,
         on_message: &mut dyn FnMut(WsMessage<'_>) -> Flow,
     ) -> Result<usize, WsError> {
+        self.feed_with(buf, limits, None, on_message)
+    }
+
+    /// [`WsReader::feed`] on a connection that negotiated permessage-deflate: a data
+    /// message with RSV1 set is inflated by `inflater` (shared by the shard; no context
+    /// is kept between messages) within `max_message_bytes`. Without an inflater RSV1 is
+    /// a protocol error, as before.
+    pub fn feed_with(
+        &mut self,
+        buf: &mut [u8],
+        limits: &WsLimits,
+        mut inflater: Option<&mut super::deflate::Inflater>,
+        on_message: &mut dyn FnMut(WsMessage<'_>) -> Flow,
+    ) -> Result<usize, WsError> {
         let mut position = 0;
-        while let Some(header) = parse_header(&buf[position..], limits)? {
+        while let Some(header) = parse_header(&buf[position..], limits, inflater.is_some())? {
             let end = position + header.header_len + header.payload_len;
             if end > buf.len() {
                 break;
@@ -120,7 +137,7 @@ impl WsReader {
             let payload = &mut buf[position + header.header_len..end];
             unmask(payload, header.mask);
             position = end;
-            if self.on_frame(&header, payload, limits, on_message)? == Flow::Stop {
+            if self.on_frame(&header, payload, limits, inflater.as_deref_mut(), on_message)? == Flow::Stop {
                 break;
             }
         }
@@ -132,8 +149,12 @@ impl WsReader {
         header: &Header,
         payload: &[u8],
         limits: &WsLimits,
+        inflater: Option<&mut super::deflate::Inflater>,
         on_message: &mut dyn FnMut(WsMessage<'_>) -> Flow,
     ) -> Result<Flow, WsError> {
+        if header.rsv1 && !matches!(header.opcode, opcode::TEXT | opcode::BINARY) {
+            return Err(protocol("RSV1 is only allowed on the first frame of a data message"));
+        }
         match header.opcode {
             opcode::CLOSE => Ok(on_message(parse_close(payload)?)),
             opcode::PING => Ok(on_message(WsMessage::Ping(payload))),
@@ -143,9 +164,13 @@ impl WsReader {
                     return Err(protocol("new message before the fragmented one finished"));
                 }
                 if header.fin {
+                    if header.rsv1 {
+                        let inflater = inflater.ok_or(protocol("reserved bits set without a negotiated extension"))?;
+                        return Ok(on_message(whole_message(header.opcode, inflater.inflate(payload, limits.max_message_bytes)?)?));
+                    }
                     return Ok(on_message(whole_message(header.opcode, payload)?));
                 }
-                let mut fragments = Box::new(Fragments { opcode: header.opcode, buf: Vec::new(), valid_up_to: 0 });
+                let mut fragments = Box::new(Fragments { opcode: header.opcode, compressed: header.rsv1, buf: Vec::new(), valid_up_to: 0 });
                 fragments.append(payload, limits)?;
                 self.fragments = Some(fragments);
                 Ok(Flow::Continue)
@@ -159,6 +184,10 @@ impl WsReader {
                     return Ok(Flow::Continue);
                 }
                 let fragments = self.fragments.take().expect("checked above");
+                if fragments.compressed {
+                    let inflater = inflater.ok_or(protocol("reserved bits set without a negotiated extension"))?;
+                    return Ok(on_message(whole_message(fragments.opcode, inflater.inflate(&fragments.buf, limits.max_message_bytes)?)?));
+                }
                 if fragments.opcode == opcode::TEXT && fragments.valid_up_to != fragments.buf.len() {
                     return Err(INVALID_UTF8);
                 }
@@ -174,7 +203,7 @@ impl Fragments {
             return Err(MESSAGE_TOO_BIG);
         }
         self.buf.extend_from_slice(payload);
-        if self.opcode == opcode::TEXT {
+        if self.opcode == opcode::TEXT && !self.compressed {
             // Validate only what is new; a code point cut at the fragment boundary is
             // fine until the final fragment, an invalid sequence fails at once.
             match std::str::from_utf8(&self.buf[self.valid_up_to..]) {
@@ -194,14 +223,16 @@ fn whole_message(opcode: u8, payload: &[u8]) -> Result<WsMessage<'_>, WsError> {
     simdutf8::basic::from_utf8(payload).map(WsMessage::Text).map_err(|_| INVALID_UTF8)
 }
 
-fn parse_header(bytes: &[u8], limits: &WsLimits) -> Result<Option<Header>, WsError> {
+fn parse_header(bytes: &[u8], limits: &WsLimits, deflate: bool) -> Result<Option<Header>, WsError> {
     if bytes.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (bytes[0], bytes[1]);
-    if b0 & 0x70 != 0 {
+    // RSV1 means permessage-deflate, where negotiated; RSV2 and RSV3 mean nothing here.
+    if b0 & if deflate { 0x30 } else { 0x70 } != 0 {
         return Err(protocol("reserved bits set without a negotiated extension"));
     }
+    let rsv1 = b0 & 0x40 != 0;
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0f;
     let control = opcode >= opcode::CLOSE;
@@ -233,7 +264,7 @@ fn parse_header(bytes: &[u8], limits: &WsLimits) -> Result<Option<Header>, WsErr
         return Ok(None);
     }
     let mask = bytes[2 + length_bytes..header_len].try_into().expect("4 bytes");
-    Ok(Some(Header { fin, opcode, mask, header_len, payload_len: payload_len as usize }))
+    Ok(Some(Header { fin, rsv1, opcode, mask, header_len, payload_len: payload_len as usize }))
 }
 
 fn parse_close(payload: &[u8]) -> Result<WsMessage<'_>, WsError> {

@@ -80,6 +80,9 @@ pub struct ConnState {
     /// The bridge knows this connection for presence (online or joined): its end must
     /// be reported.
     pub presence: bool,
+    /// permessage-deflate was negotiated: published messages go out compressed (the
+    /// shard's shared RSV1 copy) and RSV1 client frames are inflated by the shard.
+    pub deflate: bool,
 }
 
 /// A resume: while `upto` is None the bridge is replaying `channel`'s history after

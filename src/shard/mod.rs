@@ -87,6 +87,11 @@ pub struct Shard {
     presence_retry: RefCell<std::collections::VecDeque<crate::presence::Change>>,
     ping_frame: Bytes,
     pub ws_limits: WsLimits,
+    /// permessage-deflate: the shard's one compressor (each published message compressed
+    /// once, shared by every compressing subscriber) and one inflater (client messages,
+    /// no context kept), made on first use.
+    deflater: RefCell<Option<crate::protocol::deflate::Deflater>>,
+    pub inflater: RefCell<Option<crate::protocol::deflate::Inflater>>,
     /// This shard's accept-rate bucket.
     pub admission: crate::admission::ShardAdmission,
     /// What the transports do with what the shard cannot handle itself.
@@ -132,6 +137,8 @@ impl Shard {
             interest_retry: RefCell::new(Vec::new()),
             presence_retry: RefCell::new(std::collections::VecDeque::new()),
             ping_frame: ws::encode_ping(b""),
+            deflater: RefCell::new(None),
+            inflater: RefCell::new(None),
             ws_limits: WsLimits { max_frame_bytes: config.max_frame_bytes, max_message_bytes: config.max_message_bytes },
             admission: crate::admission::ShardAdmission::new(&node),
             handlers,
@@ -327,15 +334,19 @@ impl Shard {
         // Whether this channel is conflated: asked once per message, and only when a
         // backlogged subscriber needs the answer.
         let conflates: Cell<Option<bool>> = Cell::new(if fanout.conflate.is_empty() { Some(false) } else { None });
+        // The compressed form (whole buffer, newest message), made once on the first
+        // subscriber that negotiated permessage-deflate; None: nothing got smaller.
+        let deflated: std::cell::OnceCell<Option<(Bytes, Bytes)>> = std::cell::OnceCell::new();
         self.subs.borrow().for_each_match(out.channel, |slot| {
             let Some(conn) = conns[slot as usize].as_ref() else { return };
-            {
+            let deflate = {
                 let mut st = conn.state.borrow_mut();
                 if st.last_delivery == seq {
                     return;
                 }
                 st.last_delivery = seq;
-            }
+                st.deflate
+            };
             if private && !permission::may_receive(conn.user(), out.channel) {
                 return;
             }
@@ -359,11 +370,18 @@ impl Shard {
                 }
             }
             let was_closing = conn.state.borrow().closing.is_some();
+            let compressed = if deflate { deflated.get_or_init(|| self.deflate(out)).as_ref() } else { None };
+            if compressed.is_some() {
+                self.metrics.compressed_deliveries.add(frames);
+            }
             let backlogged = conn.stream.is_some() && conn.state.borrow().outbox_bytes >= fanout.conflate_threshold_bytes;
             let newly_dirty = if backlogged && conflatable(&conflates, &fanout.conflate, out.channel) {
                 // A slow subscriber of a conflated channel: the newest message stands for
                 // the run and replaces the one still waiting.
-                let newest = out.parts.last().map_or_else(|| out.frame.clone(), |part| if frames > 1 { part.frame.clone() } else { out.frame.clone() });
+                let newest = match compressed {
+                    Some((_, newest)) => newest.clone(),
+                    None => out.parts.last().map_or_else(|| out.frame.clone(), |part| if frames > 1 { part.frame.clone() } else { out.frame.clone() }),
+                };
                 conn.enqueue_conflated(out.channel, newest, frames - 1, fanout.conflate_channels_max, limit, now, CLOSE_TIMEOUT_MS, &self.metrics)
             } else if conn.stream.is_none() && frames > 1 {
                 // A long-poll session numbers its frames one by one: give it each message.
@@ -373,7 +391,8 @@ impl Shard {
                 }
                 newly
             } else {
-                conn.enqueue_frames(out.frame.clone(), frames, limit, now, CLOSE_TIMEOUT_MS, &self.metrics)
+                let frame = compressed.map_or_else(|| out.frame.clone(), |(frame, _)| frame.clone());
+                conn.enqueue_frames(frame, frames, limit, now, CLOSE_TIMEOUT_MS, &self.metrics)
             };
             if newly_dirty {
                 dirty.push(slot);
@@ -385,6 +404,48 @@ impl Shard {
             copies.set(copies.get() + 1);
         });
         copies.get()
+    }
+}
+
+impl Shard {
+    /// The permessage-deflate form of a delivery: each message of the run compressed on its
+    /// own (no context between messages, RFC 7692 `server_no_context_takeover`), those
+    /// below the threshold or that would not shrink left plain (RSV1 clear). Returns the
+    /// whole buffer and the newest message's frame, or None if no message got smaller.
+    fn deflate(&self, out: &Outgoing) -> Option<(Bytes, Bytes)> {
+        let config = &self.node.config.compression;
+        let mut deflater = self.deflater.borrow_mut();
+        let deflater = deflater.get_or_insert_with(|| crate::protocol::deflate::Deflater::new(config.level));
+        let mut any = false;
+        let frames: Vec<Bytes> = out
+            .parts
+            .iter()
+            .map(|part| match deflater.compress_frame(&part.frame, config.threshold_bytes) {
+                Some(small) => {
+                    any = true;
+                    self.metrics.compressed_messages.inc();
+                    self.metrics.compress_bytes_in.add(part.frame.len() as u64);
+                    self.metrics.compress_bytes_out.add(small.len() as u64);
+                    small
+                }
+                None => part.frame.clone(),
+            })
+            .collect();
+        if !any {
+            return None;
+        }
+        let newest = frames.last().cloned().unwrap_or_else(|| out.frame.clone());
+        let whole = match frames.len() {
+            1 => newest.clone(),
+            _ => {
+                let mut joined = bytes::BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+                for frame in &frames {
+                    joined.extend_from_slice(frame);
+                }
+                joined.freeze()
+            }
+        };
+        Some((whole, newest))
     }
 }
 

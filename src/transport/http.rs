@@ -24,7 +24,8 @@ thread_local! {
 
 enum Routed {
     Respond { bytes: Vec<u8>, keep_alive: bool },
-    Upgrade { response: Vec<u8>, identity: Option<Box<Identity>> },
+    /// `deflate`: permessage-deflate was negotiated in `response`.
+    Upgrade { response: Vec<u8>, identity: Option<Box<Identity>>, deflate: bool },
 }
 
 /// A socket counted in the HTTP phase (`max_http_connections`) until dropped.
@@ -113,7 +114,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     return;
                 }
             }
-            Routed::Upgrade { response, identity } => {
+            Routed::Upgrade { response, identity, deflate } => {
                 if write_response(&shard, &stream, &mut tls, &response).await.is_err() {
                     shard.node.release();
                     return;
@@ -121,7 +122,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 let leftover = if buf.is_empty() { None } else { Some(std::mem::take(&mut buf)) };
                 // A task of its own: the session lives for hours, and its future should
                 // not carry the HTTP phase's state (this one is several times larger).
-                let conn = websocket::start(&shard, stream, identity, leftover, tls);
+                let conn = websocket::start(&shard, stream, identity, leftover, tls, deflate);
                 let session = websocket::session(shard, conn);
                 if SESSION_FUTURE_SIZE_LOGGED.with(|logged| !logged.replace(true)) {
                     tracing::debug!(bytes = std::mem::size_of_val(&session), "WebSocket session task size");
@@ -290,7 +291,7 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
 }
 
 fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
-    let upgrade = match h::websocket_upgrade(request) {
+    let mut upgrade = match h::websocket_upgrade(request) {
         Ok(upgrade) => upgrade,
         Err(e) => {
             shard.metrics.refused(Refusal::BadRequest);
@@ -311,7 +312,8 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
         // Closed after the answer: a refused client in a burst must not keep a socket.
         return Routed::Respond { bytes: h::json_error(503, msg, &[("Retry-After", retry_after)], false), keep_alive: false };
     }
-    Routed::Upgrade { response: h::upgrade_response(&upgrade), identity }
+    upgrade.deflate &= shard.node.config.compression.enabled;
+    Routed::Upgrade { response: h::upgrade_response(&upgrade), identity, deflate: upgrade.deflate }
 }
 
 #[derive(Deserialize)]

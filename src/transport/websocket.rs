@@ -17,10 +17,18 @@ pub fn start(
     identity: Option<Box<Identity>>,
     leftover: Option<Vec<u8>>,
     tls: Option<Box<rustls::ServerConnection>>,
+    deflate: bool,
 ) -> Rc<Conn> {
     let conn = shard.register(stream, identity);
     let tls_on = tls.is_some();
-    conn.state.borrow_mut().tls = tls;
+    {
+        let mut st = conn.state.borrow_mut();
+        st.tls = tls;
+        st.deflate = deflate;
+    }
+    if deflate {
+        shard.metrics.deflate_negotiated.inc();
+    }
     let hb = shard.node.config.heartbeat.as_secs().max(1);
     shard.send(&conn, ws::encode_text(&ops::welcome(conn.id, &shard.node.config.node, hb)));
     if let Some(mut bytes) = leftover {
@@ -122,8 +130,21 @@ fn handle_bytes(shard: &Rc<Shard>, conn: &Rc<Conn>, bytes: &mut Vec<u8>) {
 
 /// Runs the frame decoder over `buf`; returns bytes consumed.
 fn decode(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut [u8]) -> usize {
-    let mut reader = std::mem::take(&mut conn.state.borrow_mut().reader);
-    let result = reader.feed(buf, &shard.ws_limits, &mut |message| on_message(shard, conn, message));
+    let (mut reader, deflate) = {
+        let mut st = conn.state.borrow_mut();
+        (std::mem::take(&mut st.reader), st.deflate)
+    };
+    let result = if deflate {
+        // The shard's one inflater: messages are inflated one at a time, no context kept.
+        let mut inflater = shard.inflater.borrow_mut();
+        let inflater = inflater.get_or_insert_with(Default::default);
+        let before = inflater.inflated;
+        let result = reader.feed_with(buf, &shard.ws_limits, Some(&mut *inflater), &mut |message| on_message(shard, conn, message));
+        shard.metrics.inflated_messages.add(inflater.inflated - before);
+        result
+    } else {
+        reader.feed(buf, &shard.ws_limits, &mut |message| on_message(shard, conn, message))
+    };
     conn.state.borrow_mut().reader = reader;
     match result {
         Ok(consumed) => consumed,

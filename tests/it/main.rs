@@ -7,6 +7,7 @@ mod common;
 mod conflate;
 mod admission;
 mod beacon;
+mod compression;
 mod dashboard;
 mod drain;
 mod fanout;

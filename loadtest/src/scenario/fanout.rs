@@ -124,6 +124,9 @@ fn run_fanout(
         cost_figures(&mut report, &before, &after, delivered_total, "(all steps) ");
     }
     let end = run.finish();
+    if client.deflate {
+        report.figure("inflated_frames", "compressed (permessage-deflate) frames received and inflated", end.inflated);
+    }
     // Only now: dropping the limit server's control pipe ends that server.
     drop(publisher);
     report.figure("dropped_after_ready", "connections dropped during the run", end.dropped_after_ready);

@@ -124,6 +124,7 @@ impl Run {
             held_from: None,
             heartbeat_timeout_ms: client.heartbeat_timeout.map_or(0, |d| d.as_millis().max(1) as u64),
             tracked_messages: 0,
+            deflate: client.deflate,
         };
         let mut base = base;
         adjust(&mut base);
@@ -428,6 +429,9 @@ fn source(args: &SourceArgs, kind: TargetKind) -> Result<Source> {
         bail!("--publishers must be 1..={}", limits::PUBLISHERS_MAX);
     }
     let via = publish::parse_via(args.publish.as_deref(), kind)?;
+    if args.pad == "telemetry" {
+        crate::frame::TELEMETRY_PAD.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let nats_prefix = match (&via, kind) {
         (Via::Nats { prefix, .. }, TargetKind::NatsWs) => prefix.clone(),
         _ => None,

@@ -69,6 +69,9 @@ pub fn telemetry(args: &TelemetryArgs) -> Result<Report> {
     class_figures(&mut report, &phase, devices);
     cost_figures(&mut report, &before, &after, phase.delivered, "");
     let end = run.finish();
+    if client.deflate {
+        report.figure("inflated_frames", "compressed (permessage-deflate) frames received and inflated", end.inflated);
+    }
     report.figure("dropped_after_ready", "connections dropped during the run", end.dropped_after_ready);
     report.figure("harness_rss_bytes_per_conn", "harness RSS growth per connection (bytes)", end.harness_bytes_per_conn(connected.ready));
     if connected.ready < conns as u64 {
