@@ -76,36 +76,19 @@ impl Via {
     }
 }
 
-/// Parses `--publish`: `http`, `nats://host:port[?prefix=P]` or `mqtt://host:port`.
-/// The NATS prefix defaults to `rc` (the gateway's `--nats-prefix` default) for the
-/// ringcast target and to none for `nats-ws`, whose subscribers use the bare channel.
+/// Parses `--publish`: `http`, `nats://host:port[?prefix=P]` or `mqtt://host:port[?prefix=P]`
+/// (see [`broker_url`] for the prefix).
 pub fn parse_via(text: Option<&str>, kind: TargetKind) -> Result<Via> {
     let via = match text {
         None | Some("http") => Via::Http,
         Some(url) if url.starts_with("nats://") => {
-            let rest = &url["nats://".len()..];
-            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let mut prefix = (kind == TargetKind::Ringcast).then(|| "rc".to_string());
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                match pair.split_once('=') {
-                    Some(("prefix", p)) => prefix = (!p.is_empty()).then(|| p.to_string()),
-                    _ => bail!("--publish {url}: unknown query {pair:?}; the only one is ?prefix=P"),
-                }
-            }
-            Via::Nats { addr: loopback(authority.trim_end_matches('/'), url)?, prefix }
+            let (addr, prefix) = broker_url(url, "nats://", kind)?;
+            Via::Nats { addr, prefix }
         }
+        // Ringcast hears MQTT through nats-server, whose subjects carry --nats-prefix.
         Some(url) if url.starts_with("mqtt://") => {
-            let rest = &url["mqtt://".len()..];
-            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
-            // Ringcast hears MQTT through nats-server, whose subjects carry --nats-prefix.
-            let mut prefix = (kind == TargetKind::Ringcast).then(|| "rc".to_string());
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                match pair.split_once('=') {
-                    Some(("prefix", p)) => prefix = (!p.is_empty()).then(|| p.to_string()),
-                    _ => bail!("--publish {url}: unknown query {pair:?}; the only one is ?prefix=P"),
-                }
-            }
-            Via::Mqtt { addr: loopback(authority.trim_end_matches('/'), url)?, prefix }
+            let (addr, prefix) = broker_url(url, "mqtt://", kind)?;
+            Via::Mqtt { addr, prefix }
         }
         Some(other) => bail!("--publish {other:?}: give http, nats://host:port[?prefix=rc] or mqtt://host:port[?prefix=rc]"),
     };
@@ -114,6 +97,22 @@ pub fn parse_via(text: Option<&str>, kind: TargetKind) -> Result<Via> {
         (TargetKind::NatsWs, _) => bail!("--target nats-ws publishes through NATS: add --publish nats://127.0.0.1:PORT (scripts/peers.sh prints it)"),
         (TargetKind::MqttWs, _) => bail!("--target mqtt-ws publishes through MQTT: add --publish mqtt://127.0.0.1:PORT (scripts/peers.sh prints it)"),
     }
+}
+
+/// `SCHEME host:port[?prefix=P]`: the loopback address and the subject/topic prefix, which
+/// defaults to `rc` (the gateway's `--nats-prefix` default) for the ringcast target and
+/// to none for the peers, whose subscribers use the bare channel.
+fn broker_url(url: &str, scheme: &str, kind: TargetKind) -> Result<(SocketAddr, Option<String>)> {
+    let rest = &url[scheme.len()..];
+    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut prefix = (kind == TargetKind::Ringcast).then(|| "rc".to_string());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("prefix", p)) => prefix = (!p.is_empty()).then(|| p.to_string()),
+            _ => bail!("--publish {url}: unknown query {pair:?}; the only one is ?prefix=P"),
+        }
+    }
+    Ok((loopback(authority.trim_end_matches('/'), url)?, prefix))
 }
 
 fn loopback(authority: &str, url: &str) -> Result<SocketAddr> {
