@@ -117,6 +117,12 @@ impl Default for Inflater {
     }
 }
 
+impl ws::Inflate for Inflater {
+    fn inflate(&mut self, compressed: &[u8], max_bytes: usize) -> Result<&[u8], WsError> {
+        Inflater::inflate(self, compressed, max_bytes)
+    }
+}
+
 impl Inflater {
     /// Inflates one whole compressed message. Output past `max_bytes` stops inflation at
     /// once and fails with 1009: the buffer grows in steps and never past about twice

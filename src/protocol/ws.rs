@@ -84,6 +84,14 @@ struct Fragments {
     valid_up_to: usize,
 }
 
+/// Inflates one whole compressed message (RFC 7692): the decoder hands the payload of a
+/// message with RSV1 set to the negotiated extension, which is implemented in
+/// `protocol::deflate` (the decoder knows only this interface). The output is bounded by
+/// `max_bytes`: past it the answer is a 1009 error, before anything larger is allocated.
+pub trait Inflate {
+    fn inflate(&mut self, compressed: &[u8], max_bytes: usize) -> Result<&[u8], WsError>;
+}
+
 /// Per-connection decoder state: one pointer while no fragmented message is in flight.
 #[derive(Default)]
 pub struct WsReader {
@@ -121,11 +129,11 @@ impl WsReader {
     /// message with RSV1 set is inflated by `inflater` (shared by the shard; no context
     /// is kept between messages) within `max_message_bytes`. Without an inflater RSV1 is
     /// a protocol error, as before.
-    pub fn feed_with(
+    pub fn feed_with<'i>(
         &mut self,
         buf: &mut [u8],
         limits: &WsLimits,
-        mut inflater: Option<&mut super::deflate::Inflater>,
+        mut inflater: Option<&mut (dyn Inflate + 'i)>,
         on_message: &mut dyn FnMut(WsMessage<'_>) -> Flow,
     ) -> Result<usize, WsError> {
         let mut position = 0;
@@ -144,12 +152,12 @@ impl WsReader {
         Ok(position)
     }
 
-    fn on_frame(
+    fn on_frame<'i>(
         &mut self,
         header: &Header,
         payload: &[u8],
         limits: &WsLimits,
-        inflater: Option<&mut super::deflate::Inflater>,
+        inflater: Option<&mut (dyn Inflate + 'i)>,
         on_message: &mut dyn FnMut(WsMessage<'_>) -> Flow,
     ) -> Result<Flow, WsError> {
         if header.rsv1 && !matches!(header.opcode, opcode::TEXT | opcode::BINARY) {
