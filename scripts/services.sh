@@ -57,6 +57,11 @@ start_mosquitto() {
   wait_port 1883 mosquitto
 }
 
+# Node.js and npm: the dashboard's browser test and the Pusher clients (pusher-js, Laravel
+# Echo, the npm pusher library; tests/it/pusher.rs runs `npm ci` in tests/pusher).
+need_pkg node nodejs
+need_pkg npm npm
+
 for service in ${SERVICES:-nats redis rabbitmq mosquitto}; do
   "start_$service"
 done

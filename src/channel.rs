@@ -47,6 +47,11 @@ pub const SYS_TOKEN: &str = "$sys";
 /// carry `join`/`leave` frames; only the server subscribes to them.
 pub const PRES_TOKEN: &str = "$pres";
 
+/// The reserved first token of Pusher apps' channels `$pusher.{app id}.{encoded name}`
+/// (`transport::pusher`): only Pusher connections of that app subscribe to them, only the
+/// server publishes there.
+pub const PUSHER_TOKEN: &str = "$pusher";
+
 /// Is `token` (a first token) a server channel's (`$sys`, `$pres`)?
 #[inline]
 pub fn is_server_token(token: &str) -> bool {
@@ -169,7 +174,7 @@ fn validate_token(
         "*" | ">" if !wildcards_allowed => return Err(ChannelError::WildcardInChannel),
         ">" if !last => return Err(ChannelError::FullWildcardNotLast),
         "*" | ">" => return Ok(()),
-        SYS_TOKEN | PRES_TOKEN if index == 0 => return Ok(()),
+        SYS_TOKEN | PRES_TOKEN | PUSHER_TOKEN if index == 0 => return Ok(()),
         _ => {}
     }
     match token.bytes().position(|b| !is_token_byte(b)) {

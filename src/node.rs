@@ -146,6 +146,10 @@ pub struct NodeTransport {
     pub tls: Option<TlsState>,
     pub tls_metrics: Vec<TlsMetrics>,
     pub poll_metrics: Vec<PollMetrics>,
+    /// `[shard][app]`: Pusher counters per app (`config.pusher.apps` order).
+    pub pusher_metrics: Vec<Vec<crate::metrics::transport::PusherAppMetrics>>,
+    /// The app ids, for the `app` label.
+    pusher_apps: Vec<String>,
 }
 
 impl NodeTransport {
@@ -155,6 +159,8 @@ impl NodeTransport {
             tls,
             tls_metrics: (0..config.shards).map(|_| TlsMetrics::default()).collect(),
             poll_metrics: (0..config.shards).map(|_| PollMetrics::default()).collect(),
+            pusher_metrics: (0..config.shards).map(|_| config.pusher.apps.iter().map(|_| Default::default()).collect()).collect(),
+            pusher_apps: config.pusher.apps.iter().map(|app| app.id.clone()).collect(),
         })
     }
 
@@ -192,6 +198,25 @@ impl NodeTransport {
             family(out, name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);
             for (shard, m) in self.poll_metrics.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(m));
+            }
+        }
+        type PusherGet = fn(&crate::metrics::transport::PusherAppMetrics) -> u64;
+        let pusher: [(&str, &str, PusherGet); 8] = [
+            ("ringcast_pusher_connections", "Open Pusher protocol connections, by app.", |m| m.connections.get()),
+            ("ringcast_pusher_subscriptions_total", "Pusher channel subscriptions made, by app.", |m| m.subscriptions.get()),
+            ("ringcast_pusher_auth_failures_total", "Pusher channel auth or sign-in refused (bad signature), by app.", |m| m.auth_failures.get()),
+            ("ringcast_pusher_api_events_total", "Events accepted by the Pusher HTTP API (one per channel), by app.", |m| m.api_events.get()),
+            ("ringcast_pusher_api_refused_total", "Pusher HTTP API calls refused (401 signature, 400 body, 413 size), by app.", |m| m.api_refused.get()),
+            ("ringcast_pusher_client_events_total", "Pusher client events (client-*) relayed, by app.", |m| m.client_events.get()),
+            ("ringcast_pusher_client_events_refused_total", "Pusher client events refused (disabled, not subscribed, too big, over the rate: 4301), by app.", |m| m.client_events_refused.get()),
+            ("ringcast_pusher_bad_frames_total", "Malformed or unknown Pusher client frames answered with pusher:error, by app.", |m| m.bad_frames.get()),
+        ];
+        for (name, help, get) in pusher {
+            family(out, name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);
+            for (index, app) in self.pusher_apps.iter().enumerate() {
+                // Connections are +1/-1 on different shards: sum as signed.
+                let sum: i64 = self.pusher_metrics.iter().map(|apps| get(&apps[index]) as i64).sum();
+                let _ = writeln!(out, "{name}{{app=\"{app}\"}} {sum}");
             }
         }
     }

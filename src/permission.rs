@@ -48,6 +48,9 @@ pub fn check_subscribe(p: &Principal, pattern: &str) -> Result<(), Denied> {
     if first == PRES_TOKEN {
         return denied("$pres.* channels are internal; subscribe to the channel with \"presence\":true to get its join/leave frames");
     }
+    if first == crate::channel::PUSHER_TOKEN {
+        return denied("$pusher.* channels belong to Pusher apps; connect with a Pusher client to /app/{key}");
+    }
     if first == SYS_TOKEN {
         if p.user.is_none() && !(p.sys_allowed && p.sys_anonymous) {
             return denied("anonymous connections may not subscribe to $sys.* channels; connect with a token");

@@ -105,7 +105,7 @@ impl LaneBridge {
             }
             let inbox = node.bridge_inbox.clone();
             let frames = FrameSink::new(move |channel, frame| {
-                let taken = inbox.push(crate::fanout::ToBridge::PublishFrame { channel: channel.into(), frame }).is_ok();
+                let taken = inbox.push(crate::fanout::ToBridge::PublishFrame { channel: channel.into(), frame, exclude: None }).is_ok();
                 Box::pin(std::future::ready(taken))
             });
             let mut worker = Worker::new(config.clone(), source, frames, online, rx, node.lane_metrics.clone());

@@ -134,7 +134,7 @@ impl Bridge {
                     }
                 }
                 incoming = self.broker.next() => {
-                    self.deliver(incoming.channel, &incoming.payload, incoming.raw_frame, incoming.seq);
+                    self.deliver(incoming.channel, &incoming.payload, incoming.raw_frame, incoming.seq, incoming.exclude.as_deref());
                 }
             }
         }
@@ -146,11 +146,11 @@ impl Bridge {
             ToBridge::Interest { shard, pattern, add } => self.interest_changed(shard, &pattern, add),
             ToBridge::ConfirmLive { shard, confirm } => self.confirm_live(shard, confirm),
             ToBridge::Publish { channel, data } => self.publish(channel, data),
-            ToBridge::PublishFrame { channel, frame } => self.publish_frame(channel, frame),
+            ToBridge::PublishFrame { channel, frame, exclude } => self.publish_frame(channel, frame, exclude),
             ToBridge::Replay { shard, target, replay, channel, since } => self.replay(shard, target, replay, channel, since),
             ToBridge::Presence(change) => {
                 for (channel, frame) in self.presence.apply(change) {
-                    self.publish_frame(channel, frame);
+                    self.publish_frame(channel, frame, None);
                 }
             }
             ToBridge::PresenceQuery { channel, reply } => self.presence.query(channel, reply),
@@ -168,7 +168,7 @@ impl Bridge {
             Broker::Embedded(broker) => {
                 let seq = broker.publish(&channel, &data);
                 self.metrics.history_channels.set(broker.history_channels() as u64);
-                self.deliver(channel, &data, false, seq);
+                self.deliver(channel, &data, false, seq, None);
             }
             // Comes back through the node's own subscription, like every other node's.
             Broker::Nats(nats) => {
@@ -179,11 +179,12 @@ impl Bridge {
 
     /// A complete server frame for `channel`'s subscribers on every node (presence
     /// `join`/`leave`, Lane `notify`). Not kept in history and carries no `seq`.
-    pub fn publish_frame(&mut self, channel: Box<str>, frame: Bytes) {
+    /// `exclude`: a socket id that must not receive it (on whichever node holds it).
+    pub fn publish_frame(&mut self, channel: Box<str>, frame: Bytes, exclude: Option<Box<str>>) {
         match &mut self.broker {
-            Broker::Embedded(_) => self.deliver(channel, &frame, true, None),
+            Broker::Embedded(_) => self.deliver(channel, &frame, true, None, exclude.as_deref()),
             Broker::Nats(nats) => {
-                nats.publish_frame(&channel, frame);
+                nats.publish_frame(&channel, frame, exclude);
             }
         }
     }
@@ -261,7 +262,7 @@ impl Bridge {
 
     /// Encodes the message once and hands the same frame to every interested shard. A
     /// full shard queue drops that shard's copy (counted) and never blocks the others.
-    pub fn deliver(&mut self, channel: Box<str>, payload: &[u8], raw_frame: bool, seq: Option<u64>) {
+    pub fn deliver(&mut self, channel: Box<str>, payload: &[u8], raw_frame: bool, seq: Option<u64>, exclude: Option<&str>) {
         let received_us = self.node.started.elapsed().as_micros() as u64;
         if !raw_frame && channel.starts_with(crate::presence::PRESENCE_CHANNEL_PREFIX) {
             // Only the server's own join/leave frames belong there (a NATS client
@@ -282,7 +283,8 @@ impl Bridge {
             tracing::debug!(%channel, bytes = frame.len(), "dropped a message larger than outbound_limit");
             return;
         }
-        let delivery = Arc::new(Delivery { channel, frame, seq, received_us });
+        let exclude = exclude.and_then(|socket| crate::fanout::local_socket(socket, &self.node.config.node));
+        let delivery = Arc::new(Delivery { channel, frame, seq, received_us, exclude });
         for shard in wanted.iter() {
             match self.node.shard_inboxes[shard as usize].push(ToShard::Deliver(delivery.clone())) {
                 Ok(()) => self.metrics.deliveries_queued.inc(),

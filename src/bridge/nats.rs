@@ -43,6 +43,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// Header marking a payload that is a complete server frame.
 pub const FRAME_HEADER: &str = "Ringcast-Frame";
+/// NATS header naming a socket id (`{node}.{conn}`) that must not receive the message.
+pub const EXCLUDE_HEADER: &str = "Ringcast-Exclude";
 /// Messages one core subscription may have waiting in async-nats before it drops them
 /// (counted from its slow-consumer events): a ~100 ms bridge stall at 600k msgs/s.
 const SUBSCRIPTION_MESSAGES_MAX: usize = 65_536;
@@ -73,6 +75,8 @@ pub struct Incoming {
     pub payload: Bytes,
     pub raw_frame: bool,
     pub seq: Option<u64>,
+    /// `Ringcast-Exclude`: the socket id that must not receive it.
+    pub exclude: Option<Box<str>>,
 }
 
 struct CoreSub {
@@ -103,6 +107,8 @@ struct Outgoing {
     payload: Bytes,
     /// Sent with the `Ringcast-Frame: 1` header: the payload is a complete server frame.
     raw_frame: bool,
+    /// Sent as `Ringcast-Exclude`: a socket id (`{node}.{conn}`) that must not receive it.
+    exclude: Option<Box<str>>,
 }
 
 type CoreStream = LocalBoxStream<'static, (u64, async_nats::Message)>;
@@ -341,6 +347,9 @@ async fn run_publisher(client: async_nats::Client, mut queue: mpsc::Receiver<Out
         let sent = if out.raw_frame {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(FRAME_HEADER, "1");
+            if let Some(socket) = out.exclude.as_deref() {
+                headers.insert(EXCLUDE_HEADER, socket);
+            }
             client.publish_with_headers(out.subject, headers, out.payload).await
         } else {
             client.publish(out.subject, out.payload).await
@@ -432,20 +441,21 @@ impl NatsBroker {
 
     /// Queues a publish; false when refused (link down or queue full), counted.
     pub fn publish(&mut self, channel: &str, data: Bytes) -> bool {
-        self.publish_as(channel, data, false)
+        self.publish_as(channel, data, false, None)
     }
 
-    /// Queues a complete server frame (sent with the `Ringcast-Frame: 1` header).
-    pub fn publish_frame(&mut self, channel: &str, frame: Bytes) -> bool {
-        self.publish_as(channel, frame, true)
+    /// Queues a complete server frame (sent with the `Ringcast-Frame: 1` header), kept
+    /// from the socket `exclude` names (`Ringcast-Exclude`).
+    pub fn publish_frame(&mut self, channel: &str, frame: Bytes, exclude: Option<Box<str>>) -> bool {
+        self.publish_as(channel, frame, true, exclude)
     }
 
-    fn publish_as(&mut self, channel: &str, data: Bytes, raw_frame: bool) -> bool {
+    fn publish_as(&mut self, channel: &str, data: Bytes, raw_frame: bool, exclude: Option<Box<str>>) -> bool {
         if !self.is_connected() {
             self.metrics.publish_refused.inc();
             return false;
         }
-        match self.publish_tx.try_send(Outgoing { subject: self.subject(channel), payload: data, raw_frame }) {
+        match self.publish_tx.try_send(Outgoing { subject: self.subject(channel), payload: data, raw_frame, exclude }) {
             Ok(()) => true,
             Err(_) => {
                 self.metrics.publish_refused.inc();
@@ -578,7 +588,8 @@ impl NatsBroker {
             return None;
         }
         let raw_frame = is_raw_frame(message.headers.as_ref());
-        Some(Incoming { channel: channel.into(), payload: message.payload, raw_frame, seq: None })
+        let exclude = message.headers.as_ref().and_then(|h| h.get(EXCLUDE_HEADER)).map(|v| v.as_str().into());
+        Some(Incoming { channel: channel.into(), payload: message.payload, raw_frame, seq: None, exclude })
     }
 
     fn accept_history(&mut self, message: HistoryIn) -> Option<Incoming> {
@@ -587,7 +598,7 @@ impl NatsBroker {
             return None; // a recreated consumer starting over from the stream's beginning
         }
         let channel = self.channel_of(&message.subject)?;
-        Some(Incoming { channel: channel.into(), payload: message.payload, raw_frame: message.raw_frame, seq: Some(message.seq) })
+        Some(Incoming { channel: channel.into(), payload: message.payload, raw_frame: message.raw_frame, seq: Some(message.seq), exclude: None })
     }
 
     /// Starts a resume of `channel` (literal, under a history pattern) for one connection.

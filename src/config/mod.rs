@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod guard;
 pub mod lane;
 pub mod presence;
+pub mod pusher;
 pub mod transport;
 pub mod value;
 pub mod worker;
@@ -227,6 +228,8 @@ struct GatewayArgs {
     fanout: fanout::FanoutArgs,
     #[command(flatten)]
     compression: compression::CompressionArgs,
+    #[command(flatten)]
+    pusher: pusher::PusherArgs,
 }
 
 impl GatewayArgs {
@@ -275,6 +278,7 @@ impl GatewayArgs {
         given.extend(self.guard.given());
         given.extend(self.fanout.given());
         given.extend(self.compression.given());
+        given.extend(self.pusher.given());
         given
     }
 }
@@ -329,6 +333,8 @@ pub struct GatewayConfig {
     pub fanout: fanout::FanoutConfig,
     /// permessage-deflate: on/off, threshold, level (`config::compression`).
     pub compression: compression::CompressionConfig,
+    /// Pusher Channels apps and bounds (`config::pusher`); no apps: Pusher off.
+    pub pusher: pusher::PusherConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -552,6 +558,7 @@ fn build(values: &BTreeMap<&str, String>) -> Result<GatewayConfig, ConfigError> 
         guard: guard::build(values)?,
         fanout: fanout::build(values, size("outbound_limit", limits::OUTBOUND_BYTES_MAX)?)?,
         compression: compression::build(values)?,
+        pusher: pusher::build(values)?,
     };
     validate(&config, cpus)?;
     Ok(config)

@@ -29,6 +29,28 @@ pub struct Delivery {
     /// When the bridge received it from the broker, in µs since the node started: the
     /// shard observes receipt → socket write in `ringcast_fanout_latency_seconds`.
     pub received_us: u64,
+    /// A connection of this node that must not get it (its id): the sender of a Pusher
+    /// client event, or the `socket_id` an API publish excludes.
+    pub exclude: Option<u64>,
+}
+
+/// This node's number in socket ids (`{node}.{connection id}`, Pusher's `socket_id`): a
+/// hash of the node name, so socket ids of two nodes differ and an exclusion that crosses
+/// NATS is applied only by the node holding the socket.
+pub fn node_number(node: &str) -> u32 {
+    // FNV-1a: stable across builds and processes (the number travels between nodes).
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in node.bytes() {
+        hash ^= b as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// The local connection id a socket id names, when it is one of this node's.
+pub fn local_socket(socket_id: &str, node: &str) -> Option<u64> {
+    let (number, conn) = socket_id.split_once('.')?;
+    (number.parse::<u32>().ok()? == node_number(node)).then(|| conn.parse().ok()).flatten()
 }
 
 /// One connection on one shard: its slot, and its id so a reused slot is never mistaken
@@ -96,7 +118,8 @@ pub enum ToBridge {
     /// Publish a complete server frame (one JSON object such as a `join` or `notify`) on
     /// a concrete channel: subscribers receive `frame` verbatim, not wrapped in a `msg`.
     /// On NATS it travels with the `Ringcast-Frame: 1` header so every node does the same.
-    PublishFrame { channel: Box<str>, frame: Bytes },
+    /// `exclude`: a socket id (`{node}.{conn}`) that must not receive it (Pusher).
+    PublishFrame { channel: Box<str>, frame: Bytes, exclude: Option<Box<str>> },
     /// Replay history of `channel` after `since` to one connection (it is already
     /// subscribed, so live messages queue behind the replay on its shard).
     /// `replay` is the shard's id for this resume, echoed on every answer.

@@ -38,10 +38,14 @@ pub enum CloseReason {
     TokenExpired,
     /// Closed with 1012 by a drain (SIGTERM or `POST /admin/drain`).
     Drain,
+    /// Refused right after the upgrade (Pusher: unknown app key 4001, old protocol 4007).
+    Refused,
+    /// Over a per-connection event rate that closes (Pusher client events: 4301).
+    RateLimited,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::ProtocolError,
@@ -52,6 +56,8 @@ impl CloseReason {
         CloseReason::IoError,
         CloseReason::TokenExpired,
         CloseReason::Drain,
+        CloseReason::Refused,
+        CloseReason::RateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -66,6 +72,8 @@ impl CloseReason {
             CloseReason::IoError => "io_error",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::Drain => "drain",
+            CloseReason::Refused => "refused",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 

@@ -25,3 +25,24 @@ pub struct PollMetrics {
     pub posts_too_many_frames: Counter,
 }
 
+
+/// One Pusher app's counters on one shard (written by that shard only; the scrape sums
+/// the shards per app).
+#[derive(Default)]
+pub struct PusherAppMetrics {
+    /// Open Pusher connections of the app (a gauge kept as a counter: +1 / -1).
+    pub connections: Counter,
+    pub subscriptions: Counter,
+    /// Channel auth refused (`pusher:subscription_error`, bad sign-in).
+    pub auth_failures: Counter,
+    /// Events accepted by the HTTP API (`events`, `batch_events`), one per channel.
+    pub api_events: Counter,
+    /// HTTP API calls refused (bad signature 401, bad body 400, too big 413, ...).
+    pub api_refused: Counter,
+    /// Client events (`client-*`) relayed.
+    pub client_events: Counter,
+    /// Client events refused (disabled, not subscribed, too big) or over the rate (4301).
+    pub client_events_refused: Counter,
+    /// `pusher:error` frames sent for malformed or unknown client frames.
+    pub bad_frames: Counter,
+}

@@ -130,8 +130,13 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
     if let Err(e) = channel::validate_pattern(pattern) {
         return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
     }
-    if let Err(denied) = permission::check_subscribe(&principal(shard, conn), pattern) {
-        return reply_err(shard, conn, id, denied.code, &denied.msg);
+    // A Pusher connection's channels were authorized by its adapter (app namespace,
+    // channel auth signatures); token rules are protocol v1's.
+    let wire_authorized = conn.state.borrow().wire != crate::shard::Wire::V1;
+    if !wire_authorized {
+        if let Err(denied) = permission::check_subscribe(&principal(shard, conn), pattern) {
+            return reply_err(shard, conn, id, denied.code, &denied.msg);
+        }
     }
     if presence {
         if let Err(msg) = presence::check_joinable(pattern) {
@@ -165,7 +170,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
     let guard = &shard.node.guard;
     // Anonymous on a node that issues tokens (without a secret everyone is anonymous).
     let anonymous_max = guard.config.anonymous_subscriptions_max.unwrap_or(usize::MAX);
-    if conn.identity.is_none() && shard.node.jwt.is_some() && count >= anonymous_max {
+    if conn.identity.is_none() && !wire_authorized && shard.node.jwt.is_some() && count >= anonymous_max {
         guard.count_sub_refusal(crate::guard::SubRefusal::Anonymous);
         let msg = format!("subscription limit reached ({anonymous_max} per connection without a token, max_anonymous_subscriptions); connect with a token, or unsubscribe first");
         return reply_err(shard, conn, id, 413, &msg);
@@ -204,7 +209,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
 /// `undo`: this `sub` added the pattern, so an unconfirmed one is taken back.
 fn answer_when_live(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, undo: bool) {
     if shard.node.config.broker.sub_confirm_timeout().is_none() {
-        return reply(shard, conn, Reply::Ok { id });
+        return reply(shard, conn, Reply::Subscribed { id, ch: pattern });
     }
     let confirm = Box::new(SubConfirm { target: ConnRef { slot: conn.slot, conn: conn.id }, id, pattern: pattern.into(), undo });
     if shard.node.bridge_inbox.push(ToBridge::ConfirmLive { shard: shard.id, confirm }).is_err() {
@@ -226,7 +231,7 @@ pub fn on_confirmed(shard: &Rc<Shard>, confirm: Box<SubConfirm>, live: bool) {
         return;
     }
     if live {
-        return reply(shard, &conn, Reply::Ok { id: confirm.id });
+        return reply(shard, &conn, Reply::Subscribed { id: confirm.id, ch: &confirm.pattern });
     }
     if confirm.undo {
         presence::leave(shard, &conn, &confirm.pattern);

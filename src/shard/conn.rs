@@ -32,6 +32,17 @@ impl Identity {
     }
 }
 
+/// Which wire adapter speaks on a connection: the transports encode its answers and
+/// decode its frames by it (data only; the shard never acts on it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// Protocol v1 (PROTOCOL.md), over WebSocket or long-poll.
+    #[default]
+    V1,
+    /// Pusher Channels protocol 7, for the app at this index of `config.pusher.apps`.
+    Pusher { app: u16 },
+}
+
 pub struct Conn {
     pub slot: u32,
     pub id: u64,
@@ -83,6 +94,12 @@ pub struct ConnState {
     /// permessage-deflate was negotiated: published messages go out compressed (the
     /// shard's shared RSV1 copy) and RSV1 client frames are inflated by the shard.
     pub deflate: bool,
+    /// The wire adapter of this connection.
+    pub wire: Wire,
+    /// The adapter's own rate window (Pusher client events): the second it counts in,
+    /// and the events counted in it.
+    pub wire_window: u32,
+    pub wire_count: u16,
 }
 
 /// A resume: while `upto` is None the bridge is replaying `channel`'s history after

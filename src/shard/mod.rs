@@ -15,7 +15,7 @@ mod presence;
 pub mod sys;
 pub mod tls;
 
-pub use conn::{Conn, Flushed, Hold, Identity, Replaying};
+pub use conn::{Conn, Flushed, Hold, Identity, Replaying, Wire};
 pub use event::LocalEvent;
 pub use reply::Reply;
 
@@ -60,6 +60,8 @@ struct Outgoing<'a> {
     frame: Bytes,
     /// The messages in it, in order (one for a single message).
     parts: &'a [Arc<Delivery>],
+    /// The connection (id) that must not get it; runs are only of messages without one.
+    exclude: Option<u64>,
 }
 
 pub struct Shard {
@@ -114,6 +116,8 @@ pub struct Handlers {
     /// The connection's token ran out: end it as its wire says (the shard found it on its
     /// heartbeat wheel).
     pub token_expired: fn(&Shard, &Conn),
+    /// The connection is being unregistered (its wire's counters).
+    pub closed: fn(&Shard, &Conn),
 }
 
 impl Shard {
@@ -185,6 +189,7 @@ impl Shard {
             self.remove_subscription(conn.slot, pattern);
         }
         self.presence_disconnected(conn);
+        (self.handlers.closed)(self, conn);
         self.conns.borrow_mut()[conn.slot as usize] = None;
         self.free_slots.borrow_mut().push(conn.slot);
         self.live.set(self.live.get() - 1);
@@ -339,6 +344,9 @@ impl Shard {
         let deflated: std::cell::OnceCell<Option<(Bytes, Bytes)>> = std::cell::OnceCell::new();
         self.subs.borrow().for_each_match(out.channel, |slot| {
             let Some(conn) = conns[slot as usize].as_ref() else { return };
+            if out.exclude == Some(conn.id) {
+                return;
+            }
             let deflate = {
                 let mut st = conn.state.borrow_mut();
                 if st.last_delivery == seq {
@@ -512,9 +520,9 @@ impl Shard {
                     run.clear();
                     let mut bytes = head.frame.len();
                     run.push(head.clone());
-                    if head.seq.is_none() {
+                    if head.seq.is_none() && head.exclude.is_none() {
                         while let Some(ToShard::Deliver(next)) = messages.next_if(|m| {
-                            matches!(m, ToShard::Deliver(d) if d.seq.is_none() && d.channel == head.channel && bytes + d.frame.len() <= run_bytes_max)
+                            matches!(m, ToShard::Deliver(d) if d.seq.is_none() && d.exclude.is_none() && d.channel == head.channel && bytes + d.frame.len() <= run_bytes_max)
                         }) {
                             bytes += next.frame.len();
                             run.push(next);
@@ -531,7 +539,7 @@ impl Shard {
                             joined.freeze()
                         }
                     };
-                    let copies = self.deliver(&Outgoing { channel: &head.channel, seq: head.seq, frame, parts: &run });
+                    let copies = self.deliver(&Outgoing { channel: &head.channel, seq: head.seq, frame, parts: &run, exclude: head.exclude });
                     for part in &run {
                         latency.push(part.received_us, copies);
                     }

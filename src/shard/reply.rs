@@ -9,6 +9,8 @@ use std::sync::Arc;
 /// One answer to a client operation, for the wire adapter to encode.
 pub enum Reply<'a> {
     Ok { id: Option<u32> },
+    /// A `sub` of `ch` is live (protocol v1 says `ok`; Pusher names the channel).
+    Subscribed { id: Option<u32>, ch: &'a str },
     /// `ok` carrying a channel's members (the `presence` op).
     Members { id: Option<u32>, members: &'a [Arc<str>] },
     Pong { id: Option<u32> },

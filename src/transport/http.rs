@@ -7,7 +7,7 @@ use crate::channel;
 use crate::fanout::ToBridge;
 use crate::metrics::Refusal;
 use crate::protocol::http::{self as h, HttpLimits, Method, Parsed, Request};
-use crate::shard::{sys, Identity, Shard};
+use crate::shard::{sys, Identity, Shard, Wire};
 use bytes::Bytes;
 use monoio::net::TcpStream;
 use serde::Deserialize;
@@ -24,8 +24,10 @@ thread_local! {
 
 enum Routed {
     Respond { bytes: Vec<u8>, keep_alive: bool },
-    /// `deflate`: permessage-deflate was negotiated in `response`.
-    Upgrade { response: Vec<u8>, identity: Option<Box<Identity>>, deflate: bool },
+    /// `deflate`: permessage-deflate was negotiated in `response`. `wire`: the adapter
+    /// that speaks on it; `refusal`: a Pusher error the connection gets instead of a
+    /// greeting, then a close (pusher-js reads close codes, not HTTP statuses).
+    Upgrade { response: Vec<u8>, identity: Option<Box<Identity>>, deflate: bool, wire: Wire, refusal: Option<super::pusher::Refusal> },
 }
 
 /// A socket counted in the HTTP phase (`max_http_connections`) until dropped.
@@ -94,7 +96,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 Some(bytes) => Routed::Respond { bytes, keep_alive: true },
                 None => match request.path.strip_prefix("/api/presence/") {
                     Some(channel) => presence_api(&shard, &request, channel).await,
-                    None => route(&shard, &request),
+                    None => match super::pusher::api::handle(&shard, &request) {
+                        Some(bytes) => Routed::Respond { bytes, keep_alive: true },
+                        None => route(&shard, &request),
+                    },
                 },
             },
         };
@@ -114,7 +119,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     return;
                 }
             }
-            Routed::Upgrade { response, identity, deflate } => {
+            Routed::Upgrade { response, identity, deflate, wire, refusal } => {
                 if write_response(&shard, &stream, &mut tls, &response).await.is_err() {
                     shard.node.release();
                     return;
@@ -122,7 +127,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 let leftover = if buf.is_empty() { None } else { Some(std::mem::take(&mut buf)) };
                 // A task of its own: the session lives for hours, and its future should
                 // not carry the HTTP phase's state (this one is several times larger).
-                let conn = websocket::start(&shard, stream, identity, leftover, tls, deflate);
+                let conn = websocket::start(&shard, stream, identity, leftover, tls, deflate, wire, refusal);
                 let session = websocket::session(shard, conn);
                 if SESSION_FUTURE_SIZE_LOGGED.with(|logged| !logged.replace(true)) {
                     tracing::debug!(bytes = std::mem::size_of_val(&session), "WebSocket session task size");
@@ -248,6 +253,7 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
     let post = matches!(request.method, Method::Post);
     match request.path.as_str() {
         "/ws" if get => upgrade(shard, request),
+        path if get && path.starts_with("/app/") && !shard.node.config.pusher.apps.is_empty() => pusher_upgrade(shard, request, &path["/app/".len()..]),
         "/api/publish" if post => publish(shard, request),
         "/admin/drain" if post => drain(shard, request),
         "/healthz" if get => respond(200, "application/json", b"{\"status\":\"ok\"}", true),
@@ -313,7 +319,34 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
         return Routed::Respond { bytes: h::json_error(503, msg, &[("Retry-After", retry_after)], false), keep_alive: false };
     }
     upgrade.deflate &= shard.node.config.compression.enabled;
-    Routed::Upgrade { response: h::upgrade_response(&upgrade), identity, deflate: upgrade.deflate }
+    Routed::Upgrade { response: h::upgrade_response(&upgrade), identity, deflate: upgrade.deflate, wire: Wire::V1, refusal: None }
+}
+
+/// `GET /app/{key}?protocol=7…`: a Pusher client. An unknown key or an old protocol is
+/// still upgraded, then told why in `pusher:error` and closed with its code (4001, 4007),
+/// which is what pusher-js acts on.
+fn pusher_upgrade(shard: &Rc<Shard>, request: &Request, key: &str) -> Routed {
+    let mut upgrade = match h::websocket_upgrade(request) {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            shard.metrics.refused(Refusal::BadRequest);
+            let extra: &[(&str, &str)] = if e.status == 426 { &[("Sec-WebSocket-Version", "13")] } else { &[] };
+            return error(e.status, e.msg, extra);
+        }
+    };
+    // Pusher clients never offer the ringcast subprotocol; answer none.
+    upgrade.protocol = None;
+    let (app, refusal) = match super::pusher::admit(shard, key, request.query_param("protocol").as_deref()) {
+        Ok(app) => (app, None),
+        Err(refusal) => (u16::MAX, Some(refusal)),
+    };
+    if let Err(refusal) = crate::admission::admit(&shard.node, &shard.admission, shard.now_ms()) {
+        shard.metrics.refused(refusal);
+        let (msg, retry_after) = crate::admission::explain(refusal);
+        return Routed::Respond { bytes: h::json_error(503, msg, &[("Retry-After", retry_after)], false), keep_alive: false };
+    }
+    upgrade.deflate &= shard.node.config.compression.enabled;
+    Routed::Upgrade { response: h::upgrade_response(&upgrade), identity: None, deflate: upgrade.deflate, wire: Wire::Pusher { app }, refusal }
 }
 
 #[derive(Deserialize)]

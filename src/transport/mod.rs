@@ -9,24 +9,54 @@ mod http;
 pub mod identity;
 pub mod longpoll;
 pub mod notify;
+pub mod pusher;
 pub mod tls;
 pub mod v1;
 pub mod websocket;
 
 pub use http::serve;
 
-use crate::shard::{Handlers, Shard};
+use crate::shard::{Conn, Handlers, Reply, Shard, Wire};
 use std::rc::Rc;
 
 /// The entry points a shard is handed at start-up: protocol v1 over HTTP, WebSocket and
-/// long-poll. A new wire protocol registers here (its routes live behind `serve`).
+/// long-poll, and Pusher protocol 7 over WebSocket. A new wire protocol registers here
+/// (its routes live behind `serve`, its answers behind [`answer`]).
 pub fn handlers() -> Handlers {
     Handlers {
         serve: |shard: Rc<Shard>, stream| Box::pin(serve(shard, stream)),
         poll_forwarded: longpoll::serve_forwarded,
         sub_confirmed: crate::session::on_confirmed,
-        answer: v1::answer,
-        token_expired: v1::token_expired,
+        answer,
+        token_expired,
+        closed,
+    }
+}
+
+fn wire(conn: &Conn) -> Wire {
+    conn.state.borrow().wire
+}
+
+/// A session answer, encoded by the connection's wire.
+fn answer(shard: &Shard, conn: &Conn, reply: Reply<'_>) {
+    match wire(conn) {
+        Wire::V1 => v1::answer(shard, conn, reply),
+        Wire::Pusher { app } => pusher::answer(shard, conn, app, reply),
+    }
+}
+
+fn token_expired(shard: &Shard, conn: &Conn) {
+    match wire(conn) {
+        Wire::V1 => v1::token_expired(shard, conn),
+        Wire::Pusher { .. } => pusher::token_expired(shard, conn),
+    }
+}
+
+fn closed(shard: &Shard, conn: &Conn) {
+    if let Wire::Pusher { app } = wire(conn) {
+        if conn.state.borrow().closing.map(|(why, _)| why) != Some(crate::metrics::CloseReason::Refused) {
+            pusher::on_close(shard, app);
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// connection, WebSocket or long-poll, queues WebSocket text frames).
 pub fn answer(shard: &Shard, conn: &Conn, reply: Reply<'_>) {
     let json = match reply {
-        Reply::Ok { id } => ops::ok(id),
+        Reply::Ok { id } | Reply::Subscribed { id, .. } => ops::ok(id),
         Reply::Members { id, members } => ops::ok_with(id, &members_field(members)),
         Reply::Pong { id } => ops::pong(id),
         Reply::Err { id, code, msg } => ops::err(id, code, msg),

@@ -1,11 +1,12 @@
 //! The WebSocket transport: reads land in the shard's shared buffer, frames are decoded
-//! in place, text frames go to the protocol v1 adapter (`transport::v1`), and replies are
-//! queued and flushed once per read.
+//! in place, text frames go to the connection's wire adapter (protocol v1 in
+//! `transport::v1`, Pusher in `transport::pusher`), and replies are queued and flushed
+//! once per read.
 
 use crate::metrics::CloseReason;
 use crate::protocol::ops::{self};
 use crate::protocol::ws::{self, Flow, WsMessage};
-use crate::shard::{sys, tls, Conn, Identity, Shard};
+use crate::shard::{sys, tls, Conn, Identity, Shard, Wire};
 use monoio::net::TcpStream;
 use std::rc::Rc;
 
@@ -18,6 +19,8 @@ pub fn start(
     leftover: Option<Vec<u8>>,
     tls: Option<Box<rustls::ServerConnection>>,
     deflate: bool,
+    wire: Wire,
+    refusal: Option<super::pusher::Refusal>,
 ) -> Rc<Conn> {
     let conn = shard.register(stream, identity);
     let tls_on = tls.is_some();
@@ -25,12 +28,25 @@ pub fn start(
         let mut st = conn.state.borrow_mut();
         st.tls = tls;
         st.deflate = deflate;
+        st.wire = wire;
     }
     if deflate {
         shard.metrics.deflate_negotiated.inc();
     }
-    let hb = shard.node.config.heartbeat.as_secs().max(1);
-    shard.send(&conn, ws::encode_text(&ops::welcome(conn.id, &shard.node.config.node, hb)));
+    match wire {
+        Wire::V1 => {
+            let hb = shard.node.config.heartbeat.as_secs().max(1);
+            shard.send(&conn, ws::encode_text(&ops::welcome(conn.id, &shard.node.config.node, hb)));
+        }
+        Wire::Pusher { app } => {
+            if let Some(refusal) = super::pusher::greet(shard, &conn, app, refusal) {
+                shard.flush(&conn);
+                super::pusher::refuse(shard, &conn, refusal);
+                shard.flush(&conn);
+                return conn;
+            }
+        }
+    }
     if let Some(mut bytes) = leftover {
         handle_bytes(shard, &conn, &mut bytes);
     }
@@ -176,9 +192,13 @@ fn on_message(shard: &Rc<Shard>, conn: &Rc<Conn>, message: WsMessage<'_>) -> Flo
     if closing.is_some() {
         return Flow::Continue;
     }
+    let wire = conn.state.borrow().wire;
     match message {
-        WsMessage::Text(text) => super::v1::on_text(shard, conn, text),
-        WsMessage::Binary(_) => crate::session::reply_err(shard, conn, None, 400, "binary frames are not part of protocol v1; send JSON text frames"),
+        WsMessage::Text(text) => match wire {
+            Wire::V1 => super::v1::on_text(shard, conn, text),
+            Wire::Pusher { app } => super::pusher::on_text(shard, conn, app, text),
+        },
+        WsMessage::Binary(_) => crate::session::reply_err(shard, conn, None, 400, "binary frames are not part of this protocol; send JSON text frames"),
         WsMessage::Ping(payload) => shard.send(conn, ws::encode_pong(payload)),
         WsMessage::Pong(_) | WsMessage::Close { .. } => {}
     }

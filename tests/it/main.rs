@@ -22,6 +22,7 @@ mod longpoll;
 mod metrics;
 mod mqtt;
 mod presence;
+mod pusher;
 mod seams;
 mod tls;
 mod websocket;

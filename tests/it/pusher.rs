@@ -1,0 +1,318 @@
+//! Pusher Channels protocol 7 (issue 16): the wire as the docs and pusher-js define it,
+//! checked with a raw WebSocket client (tungstenite) and signed HTTP calls, and the real
+//! ecosystem end to end: pusher-js 8, Laravel Echo and the npm `pusher` server library
+//! (tests/pusher, installed with `npm ci` from its lock file) against two gateway nodes on
+//! the shared nats-server.
+
+use crate::common::edge_a::{metric, scrape};
+use crate::common::nats::SHARED_NATS;
+use crate::common::presence::wait_until;
+use crate::common::*;
+use ringcast::transport::pusher::sign;
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const APP_ID: &str = "4242";
+const KEY: &str = "test-pusher-key";
+const SECRET: &str = "test-pusher-secret";
+
+fn app_flag() -> String {
+    format!("{APP_ID}:{KEY}:{SECRET}")
+}
+
+/// A gateway serving the test app; on the shared NATS with `prefix` when given.
+fn node(prefix: Option<&str>, extra: &[&str]) -> Gateway {
+    let app = app_flag();
+    let mut args = vec!["--pusher-app", app.as_str(), "--pusher-client-events"];
+    if let Some(prefix) = prefix {
+        args.extend_from_slice(&["--nats", SHARED_NATS, "--nats-prefix", prefix]);
+    }
+    args.extend_from_slice(extra);
+    let gateway = Gateway::start(&args);
+    let ready = wait_until(Duration::from_secs(15), || http(gateway.port, "GET", "/readyz", &[], b"").2.contains("\"ready\""));
+    assert!(ready.is_some(), "gateway never ready: {}", http(gateway.port, "GET", "/readyz", &[], b"").2);
+    gateway
+}
+
+fn pusher_url(port: u16, key: &str, protocol: &str) -> String {
+    format!("ws://127.0.0.1:{port}/app/{key}?protocol={protocol}&client=js&version=8.6.0&flash=false")
+}
+
+/// Connects and returns the client and its first frame.
+fn connect_raw(url: &str) -> (Client, Value) {
+    let port: u16 = url.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let (mut client, _) = tungstenite::client(url, stream).unwrap_or_else(|e| panic!("upgrade {url}: {e:?}"));
+    let first = recv_json(&mut client);
+    (client, first)
+}
+
+/// A connected Pusher client and its socket id.
+fn pusher_client(port: u16) -> (Client, String) {
+    let (client, first) = connect_raw(&pusher_url(port, KEY, "7"));
+    assert_eq!(first["event"], "pusher:connection_established", "{first}");
+    let data: Value = serde_json::from_str(first["data"].as_str().expect("data is a JSON string")).unwrap();
+    let socket = data["socket_id"].as_str().unwrap().to_string();
+    (client, socket)
+}
+
+/// The next frame with this event name within `within`, skipping others; None if none came.
+fn next_event(client: &mut Client, event: &str, within: Duration) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        client.get_mut().set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
+        match client.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["event"] == event {
+                    client.get_mut().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+                    return Some(frame);
+                }
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    client.get_mut().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    None
+}
+
+/// `data` of a server event: a JSON string (every event but `pusher:error`), parsed.
+fn event_data(frame: &Value) -> Value {
+    match frame["data"].as_str() {
+        Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
+        None => frame["data"].clone(),
+    }
+}
+
+fn subscribe(client: &mut Client, socket: &str, channel: &str) -> Value {
+    let auth = if channel.starts_with("private-") { format!("{KEY}:{}", sign::sign_hex(SECRET, &[socket.as_bytes(), b":", channel.as_bytes()])) } else { String::new() };
+    send_json(client, json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}));
+    loop {
+        let frame = recv_json(client);
+        if frame["event"] == "pusher_internal:subscription_succeeded" || frame["event"] == "pusher:subscription_error" || frame["event"] == "pusher:error" {
+            return frame;
+        }
+    }
+}
+
+/// A signed Pusher HTTP API call, as the server libraries make it.
+fn api(port: u16, method: &str, path: &str, body: &[u8], secret: &str, timestamp: u64) -> (u16, String) {
+    let mut params = vec![("auth_key".to_string(), KEY.to_string()), ("auth_timestamp".into(), timestamp.to_string()), ("auth_version".into(), "1.0".into())];
+    if !body.is_empty() {
+        params.push(("body_md5".into(), sign::hex(&sign::md5_digest(body))));
+    }
+    params.sort();
+    let qs = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let signature = sign::sign_hex(secret, &[format!("{method}\n{path}\n{qs}").as_bytes()]);
+    let target = format!("{path}?{qs}&auth_signature={signature}");
+    let (status, _head, body) = http(port, method, &target, &[("Content-Type", "application/json")], body);
+    (status, body)
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn trigger(port: u16, body: Value) -> (u16, String) {
+    api(port, "POST", &format!("/apps/{APP_ID}/events"), body.to_string().as_bytes(), SECRET, now_unix())
+}
+
+#[test]
+fn connection_established_ping_and_refusals() {
+    let gateway = node(None, &[]);
+    let (mut client, first) = connect_raw(&pusher_url(gateway.port, KEY, "7"));
+    assert_eq!(first["event"], "pusher:connection_established");
+    let data: Value = serde_json::from_str(first["data"].as_str().expect("data of server events is a string")).unwrap();
+    let socket = data["socket_id"].as_str().unwrap();
+    let (a, b) = socket.split_once('.').expect("socket id digits.digits");
+    assert!(!a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()), "{socket}");
+    assert_eq!(data["activity_timeout"], 120, "pusher-js needs activity_timeout");
+
+    send_json(&mut client, json!({"event": "pusher:ping", "data": {}}));
+    let pong = next_event(&mut client, "pusher:pong", Duration::from_secs(5)).expect("pusher:pong");
+    assert!(pong["data"].is_string(), "{pong}");
+
+    // Malformed and unknown frames: pusher:error with a message, the connection stays.
+    client.send(tungstenite::Message::text("{not json")).unwrap();
+    let error = next_event(&mut client, "pusher:error", Duration::from_secs(5)).expect("error for bad JSON");
+    assert!(error["data"]["message"].as_str().unwrap().contains("bad frame"), "{error}");
+    send_json(&mut client, json!({"event": "pusher:nonsense", "data": {}}));
+    let error = next_event(&mut client, "pusher:error", Duration::from_secs(5)).expect("error for unknown event");
+    assert!(error["data"]["message"].as_str().unwrap().contains("unknown event"), "{error}");
+    // Bad channel names are refused on the channel.
+    send_json(&mut client, json!({"event": "pusher:subscribe", "data": {"channel": "has space", "auth": ""}}));
+    let refused = next_event(&mut client, "pusher:subscription_error", Duration::from_secs(5)).expect("invalid channel");
+    assert_eq!(refused["channel"], "has space");
+    assert!(refused["data"].is_string(), "server event data is a JSON string: {refused}");
+    assert_eq!(event_data(&refused)["status"], 400, "{refused}");
+    send_json(&mut client, json!({"event": "pusher:ping", "data": {}}));
+    assert!(next_event(&mut client, "pusher:pong", Duration::from_secs(5)).is_some(), "still served after errors");
+
+    // Unknown key: pusher:error 4001, then close 4001. Old protocol: 4007.
+    for (key, protocol, code) in [("no-such-key", "7", 4001), (KEY, "5", 4007), (KEY, "", 4007)] {
+        let (mut refused, first) = connect_raw(&pusher_url(gateway.port, key, protocol));
+        assert_eq!(first["event"], "pusher:error", "{first}");
+        assert_eq!(first["data"]["code"], code, "{first}");
+        let closed = loop {
+            match refused.read() {
+                Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(e) => panic!("expected a close frame, got {e}"),
+            }
+        };
+        assert_eq!(closed, Some(code));
+    }
+    let metrics = scrape(gateway.port);
+    assert!(metric(&metrics, "ringcast_pusher_bad_frames_total", &[&format!("app=\"{APP_ID}\"")]) >= 2.0, "bad frames counted");
+    let counted = wait_until(Duration::from_secs(5), || metric(&scrape(gateway.port), "ringcast_closes_total", &["reason=\"refused\""]) >= 3.0);
+    assert!(counted.is_some(), "the three refusals are counted under reason=refused");
+    assert_eq!(metric(&scrape(gateway.port), "ringcast_pusher_connections", &[&format!("app=\"{APP_ID}\"")]), 1.0, "refused sockets are not app connections");
+}
+
+#[test]
+fn private_auth_events_exclusion_and_client_events_on_one_node() {
+    let gateway = node(None, &["--pusher-client-event-rate", "5"]);
+    let (mut a, socket_a) = pusher_client(gateway.port);
+    let (mut b, socket_b) = pusher_client(gateway.port);
+    let ok = subscribe(&mut a, &socket_a, "private-room");
+    assert_eq!(ok["event"], "pusher_internal:subscription_succeeded", "{ok}");
+    assert_eq!(ok["channel"], "private-room");
+    assert_eq!(subscribe(&mut b, &socket_b, "private-room")["event"], "pusher_internal:subscription_succeeded");
+
+    // A signature for another socket is refused with 401 AuthError.
+    let stolen = format!("{KEY}:{}", sign::sign_hex(SECRET, &[socket_a.as_bytes(), b":private-other"]));
+    send_json(&mut b, json!({"event": "pusher:subscribe", "data": {"channel": "private-other", "auth": stolen}}));
+    let refused = next_event(&mut b, "pusher:subscription_error", Duration::from_secs(5)).expect("subscription_error");
+    assert_eq!(refused["channel"], "private-other");
+    assert_eq!(event_data(&refused)["type"], "AuthError");
+    assert_eq!(event_data(&refused)["status"], 401);
+    send_json(&mut b, json!({"event": "pusher:subscribe", "data": {"channel": "private-nothing", "auth": ""}}));
+    assert_eq!(event_data(&next_event(&mut b, "pusher:subscription_error", Duration::from_secs(5)).expect("missing auth"))["status"], 401);
+
+    // An API event reaches both; with socket_id, everyone but that socket.
+    let (status, body) = trigger(gateway.port, json!({"name": "news", "channels": ["private-room"], "data": "{\"n\":1}"}));
+    assert_eq!(status, 200, "{body}");
+    for client in [&mut a, &mut b] {
+        let event = next_event(client, "news", Duration::from_secs(5)).expect("event delivered");
+        assert_eq!(event["channel"], "private-room");
+        assert_eq!(event["data"], "{\"n\":1}", "data stays the string the backend sent");
+    }
+    let (status, _) = trigger(gateway.port, json!({"name": "news2", "channel": "private-room", "data": "x", "socket_id": socket_a}));
+    assert_eq!(status, 200);
+    assert!(next_event(&mut b, "news2", Duration::from_secs(5)).is_some(), "others get it");
+    assert!(next_event(&mut a, "news2", Duration::from_millis(500)).is_none(), "the excluded socket does not");
+
+    // Client events: relayed to others, not echoed; over the rate, 4301.
+    send_json(&mut a, json!({"event": "client-typing", "channel": "private-room", "data": {"who": "a"}}));
+    let typed = next_event(&mut b, "client-typing", Duration::from_secs(5)).expect("client event relayed");
+    assert_eq!(typed["data"]["who"], "a", "{typed}");
+    assert!(next_event(&mut a, "client-typing", Duration::from_millis(500)).is_none(), "not echoed to the sender");
+    send_json(&mut a, json!({"event": "client-typing", "channel": "public-x", "data": {}}));
+    assert!(next_event(&mut a, "pusher:error", Duration::from_secs(5)).is_some(), "client events only on private/presence");
+    for _ in 0..10 {
+        send_json(&mut a, json!({"event": "client-typing", "channel": "private-room", "data": {}}));
+    }
+    let closed = loop {
+        match a.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("expected close 4301, got {e}"),
+        }
+    };
+    assert_eq!(closed, Some(4301), "client event rate limit");
+    let metrics = scrape(gateway.port);
+    let label = format!("app=\"{APP_ID}\"");
+    assert!(metric(&metrics, "ringcast_pusher_client_events_total", &[&label]) >= 5.0);
+    assert!(metric(&metrics, "ringcast_pusher_client_events_refused_total", &[&label]) >= 1.0);
+    assert!(metric(&metrics, "ringcast_pusher_auth_failures_total", &[&label]) >= 2.0);
+    assert_eq!(metric(&metrics, "ringcast_pusher_api_events_total", &[&label]), 2.0);
+}
+
+#[test]
+fn http_api_checks_signature_body_and_bounds() {
+    let gateway = node(None, &["--pusher-max-trigger-channels", "3", "--pusher-max-event-data", "1KiB"]);
+    let events = format!("/apps/{APP_ID}/events");
+    let body = json!({"name": "e", "channel": "c", "data": "d"}).to_string();
+    assert_eq!(api(gateway.port, "POST", &events, body.as_bytes(), SECRET, now_unix()).0, 200);
+    let (status, text) = api(gateway.port, "POST", &events, body.as_bytes(), "not-the-secret", now_unix());
+    assert_eq!(status, 401, "{text}");
+    let (status, text) = api(gateway.port, "POST", &events, body.as_bytes(), SECRET, now_unix() - 3600);
+    assert_eq!(status, 401, "stale timestamp: {text}");
+    assert!(text.contains("auth_timestamp"), "{text}");
+    let (status, text) = api(gateway.port, "POST", &events, b"{\"name\":", SECRET, now_unix());
+    assert_eq!(status, 400, "bad body: {text}");
+    let four = json!({"name": "e", "channels": ["a", "b", "c", "d"], "data": "d"}).to_string();
+    let (status, text) = api(gateway.port, "POST", &events, four.as_bytes(), SECRET, now_unix());
+    assert_eq!(status, 400, "too many channels: {text}");
+    let big = json!({"name": "e", "channel": "c", "data": "x".repeat(2000)}).to_string();
+    let (status, text) = api(gateway.port, "POST", &events, big.as_bytes(), SECRET, now_unix());
+    assert_eq!(status, 413, "too big: {text}");
+    let bad_channel = json!({"name": "e", "channel": "a b", "data": "d"}).to_string();
+    assert_eq!(api(gateway.port, "POST", &events, bad_channel.as_bytes(), SECRET, now_unix()).0, 400);
+    let batch = json!({"batch": [{"name": "e", "channel": "c1", "data": "1"}, {"name": "e", "channel": "c2", "data": "2"}]}).to_string();
+    assert_eq!(api(gateway.port, "POST", &format!("/apps/{APP_ID}/batch_events"), batch.as_bytes(), SECRET, now_unix()).0, 200);
+    assert_eq!(api(gateway.port, "POST", "/apps/999/events", body.as_bytes(), SECRET, now_unix()).0, 404, "unknown app");
+    // A protocol v1 client cannot reach an app's channels.
+    let (mut v1, _) = connect(&gateway.url(""));
+    let answer = request(&mut v1, json!({"op": "sub", "ch": format!("$pusher.{APP_ID}.c")}), 1);
+    assert_eq!(answer["op"], "err", "{answer}");
+    let metrics = scrape(gateway.port);
+    let label = format!("app=\"{APP_ID}\"");
+    assert_eq!(metric(&metrics, "ringcast_pusher_api_events_total", &[&label]), 3.0);
+    assert!(metric(&metrics, "ringcast_pusher_api_refused_total", &[&label]) >= 6.0);
+}
+
+/// Installs tests/pusher's pinned npm packages once (`npm ci`, only when the lock changed).
+fn npm_ready() -> std::path::PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pusher");
+    ONCE.call_once(|| {
+        let stamp = dir.join("node_modules/.package-lock.json.source");
+        let lock = std::fs::read(dir.join("package-lock.json")).expect("tests/pusher/package-lock.json");
+        if std::fs::read(&stamp).ok().as_deref() != Some(&lock[..]) {
+            let status = std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm (Node.js) is needed for the Pusher tests: apt-get install nodejs npm");
+            assert!(status.success(), "npm ci failed in tests/pusher");
+            std::fs::write(&stamp, &lock).unwrap();
+        }
+    });
+    dir
+}
+
+#[test]
+fn pusher_js_laravel_echo_and_the_server_library_across_two_nodes() {
+    let dir = npm_ready();
+    let prefix = format!("t{}", unique());
+    let node_a = node(Some(&prefix), &[]);
+    let node_b = node(Some(&prefix), &[]);
+    let config = json!({"a": node_a.port, "b": node_b.port, "appId": APP_ID, "key": KEY, "secret": SECRET, "prefix": prefix});
+    let output = std::process::Command::new("node")
+        .arg("e2e.mjs")
+        .arg(config.to_string())
+        .current_dir(&dir)
+        .output()
+        .expect("run node tests/pusher/e2e.mjs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result line; stdout {stdout} stderr {stderr}"));
+    let out: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(out["ok"], true, "{out:#}\nstderr: {stderr}");
+    assert_eq!(out["public_event"], json!({"n": 1, "text": "héllo"}), "{out:#}");
+    assert_eq!(out["private_event"], json!({"n": 1, "text": "héllo"}));
+    assert_eq!(out["bad_auth"]["status"], 401, "{out:#}");
+    assert_eq!(out["excluded_event_other"], json!({"n": 2}));
+    assert_eq!(out["excluded_event_self"], false, "socket_id exclusion across nodes");
+    assert_eq!(out["client_event_sent"], true);
+    assert_eq!(out["client_event"], json!({"who": "a"}));
+    assert_eq!(out["client_event_echo"], false, "client events are not echoed");
+    assert_eq!(out["echo_event"], json!({"order": 42}), "Laravel Echo got the event");
+    assert_eq!(out["bad_api_status"], 401);
+    assert_eq!(out["unknown_key"]["code"], 4001, "{out:#}");
+    assert_ne!(out["socket_a"], out["socket_c"]);
+}

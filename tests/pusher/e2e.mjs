@@ -1,0 +1,130 @@
+// The real Pusher ecosystem against ringcast: pusher-js 8 (its Node bundle carries its own
+// WebSocket client), Laravel Echo on top of it, and the npm `pusher` server library for
+// channel auth and the HTTP API. Driven by tests/it/pusher.rs, which starts two gateway
+// nodes on one NATS and checks what this prints: one JSON object of observations.
+//
+//   node e2e.mjs '{"a":PORT_A,"b":PORT_B,"appId":"..","key":"..","secret":"..","prefix":".."}'
+import PusherClient from "pusher-js";
+import PusherServer from "pusher";
+import Echo from "laravel-echo";
+
+const cfg = JSON.parse(process.argv[2]);
+const out = {};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const within = (ms, what, promise) =>
+  Promise.race([promise, sleep(ms).then(() => { throw new Error(`timed out after ${ms} ms: ${what}`); })]);
+
+const server = (port, secret = cfg.secret) =>
+  new PusherServer({ appId: cfg.appId, key: cfg.key, secret, host: "127.0.0.1", port: String(port), useTLS: false });
+const serverB = server(cfg.b);
+
+// Channel auth signed by the server library, as an app's /broadcasting/auth would.
+const channelAuthorization = (secret) => ({
+  customHandler: ({ socketId, channelName }, callback) => {
+    try {
+      callback(null, server(cfg.b, secret).authorizeChannel(socketId, channelName));
+    } catch (e) {
+      callback(e, null);
+    }
+  },
+});
+
+const client = (port, options = {}) =>
+  new PusherClient(options.key ?? cfg.key, {
+    wsHost: "127.0.0.1", wsPort: port, forceTLS: false, enabledTransports: ["ws"], disableStats: true, cluster: "mt1",
+    channelAuthorization: channelAuthorization(options.secret ?? cfg.secret), ...options.extra,
+  });
+
+const connected = (pusher) =>
+  within(5000, "connected", new Promise((resolve, reject) => {
+    pusher.connection.bind("connected", () => resolve(pusher.connection.socket_id));
+    pusher.connection.bind("error", (e) => reject(new Error(JSON.stringify(e))));
+  }));
+
+const subscribed = (pusher, name) =>
+  within(5000, `subscribed ${name}`, new Promise((resolve, reject) => {
+    const channel = pusher.subscribe(name);
+    channel.bind("pusher:subscription_succeeded", () => resolve(channel));
+    channel.bind("pusher:subscription_error", (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
+  }));
+
+const next = (channel, event, ms = 5000) =>
+  within(ms, `event ${event} on ${channel.name}`, new Promise((resolve) => channel.bind(event, (data, meta) => resolve({ data, meta }))));
+
+const p = cfg.prefix;
+const a = client(cfg.a);
+const c = client(cfg.b);
+try {
+  out.socket_a = await connected(a);
+  out.socket_c = await connected(c);
+
+  // Public and private channels on node A; events triggered through node B's HTTP API.
+  const pub = await subscribed(a, `pub-${p}`);
+  const priv = await subscribed(a, `private-${p}`);
+  const gotPub = next(pub, "evt");
+  const gotPriv = next(priv, "evt");
+  await serverB.trigger([`pub-${p}`, `private-${p}`], "evt", { n: 1, text: "héllo" });
+  out.public_event = (await gotPub).data;
+  out.private_event = (await gotPriv).data;
+
+  // A bad channel signature is a subscription_error with status 401.
+  const bad = client(cfg.a, { secret: "wrong-secret-value" });
+  await connected(bad);
+  out.bad_auth = await within(5000, "subscription_error", new Promise((resolve) => {
+    const channel = bad.subscribe(`private-bad-${p}`);
+    channel.bind("pusher:subscription_error", (e) => resolve(e));
+    channel.bind("pusher:subscription_succeeded", () => resolve({ unexpected: "succeeded" }));
+  }));
+  bad.disconnect();
+
+  // socket_id exclusion: A triggers "as itself"; C (node B) gets it, A does not.
+  const pubC = await subscribed(c, `pub-${p}`);
+  let aGotExcluded = false;
+  pub.bind("evt2", () => { aGotExcluded = true; });
+  const cGot = next(pubC, "evt2");
+  await serverB.trigger(`pub-${p}`, "evt2", { n: 2 }, { socket_id: out.socket_a });
+  out.excluded_event_other = (await cGot).data;
+  await sleep(300);
+  out.excluded_event_self = aGotExcluded;
+
+  // Client events: C on node B hears A's client-typing; A does not hear its own.
+  const privC = await subscribed(c, `private-${p}`);
+  let aEcho = false;
+  priv.bind("client-typing", () => { aEcho = true; });
+  const cTyping = next(privC, "client-typing");
+  out.client_event_sent = priv.trigger("client-typing", { who: "a" });
+  out.client_event = (await cTyping).data;
+  await sleep(300);
+  out.client_event_echo = aEcho;
+
+  // Laravel Echo over pusher-js, on node B.
+  const echo = new Echo({ broadcaster: "pusher", Pusher: PusherClient, key: cfg.key, wsHost: "127.0.0.1", wsPort: cfg.b, forceTLS: false, enabledTransports: ["ws"], disableStats: true, cluster: "mt1" });
+  const echoGot = within(5000, "echo event", new Promise((resolve) => echo.channel(`orders-${p}`).listen(".OrderShipped", (e) => resolve(e))));
+  await within(5000, "echo subscribed", new Promise((resolve) => echo.connector.pusher.channel(`orders-${p}`).bind("pusher:subscription_succeeded", resolve)));
+  await server(cfg.a).trigger(`orders-${p}`, "OrderShipped", { order: 42 });
+  out.echo_event = await echoGot;
+  echo.disconnect();
+
+  // A wrong secret on the HTTP API is a 401.
+  try {
+    await server(cfg.b, "wrong-secret-value").trigger(`pub-${p}`, "evt", {});
+    out.bad_api_status = 200;
+  } catch (e) {
+    out.bad_api_status = e.status;
+  }
+
+  // An unknown app key: pusher:error 4001, then the close (pusher-js stops: 4000-4099).
+  const stranger = client(cfg.a, { key: "no-such-key" });
+  out.unknown_key = await within(5000, "unknown key error", new Promise((resolve) => {
+    stranger.connection.bind("error", (e) => resolve(e.error?.data ?? e.data ?? e));
+  }));
+  stranger.disconnect();
+  out.ok = true;
+} catch (e) {
+  out.ok = false;
+  out.error = String(e.stack ?? e);
+}
+a.disconnect();
+c.disconnect();
+console.log(JSON.stringify(out));
+process.exit(0);
