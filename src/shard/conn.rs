@@ -43,6 +43,24 @@ pub enum Wire {
     Pusher { app: u16 },
 }
 
+impl Wire {
+    /// The close code this wire's clients get for a close the shard decides (`why`).
+    /// pusher-js reads ranges, not codes: 4000–4099 means "do not reconnect", so protocol
+    /// v1's 4008 would strand a Pusher client for good. Pusher connections get 4100 (over
+    /// capacity: back off, then reconnect) for a slow consumer, 4201 for a heartbeat
+    /// timeout (no pong) and 4200 (reconnect now) for a drain or shutdown;
+    /// `ringcast_closes_total` keeps the cause.
+    pub fn close_code(self, code: u16, why: CloseReason) -> u16 {
+        match (self, why) {
+            (Wire::V1, _) => code,
+            (Wire::Pusher { .. }, CloseReason::SlowConsumer) => 4100,
+            (Wire::Pusher { .. }, CloseReason::HeartbeatTimeout) => 4201,
+            (Wire::Pusher { .. }, CloseReason::Drain | CloseReason::Shutdown) => 4200,
+            (Wire::Pusher { .. }, _) => code,
+        }
+    }
+}
+
 pub struct Conn {
     pub slot: u32,
     pub id: u64,
@@ -100,6 +118,8 @@ pub struct ConnState {
     /// and the events counted in it.
     pub wire_window: u32,
     pub wire_count: u16,
+    /// The user a Pusher connection signed in as (`pusher:signin`); None for most.
+    pub signed_in: Option<Box<str>>,
 }
 
 /// A resume: while `upto` is None the bridge is replaying `channel`'s history after
@@ -321,7 +341,7 @@ impl Conn {
         }
         st.outbox.truncate(keep);
         st.outbox_bytes = st.outbox.iter().map(|b| b.len()).sum();
-        let frame = ws::encode_close(code, reason);
+        let frame = ws::encode_close(st.wire.close_code(code, why), reason);
         st.outbox_bytes += frame.len();
         st.outbox.push_back(frame);
         metrics.frames_out.inc();

@@ -313,6 +313,72 @@ fn pusher_js_laravel_echo_and_the_server_library_across_two_nodes() {
     assert_eq!(out["client_event_echo"], false, "client events are not echoed");
     assert_eq!(out["echo_event"], json!({"order": 42}), "Laravel Echo got the event");
     assert_eq!(out["bad_api_status"], 401);
+    assert_eq!(out["user_event"], json!({"to": "ada"}), "pusher:signin and sendToUser");
     assert_eq!(out["unknown_key"]["code"], 4001, "{out:#}");
     assert_ne!(out["socket_a"], out["socket_c"]);
+}
+
+#[test]
+fn signin_and_server_to_user_channels() {
+    let gateway = node(None, &[]);
+    let (mut a, socket_a) = pusher_client(gateway.port);
+    // Not signed in: the user's channel is refused.
+    send_json(&mut a, json!({"event": "pusher:subscribe", "data": {"channel": "#server-to-user-42", "auth": ""}}));
+    assert_eq!(event_data(&next_event(&mut a, "pusher:subscription_error", Duration::from_secs(5)).expect("refused before sign-in"))["status"], 401);
+    let user_data = r#"{"id":"42","user_info":{"name":"Ada"}}"#;
+    let auth = format!("{KEY}:{}", sign::sign_hex(SECRET, &[socket_a.as_bytes(), b"::user::", user_data.as_bytes()]));
+    send_json(&mut a, json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}));
+    let success = next_event(&mut a, "pusher:signin_success", Duration::from_secs(5)).expect("signin_success");
+    assert_eq!(event_data(&success)["user_data"], user_data, "{success}");
+    // Someone else's channel stays closed; one's own opens with empty auth.
+    send_json(&mut a, json!({"event": "pusher:subscribe", "data": {"channel": "#server-to-user-7", "auth": ""}}));
+    assert_eq!(event_data(&next_event(&mut a, "pusher:subscription_error", Duration::from_secs(5)).expect("other user's channel"))["status"], 403);
+    send_json(&mut a, json!({"event": "pusher:subscribe", "data": {"channel": "#server-to-user-42", "auth": ""}}));
+    let ok = next_event(&mut a, "pusher_internal:subscription_succeeded", Duration::from_secs(5)).expect("own channel");
+    assert_eq!(ok["channel"], "#server-to-user-42");
+    let (status, body) = trigger(gateway.port, json!({"name": "hello", "channel": "#server-to-user-42", "data": "{\"to\":\"ada\"}"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_event(&mut a, "hello", Duration::from_secs(5)).expect("sent to the user")["data"], "{\"to\":\"ada\"}");
+
+    // A bad sign-in: pusher:error 4009, then close 4009.
+    let (mut b, socket_b) = pusher_client(gateway.port);
+    let forged = format!("{KEY}:{}", sign::sign_hex("not-the-secret", &[socket_b.as_bytes(), b"::user::", user_data.as_bytes()]));
+    send_json(&mut b, json!({"event": "pusher:signin", "data": {"auth": forged, "user_data": user_data}}));
+    let error = next_event(&mut b, "pusher:error", Duration::from_secs(5)).expect("pusher:error before the close");
+    assert_eq!(error["data"]["code"], 4009);
+    let closed = loop {
+        match b.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("expected close 4009, got {e}"),
+        }
+    };
+    assert_eq!(closed, Some(4009));
+}
+
+/// pusher-js reads close-code ranges: a Pusher client cut as a slow consumer gets 4100
+/// (back off, reconnect), never protocol v1's 4008 (in 4000–4099: "do not reconnect").
+#[test]
+fn slow_consumer_is_closed_in_the_backoff_range() {
+    let gateway = node(None, &["--outbound-limit", "64KiB", "--max-message", "32KiB", "--max-frame", "16KiB"]);
+    let (mut a, _socket) = pusher_client(gateway.port);
+    assert_eq!(subscribe(&mut a, "", "firehose")["event"], "pusher_internal:subscription_succeeded");
+    // Stop reading; publish 8 MB, far past what the sockets hold and the 64 KiB bound,
+    // then read (quickly: the close handshake waits 5 s at most).
+    let data = "x".repeat(8 * 1024);
+    let batch: Vec<Value> = (0..10).map(|_| json!({"name": "big", "channel": "firehose", "data": data})).collect();
+    for _ in 0..100 {
+        let (status, body) = api(gateway.port, "POST", &format!("/apps/{APP_ID}/batch_events"), json!({"batch": batch}).to_string().as_bytes(), SECRET, now_unix());
+        assert_eq!(status, 200, "{body}");
+    }
+    let closed = loop {
+        match a.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(closed, Some(4100));
+    let counted = wait_until(Duration::from_secs(10), || metric(&scrape(gateway.port), "ringcast_closes_total", &["reason=\"slow_consumer\""]) >= 1.0);
+    assert!(counted.is_some(), "counted as a slow consumer");
 }

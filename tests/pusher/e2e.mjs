@@ -105,6 +105,23 @@ try {
   out.echo_event = await echoGot;
   echo.disconnect();
 
+  // User sign-in (signed by the server library) and sendToUser through node A.
+  const user = client(cfg.b, { extra: { userAuthentication: { customHandler: ({ socketId }, callback) => {
+    callback(null, serverB.authenticateUser(socketId, { id: `u-${p}`, user_info: { name: "Ada" } }));
+  } } } });
+  await connected(user);
+  const toUser = within(5000, "event sent to the user", new Promise((resolve) => user.user.bind("hello", (data) => resolve(data))));
+  user.signin();
+  await within(5000, "signed in", user.user.signinDonePromise);
+  // pusher-js subscribes to #server-to-user-{id} after signin_success; wait for it.
+  await within(5000, "user channel", new Promise((resolve) => {
+    const check = () => (user.user.serverToUserChannel?.subscribed ? resolve() : setTimeout(check, 20));
+    check();
+  }));
+  await server(cfg.a).sendToUser(`u-${p}`, "hello", { to: "ada" });
+  out.user_event = await toUser;
+  user.disconnect();
+
   // A wrong secret on the HTTP API is a 401.
   try {
     await server(cfg.b, "wrong-secret-value").trigger(`pub-${p}`, "evt", {});

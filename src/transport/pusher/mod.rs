@@ -291,6 +291,43 @@ struct SubscribeData {
     auth: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct SigninData {
+    auth: String,
+    user_data: String,
+}
+
+/// Longest user id (`user_data.id`, presence `user_id`), as the docs bound it.
+pub const USER_ID_BYTES_MAX: usize = 128;
+
+/// `pusher:signin`: the backend signed `socket_id::user::user_data`; the connection is
+/// that user from now on (it may subscribe to `#server-to-user-{id}`). A bad signature or
+/// user_data is `pusher:error` 4009 and a close, as Pusher does.
+fn signin(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, data: SigninData) {
+    let Some(app_config) = app_of(shard, app) else { return };
+    let refuse = |message: &str| {
+        if let Some(m) = metrics(shard, app) {
+            m.auth_failures.inc();
+        }
+        send(shard, conn, &error_frame(Some(close_code::UNAUTHORIZED), message));
+        shard.flush(conn);
+        shard.close(conn, close_code::UNAUTHORIZED, message, CloseReason::Refused);
+    };
+    if let Err(refused) = sign::check_signin(&app_config.key, &app_config.secret, &data.auth, &socket_id(shard, conn), &data.user_data) {
+        return refuse(&format!("sign-in refused: {}", refused.message()));
+    }
+    if data.user_data.len() > crate::config::pusher::USER_INFO_BYTES_MAX {
+        return refuse(&format!("user_data is over {} bytes", crate::config::pusher::USER_INFO_BYTES_MAX));
+    }
+    let id = serde_json::from_str::<serde_json::Value>(&data.user_data).ok().and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned));
+    let Some(id) = id.filter(|id| !id.is_empty() && id.len() <= USER_ID_BYTES_MAX) else {
+        return refuse(&format!("user_data must be a JSON object with a string \"id\" of 1 to {USER_ID_BYTES_MAX} bytes"));
+    };
+    conn.state.borrow_mut().signed_in = Some(id.into_boxed_str());
+    let reply = format!("{{\"user_data\":{}}}", json_string(&data.user_data));
+    send(shard, conn, &event_frame("pusher:signin_success", None, &reply));
+}
+
 /// `data` of a client frame: pusher-js sends objects, some clients a JSON string holding
 /// the object; both are read.
 fn parse_data<T: serde::de::DeserializeOwned>(data: Option<&RawValue>) -> Result<T, String> {
@@ -324,7 +361,10 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, text: &str) {
             Ok(data) => unsubscribe(shard, conn, app, &data.channel),
             Err(e) => send_error(shard, conn, app, None, &format!("pusher:unsubscribe needs data {{\"channel\"}}: {e}")),
         },
-        "pusher:signin" => send_error(shard, conn, app, None, "pusher:signin is not served by this ringcast version (user authentication and #server-to-user channels are planned)"),
+        "pusher:signin" => match parse_data::<SigninData>(frame.data) {
+            Ok(data) => signin(shard, conn, app, data),
+            Err(e) => send_error(shard, conn, app, None, &format!("pusher:signin needs data {{\"auth\",\"user_data\"}}: {e}")),
+        },
         event if event.starts_with("client-") => client_event(shard, conn, app, event, frame.channel.as_deref(), frame.data),
         other => send_error(shard, conn, app, None, &format!("unknown event {other:?}")),
     }
@@ -341,8 +381,18 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, data: SubscribeData) 
     let checked = match kind {
         Kind::Public => Ok(()),
         Kind::Private | Kind::Encrypted => sign::check_channel_auth(&app_config.key, &app_config.secret, auth, &socket_id(shard, conn), name, None),
-        Kind::Presence | Kind::ServerToUser => {
-            return subscription_error(shard, conn, name, "UnsupportedChannel", "presence and #server-to-user channels are not served by this ringcast version yet", 501);
+        Kind::ServerToUser => {
+            let owner = &name["#server-to-user-".len()..];
+            // Copied out: the refusals below queue frames (a state borrow held here would clash).
+            let signed_in = conn.state.borrow().signed_in.clone();
+            match signed_in.as_deref() {
+                Some(user) if user == owner => Ok(()),
+                Some(_) => return subscription_error(shard, conn, name, "AuthError", "#server-to-user channels are for the signed-in user only", 403),
+                None => return subscription_error(shard, conn, name, "AuthError", "sign in first (pusher:signin) to subscribe to your #server-to-user channel", 401),
+            }
+        }
+        Kind::Presence => {
+            return subscription_error(shard, conn, name, "UnsupportedChannel", "presence channels are not served by this ringcast version yet", 501);
         }
     };
     if let Err(refused) = checked {
