@@ -382,3 +382,65 @@ fn slow_consumer_is_closed_in_the_backoff_range() {
     let counted = wait_until(Duration::from_secs(10), || metric(&scrape(gateway.port), "ringcast_closes_total", &["reason=\"slow_consumer\""]) >= 1.0);
     assert!(counted.is_some(), "counted as a slow consumer");
 }
+
+/// A virtualenv with tests/pusher/requirements.txt (the PyPI `pusher` library, pinned),
+/// made once under target/ (reinstalled when the requirements change).
+fn python_ready() -> std::path::PathBuf {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target/pusher-venv");
+    ONCE.call_once(|| {
+        let requirements = root.join("tests/pusher/requirements.txt");
+        let wanted = std::fs::read(&requirements).expect("tests/pusher/requirements.txt");
+        let stamp = venv.join("requirements.installed");
+        if std::fs::read(&stamp).ok().as_deref() == Some(&wanted[..]) {
+            return;
+        }
+        let made = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is needed for the Pusher tests");
+        assert!(made.success(), "python3 -m venv failed (Debian: apt-get install python3-venv)");
+        let installed = std::process::Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", "-r"]).arg(&requirements).status().unwrap();
+        assert!(installed.success(), "pip install -r tests/pusher/requirements.txt failed");
+        std::fs::write(&stamp, &wanted).unwrap();
+    });
+    venv.join("bin/python")
+}
+
+fn python_lib(mode: &str, config: Value) -> Value {
+    let python = python_ready();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pusher/server_lib.py");
+    let output = std::process::Command::new(python).arg(script).arg(mode).arg(config.to_string()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "server_lib.py {mode} failed: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The PyPI `pusher` library: its channel signatures (presence channel_data written with
+/// spaces, verified over the raw string) and its trigger, trigger_batch and signing.
+#[test]
+fn python_server_library() {
+    let gateway = node(None, &[]);
+    let (mut a, socket) = pusher_client(gateway.port);
+    let channel = format!("private-py-{}", unique());
+    let base = json!({"port": gateway.port, "appId": APP_ID, "key": KEY, "secret": SECRET, "channel": channel});
+    let mut config = base.clone();
+    config["socket"] = socket.clone().into();
+    let auths = python_lib("auth", config);
+    send_json(&mut a, json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auths["private"]["auth"]}}));
+    let ok = next_event(&mut a, "pusher_internal:subscription_succeeded", Duration::from_secs(5)).expect("the library's private auth is accepted");
+    assert_eq!(ok["channel"], channel.as_str());
+    // Its presence signature is over channel_data exactly as it wrote it (with spaces).
+    let presence = &auths["presence"];
+    let data = presence["channel_data"].as_str().unwrap();
+    assert!(data.contains(": "), "the Python library writes JSON with spaces: {data}");
+    let presence_channel = format!("presence-{channel}");
+    let signature = presence["auth"].as_str().unwrap().split_once(':').unwrap().1;
+    assert!(sign::verify_hex(SECRET, &[socket.as_bytes(), b":", presence_channel.as_bytes(), b":", data.as_bytes()], signature));
+
+    let answers = python_lib("events", base);
+    assert!(answers["bad_secret"].as_str().unwrap().starts_with("401"), "{answers}");
+    let event = next_event(&mut a, "py-event", Duration::from_secs(5)).expect("trigger from Python");
+    assert_eq!(serde_json::from_str::<Value>(event["data"].as_str().unwrap()).unwrap(), json!({"from": "python"}));
+    let first = next_event(&mut a, "py-batch", Duration::from_secs(5)).expect("trigger_batch, first");
+    let second = next_event(&mut a, "py-batch", Duration::from_secs(5)).expect("trigger_batch, second");
+    assert_eq!((first["data"].as_str().unwrap(), second["data"].as_str().unwrap()), ("{\"n\": 1}", "{\"n\": 2}"));
+}
