@@ -114,11 +114,19 @@ pub struct ConnState {
     pub deflate: bool,
     /// The wire adapter of this connection.
     pub wire: Wire,
-    /// The adapter's own rate window (Pusher client events): the second it counts in,
-    /// and the events counted in it.
-    pub wire_window: u32,
-    pub wire_count: u16,
-    /// The user a Pusher connection signed in as (`pusher:signin`); None for most.
+    /// The wire adapter's own per-connection state, made on first use (boxed: an idle
+    /// connection, or any protocol v1 one, pays one pointer).
+    pub wire_state: Option<Box<WireState>>,
+}
+
+/// What a wire adapter keeps per connection beyond the shared record (Pusher: the client
+/// event rate window and the signed-in user).
+#[derive(Default, Debug)]
+pub struct WireState {
+    /// The second the rate window counts in, and the events counted in it.
+    pub window: u32,
+    pub count: u16,
+    /// The user the connection signed in as (`pusher:signin`).
     pub signed_in: Option<Box<str>>,
 }
 
@@ -446,5 +454,18 @@ fn advance(st: &mut ConnState, mut written: usize) {
             st.head_offset += written;
             written = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// A node holds a million connections: the record's size is watched. Prints it (run
+    /// with --nocapture) and holds the bound the idle-memory figures in BENCHMARKS.md rest on.
+    #[test]
+    fn connection_record_stays_small() {
+        let state = std::mem::size_of::<super::ConnState>();
+        let conn = std::mem::size_of::<super::Conn>();
+        println!("ConnState {state} bytes, Conn {conn} bytes");
+        assert!(conn <= 320, "Conn grew to {conn} bytes (ConnState {state}); keep rarely used fields boxed");
     }
 }

@@ -323,7 +323,7 @@ fn signin(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, data: SigninData) {
     let Some(id) = id.filter(|id| !id.is_empty() && id.len() <= USER_ID_BYTES_MAX) else {
         return refuse(&format!("user_data must be a JSON object with a string \"id\" of 1 to {USER_ID_BYTES_MAX} bytes"));
     };
-    conn.state.borrow_mut().signed_in = Some(id.into_boxed_str());
+    conn.state.borrow_mut().wire_state.get_or_insert_with(Default::default).signed_in = Some(id.into_boxed_str());
     let reply = format!("{{\"user_data\":{}}}", json_string(&data.user_data));
     send(shard, conn, &event_frame("pusher:signin_success", None, &reply));
 }
@@ -384,7 +384,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, data: SubscribeData) 
         Kind::ServerToUser => {
             let owner = &name["#server-to-user-".len()..];
             // Copied out: the refusals below queue frames (a state borrow held here would clash).
-            let signed_in = conn.state.borrow().signed_in.clone();
+            let signed_in = conn.state.borrow().wire_state.as_ref().and_then(|w| w.signed_in.clone());
             match signed_in.as_deref() {
                 Some(user) if user == owner => Ok(()),
                 Some(_) => return subscription_error(shard, conn, name, "AuthError", "#server-to-user channels are for the signed-in user only", 403),
@@ -484,14 +484,15 @@ fn client_event_allowed(shard: &Shard, conn: &Conn) -> bool {
     let rate = shard.node.config.pusher.client_events_per_second;
     let second = (shard.now_ms() / 1000) as u32;
     let mut st = conn.state.borrow_mut();
-    if st.wire_window != second {
-        st.wire_window = second;
-        st.wire_count = 0;
+    let window = st.wire_state.get_or_insert_with(Default::default);
+    if window.window != second {
+        window.window = second;
+        window.count = 0;
     }
-    if u32::from(st.wire_count) >= rate {
+    if u32::from(window.count) >= rate {
         return false;
     }
-    st.wire_count = st.wire_count.saturating_add(1);
+    window.count = window.count.saturating_add(1);
     true
 }
 
