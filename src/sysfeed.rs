@@ -29,7 +29,7 @@ pub const SYS_METRICS_CHANNEL: &str = "$sys.metrics";
 /// 16-node cluster costs each dashboard 16 small messages a second.
 pub const SYS_METRICS_INTERVAL_MS: u64 = 1000;
 /// Largest snapshot, at `limits::SHARD_COUNT_MAX` shards with every counter at its
-/// widest (checked by a unit test; a typical 2-shard snapshot is ~600 bytes). Far below
+/// widest (checked by a unit test; a typical 2-shard snapshot is ~750 bytes). Far below
 /// `max_message`, so it is never refused.
 pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024;
 /// The snapshot format's version, `v` in the JSON; bumped only on an incompatible change.
