@@ -121,6 +121,15 @@
 
   function column(points, get) { return points.map(get); }
 
+  // Bytes before / after permessage-deflate over the last interval, or since start when
+  // nothing was compressed in it; "off" when nothing ever was, "n/a" on older nodes.
+  function compressionRatio(s) {
+    if (s.compress_bytes_in_total === undefined) return "n/a";
+    if (s.compress_bytes_out_per_s > 0) return (s.compress_bytes_in_per_s / s.compress_bytes_out_per_s).toFixed(1);
+    if (s.compress_bytes_out_total > 0) return (s.compress_bytes_in_total / s.compress_bytes_out_total).toFixed(1);
+    return "off";
+  }
+
   function render() {
     var entry = selected && nodes.get(selected);
     if (!entry) return;
@@ -136,6 +145,7 @@
     // Older nodes' snapshots have no conflation figures.
     var conflated = s.conflated_per_s === undefined ? null : s.conflated_per_s;
     $("conflated").textContent = conflated === null ? "n/a" : fmt(conflated, conflated < 10 ? 1 : 0);
+    $("compression").textContent = compressionRatio(s);
     $("node-meta").textContent = s.io + " · " + s.shards.length + " shards · up " + s.uptime_s + " s · max " + fmt(s.connections_max);
     var shardSeries = s.shards.map(function (sh, i) {
       return { label: "shard " + sh.id, color: COLORS[i % COLORS.length], values: column(points, function (p) { return p.shards[i] ? p.shards[i].connections : null; }) };

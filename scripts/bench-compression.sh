@@ -6,11 +6,16 @@
 #
 #   RUNS=3 CONNS=5000 bash scripts/bench-compression.sh
 #
-# CONNS (5000), RATE (20 msgs/s), PAYLOAD (1000 B of telemetry-like JSON: --pad telemetry),
+# CONNS (5000), RATE (20 msgs/s), PAYLOAD (1000 B of telemetry JSON readings: --pad telemetry),
 # DURATION (10s), RUNS (3), PORT (18790), MODES ("plain deflate").
+#
+#   SCENARIO=idle RUNS=3 CONNS=10000 bash scripts/bench-compression.sh
+#
+# SCENARIO=idle (default fanout): `idle --conns CONNS --duration 3s` instead, for the gateway's
+# RSS per idle connection, plain vs permessage-deflate negotiated (compression on in both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONNS=${CONNS:-5000} RATE=${RATE:-20} PAYLOAD=${PAYLOAD:-1000} DURATION=${DURATION:-10s} RUNS=${RUNS:-3}
+SCENARIO=${SCENARIO:-fanout} CONNS=${CONNS:-5000} RATE=${RATE:-20} PAYLOAD=${PAYLOAD:-1000} DURATION=${DURATION:-10s} RUNS=${RUNS:-3}
 PORT=${PORT:-18790} MODES=${MODES:-"plain deflate"}
 bin=target/release
 ulimit -n "$(ulimit -Hn)"
@@ -22,12 +27,25 @@ metric() { curl -s "http://127.0.0.1:$PORT/metrics" | awk -v n="$1" '$1 ~ "^"n"(
 for run in $(seq 1 "$RUNS"); do
   for mode in $MODES; do
     compression=on; deflate=(--deflate)
-    [ "$mode" = plain ] && { compression=off; deflate=(); }
+    [ "$mode" = plain ] && { deflate=(); [ "$SCENARIO" = idle ] || compression=off; }
     taskset -c 0 "$bin/ringcast" gateway --listen "127.0.0.1:$PORT" --api-key bench --shards 1 \
       --compression "$compression" --max-connections $((CONNS + 1000)) --accept-rate 1000000 --log warn >/dev/null 2>&1 &
     GW=$!
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-    json=$(taskset -c 1 "$bin/ringcast-loadtest" fanout --url "ws://127.0.0.1:$PORT/ws" --api-key bench \
+    echo "bench-compression: run $run/$RUNS $mode ($SCENARIO, $CONNS connections)" >&2
+    if [ "$SCENARIO" = idle ]; then
+      json=$(timeout 300 taskset -c 1 "$bin/ringcast-loadtest" idle --url "ws://127.0.0.1:$PORT/ws" \
+        --conns "$CONNS" --duration 3s --server-pid "$GW" --json "${deflate[@]}")
+      negotiated=$(metric ringcast_deflate_connections_total)
+      kill "$GW"; wait "$GW" 2>/dev/null || true; GW=""
+      echo "$json" | python3 -c '
+import json, sys
+r = json.load(sys.stdin); f = {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in r["figures"].items()}
+print(json.dumps({"mode": sys.argv[1], "rss_per_conn": f.get("server_rss_bytes_per_conn"), "held": f.get("connections_held_at_end"),
+                  "deflate_negotiated": int(sys.argv[2]), "rss_loaded_mib": f.get("server_rss_loaded_mib")}))' "$mode" "$negotiated" | tee -a "$results"
+      continue
+    fi
+    json=$(timeout 300 taskset -c 1 "$bin/ringcast-loadtest" fanout --url "ws://127.0.0.1:$PORT/ws" --api-key bench \
       --conns "$CONNS" --rate "$RATE" --duration "$DURATION" --payload "$PAYLOAD" --pad telemetry \
       --server-pid "$GW" --json "${deflate[@]}")
     bytes=$(metric ringcast_bytes_out_total); deliveries=$(metric ringcast_deliveries_total)
@@ -42,9 +60,15 @@ row = {"mode": mode, "bytes_per_delivery": round(bytes_ / max(deliveries, 1), 1)
 print(json.dumps(row))' "$mode" "$bytes" "$deliveries" | tee -a "$results"
   done
 done
-python3 - "$results" <<'PY'
+python3 - "$results" "$SCENARIO" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+if sys.argv[2] == "idle":
+    for mode in sorted({r["mode"] for r in rows}):
+        rs = [r for r in rows if r["mode"] == mode]
+        vals = [r["rss_per_conn"] for r in rs if isinstance(r.get("rss_per_conn"), (int, float))]
+        print(f"{mode}: server RSS bytes/connection {statistics.median(vals):g} [{min(vals):g}-{max(vals):g}], held {[r['held'] for r in rs]}, deflate negotiated {[r['deflate_negotiated'] for r in rs]}, runs {len(rs)}")
+    sys.exit(0)
 for mode in sorted({r["mode"] for r in rows}):
     rs = [r for r in rows if r["mode"] == mode]
     def s(key):

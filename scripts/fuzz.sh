@@ -11,7 +11,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=3
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 # --target keeps RUSTFLAGS off build scripts and proc macros.
 cargo build --release --locked --manifest-path fuzz/Cargo.toml --target "$host" 2>&1 | tail -n 1
-for target in ws_decode http_parse; do
+for target in ws_decode ws_inflate http_parse; do
   mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
   echo "fuzz: $target for ${seconds}s"
   "fuzz/target/$host/release/$target" "fuzz/corpus/$target" -max_total_time="$seconds" \

@@ -64,7 +64,8 @@ pub const COMPRESSION_LEVEL: u32 = 6;
 /// link stays well clear of the 4008 close.
 pub const CONFLATE_THRESHOLD_BYTES: usize = 64 * 1024;
 /// Conflated channels one backlog tracks (a wildcard subscription can match many); each
-/// entry is a channel name and a pointer. Past it messages queue as usual.
+/// entry is a channel name and a pointer. Past it messages queue as usual, counted in
+/// `ringcast_conflate_channels_full_total` (config key `conflate_channels`).
 pub const CONFLATE_CHANNELS_MAX: usize = 1024;
 pub const CONFLATE_CHANNELS_MAX_MAX: usize = 65_536;
 /// Shard → bridge queue (publishes and interest changes), in messages.

@@ -29,7 +29,7 @@ pub const SYS_METRICS_CHANNEL: &str = "$sys.metrics";
 /// 16-node cluster costs each dashboard 16 small messages a second.
 pub const SYS_METRICS_INTERVAL_MS: u64 = 1000;
 /// Largest snapshot, at `limits::SHARD_COUNT_MAX` shards with every counter at its
-/// widest (checked by a unit test; a typical 2-shard snapshot is ~600 bytes). Far below
+/// widest (checked by a unit test; a typical 2-shard snapshot is ~750 bytes). Far below
 /// `max_message`, so it is never refused.
 pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024;
 /// The snapshot format's version, `v` in the JSON; bumped only on an incompatible change.
@@ -47,6 +47,9 @@ pub struct ShardSample {
     pub slow_consumer_closes: u64,
     /// Queued messages of `--conflate` channels replaced by newer ones.
     pub conflated: u64,
+    /// Frame bytes of permessage-deflate messages before and after compression.
+    pub compress_bytes_in: u64,
+    pub compress_bytes_out: u64,
 }
 
 /// Cumulative counters of the node at one instant.
@@ -101,6 +104,8 @@ fn shard_sample(metrics: &ShardMetrics, queue_depth: u64, drops: u64) -> ShardSa
         drops,
         slow_consumer_closes: metrics.closes[CloseReason::SlowConsumer as usize].get(),
         conflated: metrics.conflated.get(),
+        compress_bytes_in: metrics.compress_bytes_in.get(),
+        compress_bytes_out: metrics.compress_bytes_out.get(),
     }
 }
 
@@ -153,6 +158,10 @@ struct SnapshotJson<'a> {
     slow_consumer_closes_total: u64,
     conflated_per_s: f64,
     conflated_total: u64,
+    compress_bytes_in_per_s: f64,
+    compress_bytes_out_per_s: f64,
+    compress_bytes_in_total: u64,
+    compress_bytes_out_total: u64,
     shards: Vec<ShardJson>,
 }
 
@@ -216,6 +225,10 @@ pub fn render(facts: &NodeFacts, previous: Option<&Sample>, current: &Sample, el
         slow_consumer_closes_total: sum(current, |s| s.slow_consumer_closes),
         conflated_per_s: r(sum(current, |s| s.conflated), sum(before, |s| s.conflated)),
         conflated_total: sum(current, |s| s.conflated),
+        compress_bytes_in_per_s: r(sum(current, |s| s.compress_bytes_in), sum(before, |s| s.compress_bytes_in)),
+        compress_bytes_out_per_s: r(sum(current, |s| s.compress_bytes_out), sum(before, |s| s.compress_bytes_out)),
+        compress_bytes_in_total: sum(current, |s| s.compress_bytes_in),
+        compress_bytes_out_total: sum(current, |s| s.compress_bytes_out),
         shards,
     };
     serde_json::to_vec(&snapshot).expect("a snapshot of plain numbers and strings always serializes")
@@ -304,7 +317,7 @@ mod tests {
     }
 
     fn shard(connections: u64, frames_in: u64, frames_out: u64, deliveries: u64, drops: u64) -> ShardSample {
-        ShardSample { connections, frames_in, frames_out, deliveries, queue_depth: 3, drops, slow_consumer_closes: 1, conflated: 2 }
+        ShardSample { connections, frames_in, frames_out, deliveries, queue_depth: 3, drops, slow_consumer_closes: 1, conflated: 2, compress_bytes_in: 1000 * deliveries, compress_bytes_out: 250 * deliveries }
     }
 
     #[test]
@@ -328,6 +341,10 @@ mod tests {
         assert_eq!(json["fanout_p99_ms"], 1.23);
         assert_eq!(json["slow_consumer_closes_total"], 2);
         assert_eq!(json["conflated_total"], 4, "summed over the shards");
+        assert_eq!(json["compress_bytes_in_total"], 590_000, "summed over the shards");
+        assert_eq!(json["compress_bytes_out_total"], 147_500);
+        assert_eq!(json["compress_bytes_in_per_s"], 250_000.0, "(490-90 + 100-0) x 1000 B / 2 s");
+        assert_eq!(json["compress_bytes_out_per_s"], 62_500.0);
         assert_eq!(json["shards"][0]["connections"], 3);
         assert_eq!(json["shards"][0]["in_per_s"], 10.0);
         assert_eq!(json["shards"][1]["id"], 1);
@@ -356,7 +373,7 @@ mod tests {
 
     #[test]
     fn the_largest_snapshot_fits_its_bound() {
-        let widest = ShardSample { connections: u64::MAX / 2, frames_in: u64::MAX, frames_out: u64::MAX, deliveries: u64::MAX, queue_depth: u64::MAX, drops: u64::MAX / 1024, slow_consumer_closes: 0, conflated: u64::MAX / 1024 };
+        let widest = ShardSample { connections: u64::MAX / 2, frames_in: u64::MAX, frames_out: u64::MAX, deliveries: u64::MAX, queue_depth: u64::MAX, drops: u64::MAX / 1024, slow_consumer_closes: 0, conflated: u64::MAX / 1024, compress_bytes_in: u64::MAX / 1024, compress_bytes_out: u64::MAX / 1024 };
         let sample = Sample { shards: vec![widest; crate::limits::SHARD_COUNT_MAX], published: u64::MAX, bytes_in: u64::MAX, bytes_out: u64::MAX, bridge_drops: 0, fanout_p99_ms: Some(123456.789), ..Sample::default() };
         let node = "n".repeat(255);
         let facts = NodeFacts { node: &node, io_mode: "io_uring", connections_max: usize::MAX, uptime_seconds: u64::MAX, unix_ms: u64::MAX };

@@ -179,9 +179,12 @@ pub struct SourceArgs {
     /// Size in bytes of each message's `data` JSON (carries the send time and a number).
     #[arg(long, default_value_t = 200)]
     pub payload: usize,
-    /// What fills the payload: `x` (one letter; deflates ~100x) or `telemetry` (sensor
-    /// readings with varying values; compresses like real device telemetry). Use
-    /// `telemetry` when measuring compression.
+    /// What fills the payload: `x` (one letter; deflates ~100x) or `telemetry`: an array of
+    /// readings like {"device":"dev-0042","sensor":"temp","ts":1733450000123,"value":21.5,"unit":"C"}
+    /// from four sensors sampled once a second (timestamps increase), each value a small
+    /// random walk at fixed precision, from a fixed seed (the same bytes every run); bytes
+    /// left over (under one reading) are random digits. Deflates ~3.7x at 1000 B, ~2.7x at
+    /// 500 B. Use `telemetry` when measuring compression.
     #[arg(long, default_value = "x", value_parser = ["x", "telemetry"])]
     pub pad: String,
 }

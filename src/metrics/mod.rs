@@ -163,6 +163,9 @@ pub struct ShardMetrics {
     /// Queued messages of `--conflate` channels replaced by a newer one (or skipped in a
     /// run for its newest) on a subscriber's backlog past the conflation threshold.
     pub conflated: Counter,
+    /// Messages of `--conflate` channels queued whole because the connection already
+    /// conflated `conflate_channels` other channels (the bound on its per-channel list).
+    pub conflate_channels_full: Counter,
     /// WebSocket connections that negotiated permessage-deflate.
     pub deflate_negotiated: Counter,
     /// Published messages compressed (once per shard, whatever the subscriber count).
@@ -283,7 +286,7 @@ pub fn render(view: &NodeView) -> String {
     let _ = writeln!(out, "ringcast_info{{node=\"{}\",io=\"{}\",version=\"{}\"}} 1", view.node, view.io_mode, env!("CARGO_PKG_VERSION"));
     family(&mut out, "ringcast_uptime_seconds", "gauge", "Seconds since the node started.");
     let _ = writeln!(out, "ringcast_uptime_seconds {}", view.uptime_seconds);
-    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 26] = [
+    let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 27] = [
         ("ringcast_shard_connections", "Open connections per shard.", |m| m.connections.get()),
         ("ringcast_accepted_total", "TCP connections accepted.", |m| m.accepted.get()),
         ("ringcast_http_requests_total", "HTTP requests served (not upgrades).", |m| m.http_requests.get()),
@@ -310,6 +313,7 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_compressed_deliveries_total", "Message copies queued compressed (RSV1) to permessage-deflate subscribers.", |m| m.compressed_deliveries.get()),
         ("ringcast_inflated_messages_total", "Compressed client messages inflated by the shard's one inflater (no connection keeps an inflate window: client_no_context_takeover).", |m| m.inflated_messages.get()),
         ("ringcast_conflated_total", "Queued messages of --conflate channels replaced by a newer one on a slow subscriber's backlog (instead of a 4008 close).", |m| m.conflated.get()),
+        ("ringcast_conflate_channels_full_total", "Messages of --conflate channels queued whole (not conflatable later) because the slow subscriber already conflated conflate_channels other channels.", |m| m.conflate_channels_full.get()),
     ];
     for (name, help, get) in counters {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };

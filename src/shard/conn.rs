@@ -294,8 +294,9 @@ impl Conn {
     /// when this channel's previous frame is still waiting (not started on the wire), the
     /// new frame takes its place and the old message is dropped (`replaced` counts it, and
     /// `skipped` more messages of a run that only its newest one stands for); otherwise it
-    /// is queued as usual and remembered (up to `channels_max` channels). The byte bound
-    /// holds either way. Returns true if newly dirty.
+    /// is queued as usual and remembered (up to `channels_max` channels; a channel past
+    /// that is queued whole and counted in `conflate_channels_full`). The byte bound holds
+    /// either way. Returns true if newly dirty.
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue_conflated(&self, channel: &str, frame: Bytes, skipped: u64, channels_max: usize, limit_bytes: usize, now_ms: u64, close_timeout_ms: u64, metrics: &ShardMetrics) -> bool {
         let mut st = self.state.borrow_mut();
@@ -324,8 +325,12 @@ impl Conn {
                 }
             }
         }
-        if st.outbox_bytes + frame.len() <= limit_bytes && conflated.len() < channels_max {
-            conflated.push((channel.into(), frame.clone()));
+        if st.outbox_bytes + frame.len() <= limit_bytes {
+            if conflated.len() < channels_max {
+                conflated.push((channel.into(), frame.clone()));
+            } else {
+                metrics.conflate_channels_full.inc();
+            }
         }
         st.conflated = Some(conflated);
         metrics.conflated.add(skipped);

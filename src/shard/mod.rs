@@ -338,7 +338,8 @@ impl Shard {
         let fanout = &self.node.config.fanout;
         // Whether this channel is conflated: asked once per message, and only when a
         // backlogged subscriber needs the answer.
-        let conflates: Cell<Option<bool>> = Cell::new(if fanout.conflate.is_empty() { Some(false) } else { None });
+        let conflating = !fanout.conflate.is_empty();
+        let conflates: Cell<Option<bool>> = Cell::new(if conflating { None } else { Some(false) });
         // The compressed form (whole buffer, newest message), made once on the first
         // subscriber that negotiated permessage-deflate; None: nothing got smaller.
         let deflated: std::cell::OnceCell<Option<(Bytes, Bytes)>> = std::cell::OnceCell::new();
@@ -377,12 +378,15 @@ impl Shard {
                     }
                 }
             }
-            let was_closing = conn.state.borrow().closing.is_some();
+            let (was_closing, backlogged) = {
+                let st = conn.state.borrow();
+                // The backlog matters only when some channel conflates at all.
+                (st.closing.is_some(), conflating && conn.stream.is_some() && st.outbox_bytes >= fanout.conflate_threshold_bytes)
+            };
             let compressed = if deflate { deflated.get_or_init(|| self.deflate(out)).as_ref() } else { None };
             if compressed.is_some() {
                 self.metrics.compressed_deliveries.add(frames);
             }
-            let backlogged = conn.stream.is_some() && conn.state.borrow().outbox_bytes >= fanout.conflate_threshold_bytes;
             let newly_dirty = if backlogged && conflatable(&conflates, &fanout.conflate, out.channel) {
                 // A slow subscriber of a conflated channel: the newest message stands for
                 // the run and replaces the one still waiting.

@@ -243,3 +243,35 @@ fn compression_off_or_not_offered_means_plain_frames_and_rsv1_is_a_protocol_erro
     let client = Deflating::connect(gateway.port, "permessage-deflate; server_max_window_bits=9");
     assert!(!client.negotiated());
 }
+
+#[test]
+fn the_sys_metrics_snapshot_carries_the_compression_bytes_for_the_dashboard_tile() {
+    let gateway = Gateway::start(&["--shards", "1", "--sys-subscribe"]);
+    let channel = format!("t{}.tele", unique());
+    let mut subscriber = Deflating::connect(gateway.port, "permessage-deflate");
+    assert!(subscriber.negotiated(), "{}", subscriber.head);
+    subscriber.send_text(json!({"op": "sub", "ch": channel, "id": 1}).to_string().as_bytes(), false);
+    assert_eq!(subscriber.next_text().1["op"], "ok");
+    let (mut dashboard, _) = connect(&gateway.url(""));
+    assert_eq!(request(&mut dashboard, json!({"op": "sub", "ch": "$sys.metrics"}), 1)["op"], "ok");
+    for seq in 0..5 {
+        publish(gateway.port, &channel, telemetry(seq));
+        assert!(subscriber.next_text().0, "compressed");
+    }
+    let (scraped_in, scraped_out) = (metric(gateway.port, "ringcast_compress_bytes_in_total"), metric(gateway.port, "ringcast_compress_bytes_out_total"));
+    assert!(scraped_out > 0.0);
+    // Snapshots come once a second; one taken after the publishes has the same totals as
+    // /metrics (earlier ones may have part of them).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let snapshot = loop {
+        assert!(std::time::Instant::now() < deadline, "no snapshot with the scraped totals {scraped_in} / {scraped_out}");
+        let frame = recv_json(&mut dashboard);
+        if frame["op"] == "msg" && frame["ch"] == "$sys.metrics" && frame["data"]["compress_bytes_out_total"].as_f64() == Some(scraped_out) {
+            break frame["data"].clone();
+        }
+    };
+    let (bytes_in, bytes_out) = (snapshot["compress_bytes_in_total"].as_f64().unwrap(), snapshot["compress_bytes_out_total"].as_f64().unwrap());
+    assert_eq!(bytes_in, scraped_in, "the same counters as /metrics: {snapshot}");
+    assert!(bytes_in >= 3.0 * bytes_out, "the tile's ratio, {bytes_in} / {bytes_out}, is the telemetry's");
+    assert!(snapshot["compress_bytes_in_per_s"].is_number() && snapshot["compress_bytes_out_per_s"].is_number(), "{snapshot}");
+}

@@ -129,3 +129,59 @@ fn conflation_settings_are_checked_at_start() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("conflate_threshold") && text.contains("outbound_limit"), "{text}");
 }
+
+#[test]
+fn a_channel_past_conflate_channels_is_queued_whole_and_counted() {
+    // conflate_channels = 2: a slow dashboard of three conflated channels can conflate two;
+    // the third's messages are queued as usual and ringcast_conflate_channels_full_total counts them.
+    let gateway = Gateway::start(&["--shards", "1", "--conflate", "tele.>", "--conflate-threshold", "64KiB", "--outbound-limit", "4MiB", "--conflate-channels", "2"]);
+    let u = unique();
+    let (a, b, c) = (format!("tele.{u}.a"), format!("tele.{u}.b"), format!("tele.{u}.c"));
+    let mut slow = slow_client(&gateway);
+    assert_eq!(request(&mut slow, json!({"op": "sub", "ch": format!("tele.{u}.*")}), 1)["op"], "ok");
+    let pad = "x".repeat(8_000);
+    // Channel a until its backlog passes the threshold (a message of it gets conflated):
+    // the kernel's socket buffers fill first, so the count is found, not assumed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0u64;
+    while metric(&scrape(gateway.port), "ringcast_conflated_total", &[]) == 0.0 {
+        assert!(sent < 2_000 && Instant::now() < deadline, "channel a never conflated after {sent} messages");
+        for _ in 0..20 {
+            publish(gateway.port, &a, json!({"n": sent, "pad": pad}));
+            sent += 1;
+        }
+    }
+    assert_eq!(metric(&scrape(gateway.port), "ringcast_conflate_channels_full_total", &[]), 0.0, "a alone fits the bound");
+    // b takes the second place; c finds none.
+    publish(gateway.port, &b, json!({"n": 0, "pad": pad}));
+    for n in 0..3 {
+        publish(gateway.port, &c, json!({"n": n, "pad": pad}));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let full = loop {
+        let full = metric(&scrape(gateway.port), "ringcast_conflate_channels_full_total", &[]);
+        if full >= 3.0 || Instant::now() > deadline {
+            break full;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(full, 3.0, "each of c's three messages was queued whole");
+    // Nothing was closed: c's whole messages stay under the byte bound, and the dashboard
+    // still reads through to the end (c's last message).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_c = None;
+    while last_c != Some(2) {
+        assert!(Instant::now() < deadline, "c's last message did not arrive");
+        match slow.read().expect("connection open") {
+            tungstenite::Message::Text(text) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["op"] == "msg" && frame["ch"] == c.as_str() {
+                    last_c = frame["data"]["n"].as_u64();
+                }
+            }
+            tungstenite::Message::Close(close) => panic!("closed: {close:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(metric(&scrape(gateway.port), "ringcast_slow_consumer_closes_total", &[]), 0.0);
+}
