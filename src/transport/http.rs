@@ -296,14 +296,28 @@ fn route(shard: &Rc<Shard>, request: &Request) -> Routed {
     }
 }
 
+/// The WebSocket handshake checks every route shares: 405/400/426 (counted as bad requests).
+fn websocket_upgrade(shard: &Shard, request: &Request) -> Result<h::Upgrade, Routed> {
+    h::websocket_upgrade(request).map_err(|e| {
+        shard.metrics.refused(Refusal::BadRequest);
+        let extra: &[(&str, &str)] = if e.status == 426 { &[("Sec-WebSocket-Version", "13")] } else { &[] };
+        error(e.status, e.msg, extra)
+    })
+}
+
+/// Admission (`max_connections`, accept rate, drain): None when admitted, else the 503.
+fn admit(shard: &Shard) -> Option<Routed> {
+    let refusal = crate::admission::admit(&shard.node, &shard.admission, shard.now_ms()).err()?;
+    shard.metrics.refused(refusal);
+    let (msg, retry_after) = crate::admission::explain(refusal);
+    // Closed after the answer: a refused client in a burst must not keep a socket.
+    Some(Routed::Respond { bytes: h::json_error(503, msg, &[("Retry-After", retry_after)], false), keep_alive: false })
+}
+
 fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
-    let mut upgrade = match h::websocket_upgrade(request) {
+    let mut upgrade = match websocket_upgrade(shard, request) {
         Ok(upgrade) => upgrade,
-        Err(e) => {
-            shard.metrics.refused(Refusal::BadRequest);
-            let extra: &[(&str, &str)] = if e.status == 426 { &[("Sec-WebSocket-Version", "13")] } else { &[] };
-            return error(e.status, e.msg, extra);
-        }
+        Err(refused) => return refused,
     };
     let identity = match super::identity::authenticate(shard, request) {
         Ok(identity) => identity,
@@ -312,11 +326,8 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
             return error(401, &e.to_string(), &[("WWW-Authenticate", "Bearer")]);
         }
     };
-    if let Err(refusal) = crate::admission::admit(&shard.node, &shard.admission, shard.now_ms()) {
-        shard.metrics.refused(refusal);
-        let (msg, retry_after) = crate::admission::explain(refusal);
-        // Closed after the answer: a refused client in a burst must not keep a socket.
-        return Routed::Respond { bytes: h::json_error(503, msg, &[("Retry-After", retry_after)], false), keep_alive: false };
+    if let Some(refused) = admit(shard) {
+        return refused;
     }
     upgrade.deflate &= shard.node.config.compression.enabled;
     Routed::Upgrade { response: h::upgrade_response(&upgrade), identity, deflate: upgrade.deflate, wire: Wire::V1, refusal: None }
@@ -326,13 +337,9 @@ fn upgrade(shard: &Rc<Shard>, request: &Request) -> Routed {
 /// still upgraded, then told why in `pusher:error` and closed with its code (4001, 4007),
 /// which is what pusher-js acts on.
 fn pusher_upgrade(shard: &Rc<Shard>, request: &Request, key: &str) -> Routed {
-    let mut upgrade = match h::websocket_upgrade(request) {
+    let mut upgrade = match websocket_upgrade(shard, request) {
         Ok(upgrade) => upgrade,
-        Err(e) => {
-            shard.metrics.refused(Refusal::BadRequest);
-            let extra: &[(&str, &str)] = if e.status == 426 { &[("Sec-WebSocket-Version", "13")] } else { &[] };
-            return error(e.status, e.msg, extra);
-        }
+        Err(refused) => return refused,
     };
     // Pusher clients never offer the ringcast subprotocol; answer none.
     upgrade.protocol = None;
@@ -340,10 +347,8 @@ fn pusher_upgrade(shard: &Rc<Shard>, request: &Request, key: &str) -> Routed {
         Ok(app) => (app, None),
         Err(refusal) => (u16::MAX, Some(refusal)),
     };
-    if let Err(refusal) = crate::admission::admit(&shard.node, &shard.admission, shard.now_ms()) {
-        shard.metrics.refused(refusal);
-        let (msg, retry_after) = crate::admission::explain(refusal);
-        return Routed::Respond { bytes: h::json_error(503, msg, &[("Retry-After", retry_after)], false), keep_alive: false };
+    if let Some(refused) = admit(shard) {
+        return refused;
     }
     upgrade.deflate &= shard.node.config.compression.enabled;
     Routed::Upgrade { response: h::upgrade_response(&upgrade), identity: None, deflate: upgrade.deflate, wire: Wire::Pusher { app }, refusal }
