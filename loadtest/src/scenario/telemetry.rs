@@ -27,7 +27,7 @@ pub fn telemetry(args: &TelemetryArgs) -> Result<Report> {
         bail!("no subscribers: raise --subs-per-device or --dashboards");
     }
     let endpoints = parse_urls(&client.url)?;
-    let src = source(&args.source, client.target)?;
+    let src = source(&args.source, client)?;
     let channels: Vec<String> = (0..args.devices).map(|i| args.device_channel.replace("{i}", &i.to_string())).collect();
     let wildcard = args.device_channel.replace("{i}", "*");
     let rate = args.devices as f64 * args.device_rate;
