@@ -303,6 +303,12 @@ impl HttpPublisher {
         written?;
         let stream = self.stream.as_mut().expect("put back above");
         let status = read_http_response(stream, &mut response)?;
+        // Sockudo answers every API call with `connection: close`: the next request then
+        // goes on a new connection instead of failing on this one.
+        let head = &response[..frame::http_head_end(&response).unwrap_or(response.len())];
+        if frame::http_header(head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            self.stream = None;
+        }
         self.response = response;
         Ok(status)
     }
@@ -822,6 +828,26 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// A server that closes after every answer (Sockudo's API does) costs a reconnect, not an error.
+    #[test]
+    fn a_connection_close_answer_moves_the_next_request_to_a_new_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\n{\"ok\":true}").unwrap();
+            }
+        });
+        let app = pusher::parse_app("1:k:s").unwrap();
+        let mut p = HttpPublisher::pusher(addr, "h", &app, &["a".into()], 100, false);
+        let result = p.publish_for(30.0, Duration::from_millis(100)).unwrap();
+        assert_eq!((result.published, result.errors.len()), (3, 0), "{result:?}");
+        server.join().unwrap();
     }
 
     #[test]
