@@ -7,10 +7,13 @@
 //!   frames, as one byte stream (an operation may span frames).
 //! - `mqtt-ws`: mosquitto's WebSocket listener, subprotocol `mqtt`; MQTT 3.1.1 packets
 //!   inside binary frames, as one byte stream.
+//! - `pusher`: Pusher Channels protocol 7 (ringcast's `/app/{key}`, Sockudo): JSON text
+//!   frames, one event each; a subscriber sends `pusher:subscribe` only once
+//!   `pusher:connection_established` arrived, as pusher-js does.
 //!
 //! Must not touch: sockets, clocks, counters (the worker owns those).
 
-use crate::{frame, mqtt, nats};
+use crate::{frame, mqtt, nats, pusher};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -21,6 +24,8 @@ pub enum TargetKind {
     NatsWs,
     /// mosquitto's WebSocket listener (MQTT 3.1.1, subprotocol `mqtt`).
     MqttWs,
+    /// A Pusher Channels protocol 7 server: ringcast's `/app/{key}` endpoint, Sockudo.
+    Pusher,
 }
 
 impl TargetKind {
@@ -29,6 +34,7 @@ impl TargetKind {
             TargetKind::Ringcast => "ringcast",
             TargetKind::NatsWs => "nats-ws",
             TargetKind::MqttWs => "mqtt-ws",
+            TargetKind::Pusher => "pusher",
         }
     }
 
@@ -38,19 +44,30 @@ impl TargetKind {
             TargetKind::Ringcast => Some("ringcast.v1"),
             TargetKind::NatsWs => None,
             TargetKind::MqttWs => Some("mqtt"),
+            TargetKind::Pusher => None,
         }
     }
 
     /// Whether a connection needs an application-level answer before it counts as ready.
     /// A ringcast client holding no subscription is ready at the upgrade; NATS and MQTT
-    /// clients always log in first (CONNECT), so they wait for PONG / CONNACK.
+    /// clients always log in first (CONNECT), so they wait for PONG / CONNACK; a Pusher
+    /// client waits for `connection_established` (and then `subscription_succeeded`).
     pub fn needs_join(self, channel: Option<&str>) -> bool {
         !(self == TargetKind::Ringcast && channel.is_none())
     }
 
     /// Whether the application stream may split an operation across frames.
     pub fn is_stream(self) -> bool {
-        self != TargetKind::Ringcast
+        matches!(self, TargetKind::NatsWs | TargetKind::MqttWs)
+    }
+
+    /// The opcode of an `Event::Reply` (NATS: binary; Pusher: a text `pusher:pong`).
+    pub fn reply_opcode(self) -> u8 {
+        if self == TargetKind::Pusher {
+            frame::OPCODE_TEXT
+        } else {
+            frame::OPCODE_BINARY
+        }
     }
 }
 
@@ -61,7 +78,7 @@ pub const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x2e];
 /// How a ringcast channel is named on each target's wire.
 pub fn wire_name(kind: TargetKind, channel: &str, nats_prefix: Option<&str>) -> String {
     match kind {
-        TargetKind::Ringcast => channel.to_string(),
+        TargetKind::Ringcast | TargetKind::Pusher => channel.to_string(),
         TargetKind::NatsWs => match nats_prefix {
             Some(p) if !p.is_empty() => format!("{p}.{channel}"),
             _ => channel.to_string(),
@@ -113,8 +130,18 @@ pub fn join_frames(kind: TargetKind, join: &Join) -> Vec<u8> {
             }
             frame::encode_client_frame(&mut out, frame::OPCODE_BINARY, &packets, MASK);
         }
+        // Nothing before `connection_established`: see `frames_after_established`.
+        TargetKind::Pusher => {}
     }
     out
+}
+
+/// The frames a client sends once the server said hello (`Event::Established`).
+pub fn frames_after_established(kind: TargetKind, channel: Option<&str>) -> Vec<u8> {
+    match (kind, channel) {
+        (TargetKind::Pusher, Some(ch)) => pusher::subscribe_frame(ch),
+        _ => Vec::new(),
+    }
 }
 
 /// What the application stream said.
@@ -127,9 +154,13 @@ pub enum Event<'a> {
     Notify { nid: &'a [u8], payload: &'a [u8] },
     /// The join finished: subscribed (or logged in, for an idle NATS / MQTT client).
     Joined,
+    /// Pusher: `connection_established` arrived and the client still has to subscribe
+    /// (the worker sends `frames_after_established`).
+    Established,
     /// ringcast answered a `sub` with `since` by 409: resume is past retention; resync.
     ResumeRefused,
-    /// Send these application bytes back (a NATS PONG); the worker frames them.
+    /// Send these application bytes back (a NATS PONG, a `pusher:pong`); the worker frames
+    /// them with `TargetKind::reply_opcode`.
     Reply(&'static [u8]),
 }
 
@@ -144,7 +175,26 @@ pub fn on_app_bytes(kind: TargetKind, joining: bool, wants_channel: bool, data: 
         }
         TargetKind::NatsWs => nats_stream(joining, data, sink),
         TargetKind::MqttWs => mqtt_stream(wants_channel, data, sink),
+        TargetKind::Pusher => {
+            pusher_frame(joining, wants_channel, data, sink)?;
+            Ok(data.len())
+        }
     }
+}
+
+fn pusher_frame(joining: bool, wants_channel: bool, payload: &[u8], sink: &mut impl FnMut(Event)) -> Result<(), String> {
+    match pusher::classify(payload) {
+        pusher::ServerEvent::Event => sink(Event::Delivery(payload)),
+        pusher::ServerEvent::Established if joining && wants_channel => sink(Event::Established),
+        pusher::ServerEvent::Established if joining => sink(Event::Joined),
+        pusher::ServerEvent::Subscribed if joining => sink(Event::Joined),
+        pusher::ServerEvent::Ping => sink(Event::Reply(pusher::PONG)),
+        pusher::ServerEvent::Error(Some(code)) => return Err(format!("pusher_error_{code}")),
+        pusher::ServerEvent::Error(None) => return Err("pusher_error".into()),
+        pusher::ServerEvent::SubscriptionError => return Err("sub_refused".into()),
+        _ => {}
+    }
+    Ok(())
 }
 
 fn ringcast_frame(joining: bool, payload: &[u8], sink: &mut impl FnMut(Event)) -> Result<(), String> {
@@ -307,5 +357,48 @@ mod tests {
         assert!(on_app_bytes(TargetKind::MqttWs, true, true, &[0x20, 2, 0, 5], &mut |_| {}).is_err());
         assert_eq!(wire_name(TargetKind::MqttWs, "dev.>", None), "dev/#");
         assert_eq!(wire_name(TargetKind::NatsWs, "a.b", None), "a.b");
+    }
+
+    #[test]
+    fn pusher_waits_for_established_then_subscribes_and_reads_events() {
+        let join = Join { channel: Some("bench"), since: None, nats_prefix: None, client_id: "c", presence: false };
+        assert!(join_frames(TargetKind::Pusher, &join).is_empty(), "nothing before connection_established");
+        assert!(TargetKind::Pusher.needs_join(None), "even an idle client waits for the greeting");
+        assert!(!TargetKind::Pusher.is_stream());
+        let established = br#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"12.34\",\"activity_timeout\":120}"}"#;
+        assert_eq!(events(TargetKind::Pusher, true, true, established).0, ["Established"]);
+        assert_eq!(events(TargetKind::Pusher, true, false, established).0, ["Joined"], "an idle client is ready at the greeting");
+        let frames = frames_after_established(TargetKind::Pusher, Some("bench"));
+        assert_eq!(frames, pusher::subscribe_frame("bench"));
+        assert!(frames_after_established(TargetKind::Pusher, None).is_empty());
+        let ok = br#"{"event":"pusher_internal:subscription_succeeded","channel":"bench","data":"{}"}"#;
+        assert_eq!(events(TargetKind::Pusher, true, true, ok).0, ["Joined"]);
+        assert!(events(TargetKind::Pusher, false, true, ok).0.is_empty(), "a late repeat is nothing");
+        // A delivery: the stamp sits escaped inside the data string and is still found.
+        let t = frame::payload_template(200);
+        let mut data = t.text.into_bytes();
+        frame::write_timestamp(&mut data[t.ts_at..t.ts_at + frame::TIMESTAMP_DIGITS], 1_700_000_000_123_456_789);
+        frame::write_padded(&mut data[t.n_at..t.n_at + frame::COUNTER_DIGITS], 9);
+        let data = String::from_utf8(data).unwrap();
+        let event = serde_json::json!({"event": "lt", "channel": "bench", "data": data}).to_string();
+        let mut payloads = Vec::new();
+        on_app_bytes(TargetKind::Pusher, false, true, event.as_bytes(), &mut |e| {
+            if let Event::Delivery(p) = e {
+                payloads.push(p.to_vec());
+            }
+        })
+        .unwrap();
+        assert_eq!(payloads.len(), 1);
+        assert_eq!(frame::find_timestamp(&payloads[0]), Some(1_700_000_000_123_456_789));
+        assert_eq!(frame::find_counter(&payloads[0]), Some(9));
+        // Ping is answered with a text pong; refusals are named.
+        assert_eq!(events(TargetKind::Pusher, false, true, br#"{"event":"pusher:ping","data":"{}"}"#).0, [format!("Reply({:?})", pusher::PONG)]);
+        assert_eq!(TargetKind::Pusher.reply_opcode(), frame::OPCODE_TEXT);
+        assert_eq!(TargetKind::NatsWs.reply_opcode(), frame::OPCODE_BINARY);
+        let error = br#"{"event":"pusher:error","data":{"message":"no app","code":4001}}"#;
+        assert_eq!(on_app_bytes(TargetKind::Pusher, true, true, error, &mut |_| {}).unwrap_err(), "pusher_error_4001");
+        let refused = br#"{"event":"pusher:subscription_error","channel":"bench","data":"{}"}"#;
+        assert_eq!(on_app_bytes(TargetKind::Pusher, true, true, refused, &mut |_| {}).unwrap_err(), "sub_refused");
+        assert!(events(TargetKind::Pusher, false, true, br#"{"event":"pusher:pong","data":"{}"}"#).0.is_empty());
     }
 }

@@ -49,7 +49,7 @@ fn max_p99(text: &str) -> Result<MaxP99, String> {
 #[command(
     name = "ringcast-loadtest",
     version,
-    about = "Load-test harness for the ringcast WebSocket gateway and its peers (nats-server and mosquitto over WebSocket)",
+    about = "Load-test harness for the ringcast WebSocket gateway and its peers (nats-server and mosquitto over WebSocket, Pusher protocol 7 servers)",
     after_help = "Each scenario prints a progress line every second (stderr) and a final table (stdout), or one JSON \
                   object with --json. Pin server and harness apart, e.g. `taskset -c 0 ringcast gateway --shards 1 --pin 0` \
                   and `ringcast-loadtest ... --cpus 1`. See README.md (Load testing) and BENCHMARKS.md."
@@ -101,9 +101,17 @@ pub struct ClientArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
     /// What speaks at --url: ringcast (protocol v1), nats-ws (nats-server's websocket
-    /// listener), mqtt-ws (mosquitto's websockets listener, MQTT 3.1.1).
+    /// listener), mqtt-ws (mosquitto's websockets listener, MQTT 3.1.1), pusher (Pusher
+    /// Channels protocol 7: ringcast's /app/{key} endpoint, Sockudo; needs --pusher-app).
     #[arg(long, value_enum, default_value_t = TargetKind::Ringcast)]
     pub target: TargetKind,
+    /// --target pusher: the app as ID:KEY:SECRET, as the server knows it (ringcast's
+    /// `--pusher-app`). Clients connect to /app/KEY?protocol=7 (when --url has no path or
+    /// the default /ws) and ready at `pusher:connection_established`, or at
+    /// `pusher_internal:subscription_succeeded` when they subscribe; messages are
+    /// triggered through the signed HTTP API, `POST /apps/ID/events` on the --url node.
+    #[arg(long, value_name = "ID:KEY:SECRET", value_parser = crate::pusher::parse_app)]
+    pub pusher_app: Option<crate::pusher::App>,
     /// Number of client connections [default: 1000; telemetry: devices × subs-per-device + dashboards].
     #[arg(long)]
     pub conns: Option<usize>,
@@ -163,7 +171,8 @@ pub struct SourceArgs {
     /// API key for POST /api/publish (sent as Authorization: Bearer KEY), and for --drain-url.
     #[arg(long, default_value = "")]
     pub api_key: String,
-    /// How to publish: `http` (POST /api/publish on the --url node; ringcast only),
+    /// How to publish: `http` (POST /api/publish on the --url node; ringcast only; for
+    /// --target pusher the signed `POST /apps/ID/events` there, also named `pusher`),
     /// `nats://HOST:PORT[?prefix=rc]` (NATS PUB to `{prefix}.{channel}`: the gateway's
     /// NATS bridge, or nats-server itself for --target nats-ws, where the prefix defaults
     /// to none), `mqtt://HOST:PORT[?prefix=rc]` (MQTT QoS 0 PUBLISH: to mosquitto for
@@ -384,6 +393,10 @@ pub struct LimitArgs {
 pub struct IdleArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Subscribe every connection to this channel and count it ready once subscribed:
+    /// memory per idle *subscribed* connection [default: subscribe to nothing].
+    #[arg(long)]
+    pub channel: Option<String>,
     /// How long to hold the connections once all are open.
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub duration: Duration,

@@ -756,14 +756,16 @@ impl Worker {
         let wants_channel = !self.cfg.classes.is_empty();
         let mut app = std::mem::take(&mut conn.app);
         let mut joined = false;
+        let mut established = false;
         let mut resume_refused = false;
         let mut handle = |worker: &mut Worker, conn: &mut Conn, bytes: &[u8]| -> Result<usize, Fail> {
             adapter::on_app_bytes(kind, joining, wants_channel, bytes, &mut |event| match event {
                 Event::Delivery(p) => worker.deliver(conn, p, now_ns),
                 Event::Notify { nid, payload } => worker.on_notify(conn, nid, payload, now_ns),
                 Event::Joined => joined = true,
+                Event::Established => established = true,
                 Event::ResumeRefused => resume_refused = true,
-                Event::Reply(bytes) => frame::encode_client_frame(&mut worker.out, frame::OPCODE_BINARY, bytes, adapter::MASK),
+                Event::Reply(bytes) => frame::encode_client_frame(&mut worker.out, kind.reply_opcode(), bytes, adapter::MASK),
             })
             .map_err(Fail)
         };
@@ -792,6 +794,10 @@ impl Worker {
         } else if joined && conn.state == State::Joining {
             conn.state = State::Ready;
             self.mark_ready(conn);
+        } else if established && conn.state == State::Joining {
+            // Pusher: subscribe now that the server said hello; ready at its answer.
+            let channel = self.cfg.locate(self.cfg.first_conn_index + slot).map(|(_, ch)| ch);
+            self.out.extend_from_slice(&adapter::frames_after_established(kind, channel.as_deref()));
         }
         Ok(())
     }

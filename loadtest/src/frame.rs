@@ -191,14 +191,19 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The send timestamp in a payload, if present.
+/// The stamp keys as they read when the data JSON travels inside a JSON string (Pusher's
+/// `data` is a string: `"data":"{\"lt_ns\":..`); the digits after them are unchanged.
+const ESCAPED_TIMESTAMP_KEY: &[u8] = b"\\\"lt_ns\\\":";
+const ESCAPED_COUNTER_KEY: &[u8] = b"\\\"lt_n\\\":";
+
+/// The send timestamp in a payload, if present (as JSON, or escaped inside a string).
 pub fn find_timestamp(payload: &[u8]) -> Option<u64> {
-    find_digits_after(payload, TIMESTAMP_KEY)
+    find_digits_after(payload, TIMESTAMP_KEY).or_else(|| find_digits_after(payload, ESCAPED_TIMESTAMP_KEY))
 }
 
-/// The publisher's message number in a payload, if present.
+/// The publisher's message number in a payload, if present (as JSON, or escaped).
 pub fn find_counter(payload: &[u8]) -> Option<u64> {
-    find_digits_after(payload, COUNTER_KEY)
+    find_digits_after(payload, COUNTER_KEY).or_else(|| find_digits_after(payload, ESCAPED_COUNTER_KEY))
 }
 
 fn find_digits_after(payload: &[u8], key: &[u8]) -> Option<u64> {
@@ -447,6 +452,11 @@ mod tests {
         assert_eq!(find_counter(&b), Some(42));
         assert!(serde_json::from_str::<serde_json::Value>(&payload_template(10).text).is_ok(), "the unstamped template is valid JSON too");
         assert_eq!(find_counter(b"{\"lt_ns\":5}"), None, "lt_ns is not lt_n");
+        // Inside a JSON string (Pusher's `data`), escaped.
+        let wrapped = serde_json::json!({"event": "lt", "data": String::from_utf8(b).unwrap()}).to_string();
+        assert_eq!(find_timestamp(wrapped.as_bytes()), Some(1_700_000_000_123_456_789), "{wrapped}");
+        assert_eq!(find_counter(wrapped.as_bytes()), Some(42));
+        assert_eq!(find_counter(br#"{"data":"{\"lt_ns\":5}"}"#), None, "escaped lt_ns is not lt_n");
     }
 
     /// Raw deflate (as permessage-deflate sends it) of one message on its own, at zlib's

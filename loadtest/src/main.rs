@@ -5,7 +5,8 @@
 //! - `limits`       every bound, with its unit and why
 //! - `frame`        WebSocket frames, the upgrade, the payload stamps (pure bytes)
 //! - `nats`, `mqtt` the NATS and MQTT 3.1.1 subsets the harness speaks (pure bytes)
-//! - `adapter`      per target (ringcast, nats-ws, mqtt-ws): join frames, reading deliveries
+//! - `pusher`       Pusher protocol 7: app, subscribe frame, server events, API signing (pure bytes)
+//! - `adapter`      per target (ringcast, nats-ws, mqtt-ws, pusher): join frames, reading deliveries
 //! - `stats`        histograms, percentiles, loss, CPU-µs per delivery from /proc
 //! - `host`         fd limit, pinning, io_uring probe, host facts
 //! - `client`       the worker process: one epoll loop holding ≤ 19,000 WebSockets
@@ -30,6 +31,7 @@ mod mqtt;
 mod nats;
 mod notify_api;
 mod publish;
+mod pusher;
 mod report;
 mod scenario;
 mod stats;

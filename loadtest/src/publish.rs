@@ -1,7 +1,8 @@
 //! Publishers: put stamped messages onto channels at a paced rate.
 //!
-//! Owns: the three ways in — `POST /api/publish` (one keep-alive HTTP/1.1 connection, one
-//! request in flight), NATS (`PUB` over TCP, pipelined: every message due goes out in one
+//! Owns: the ways in — `POST /api/publish` (one keep-alive HTTP/1.1 connection, one
+//! request in flight), the Pusher HTTP API (`POST /apps/{id}/events`, signed per request,
+//! likewise one in flight), NATS (`PUB` over TCP, pipelined: every message due goes out in one
 //! write), MQTT (QoS 0 `PUBLISH` over TCP, pipelined) — and the control line to the
 //! built-in `limit` server (which publishes by itself). Every message carries the send
 //! time and a per-channel message number (see `frame::payload_template`); a publisher
@@ -9,7 +10,7 @@
 //! while the main thread watches the workers.
 
 use crate::adapter::{self, TargetKind};
-use crate::{frame, mqtt, nats};
+use crate::{frame, mqtt, nats, pusher};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -58,6 +59,8 @@ const PIPELINE_READ_EVERY: Duration = Duration::from_millis(100);
 pub enum Via {
     /// `POST /api/publish` on the ringcast node at `--url`.
     Http,
+    /// The Pusher HTTP API, `POST /apps/{id}/events` (signed), on the node at `--url`.
+    Pusher,
     /// NATS `PUB` to subject `{prefix}.{channel}` (no prefix: the channel itself).
     Nats { addr: SocketAddr, prefix: Option<String> },
     /// MQTT QoS 0 `PUBLISH` to the channel's topic (`.` → `/`), under `{prefix}/` when set
@@ -69,6 +72,7 @@ impl Via {
     pub fn describe(&self) -> String {
         match self {
             Via::Http => "http /api/publish".into(),
+            Via::Pusher => "pusher http /apps/{id}/events".into(),
             Via::Nats { addr, prefix } => format!("nats://{addr} subject prefix {:?}", prefix.as_deref().unwrap_or("")),
             Via::Mqtt { addr, prefix: None } => format!("mqtt://{addr}"),
             Via::Mqtt { addr, prefix: Some(p) } => format!("mqtt://{addr}?prefix={p}"),
@@ -80,6 +84,7 @@ impl Via {
 /// (see [`broker_url`] for the prefix).
 pub fn parse_via(text: Option<&str>, kind: TargetKind) -> Result<Via> {
     let via = match text {
+        None | Some("http" | "pusher") if kind == TargetKind::Pusher => Via::Pusher,
         None | Some("http") => Via::Http,
         Some(url) if url.starts_with("nats://") => {
             let (addr, prefix) = broker_url(url, "nats://", kind)?;
@@ -96,6 +101,9 @@ pub fn parse_via(text: Option<&str>, kind: TargetKind) -> Result<Via> {
         (TargetKind::Ringcast, Via::Http | Via::Nats { .. } | Via::Mqtt { .. }) | (TargetKind::NatsWs, Via::Nats { .. }) | (TargetKind::MqttWs, Via::Mqtt { .. }) => Ok(via),
         (TargetKind::NatsWs, _) => bail!("--target nats-ws publishes through NATS: add --publish nats://127.0.0.1:PORT (scripts/peers.sh prints it)"),
         (TargetKind::MqttWs, _) => bail!("--target mqtt-ws publishes through MQTT: add --publish mqtt://127.0.0.1:PORT (scripts/peers.sh prints it)"),
+        (TargetKind::Pusher, Via::Pusher) => Ok(via),
+        (TargetKind::Pusher, _) => bail!("--target pusher publishes through the server's signed HTTP API: drop --publish (or give --publish pusher)"),
+        (_, Via::Pusher) => unreachable!("Via::Pusher is only chosen for --target pusher"),
     }
 }
 
@@ -143,6 +151,16 @@ impl Encoded {
         let (bytes, inner_at) = wrap(&inner);
         let base = inner_at + prefix.len();
         Encoded { bytes, ts_at: base + t.ts_at, n_at: base + t.n_at, next_n: 1 }
+    }
+
+    /// A Pusher trigger body: the data JSON travels escaped inside a string, so its stamp
+    /// offsets are found in the escaped text (digits and spaces need no escaping).
+    fn pusher(channel: &str, payload_bytes: usize) -> Encoded {
+        let t = frame::payload_template(payload_bytes);
+        let (bytes, at) = pusher::event_body(channel, &t.text);
+        let find = |key: &[u8]| at + bytes[at..].windows(key.len()).position(|w| w == key).expect("the key is in the body") + key.len();
+        let (ts_at, n_at) = (find(br#"\"lt_ns\":"#), find(br#"\"lt_n\":"#));
+        Encoded { bytes, ts_at, n_at, next_n: 1 }
     }
 
     fn stamp(&mut self) -> &[u8] {
@@ -198,13 +216,21 @@ pub(crate) fn paced(rate: f64, duration: Duration, batch_max: usize, result: &mu
     Ok(())
 }
 
-/// `POST /api/publish` with one request in flight.
+/// `POST /api/publish` (or the Pusher API's `POST /apps/{id}/events`) with one request in flight.
 pub struct HttpPublisher {
     target: SocketAddr,
     stream: Option<TcpStream>,
     messages: RoundRobin,
     response: Vec<u8>,
     tolerate_outage: bool,
+    /// Pusher: each message is a bare body, signed (timestamp, body_md5) into `request` per send.
+    pusher: Option<PusherSigner>,
+    request: Vec<u8>,
+}
+
+struct PusherSigner {
+    app: pusher::App,
+    host: String,
 }
 
 impl HttpPublisher {
@@ -225,7 +251,34 @@ impl HttpPublisher {
                 })
             })
             .collect();
-        HttpPublisher { target, stream: None, messages: RoundRobin { channels, next: 0 }, response: Vec::with_capacity(1024), tolerate_outage }
+        HttpPublisher { target, stream: None, messages: RoundRobin { channels, next: 0 }, response: Vec::with_capacity(1024), tolerate_outage, pusher: None, request: Vec::new() }
+    }
+
+    /// Triggers through the Pusher HTTP API of `app` (event `lt`, one channel per request).
+    pub fn pusher(target: SocketAddr, host: &str, app: &pusher::App, channels: &[String], payload_bytes: usize, tolerate_outage: bool) -> Self {
+        let channels = channels.iter().map(|ch| Encoded::pusher(ch, payload_bytes)).collect();
+        HttpPublisher {
+            target,
+            stream: None,
+            messages: RoundRobin { channels, next: 0 },
+            response: Vec::with_capacity(1024),
+            tolerate_outage,
+            pusher: Some(PusherSigner { app: app.clone(), host: host.to_string() }),
+            request: Vec::with_capacity(1024),
+        }
+    }
+
+    /// The next request's bytes, stamped (and signed, for Pusher).
+    fn next_request(&mut self) -> &[u8] {
+        let stamped = self.messages.current().stamp();
+        match &self.pusher {
+            None => stamped,
+            Some(signer) => {
+                let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                pusher::trigger_request(&mut self.request, &signer.app, &signer.host, stamped, now_s);
+                &self.request
+            }
+        }
     }
 
     fn connect(&mut self) -> Result<&mut TcpStream> {
@@ -244,10 +297,18 @@ impl HttpPublisher {
         let mut response = std::mem::take(&mut self.response);
         response.clear();
         self.connect()?;
-        let request = self.messages.current().stamp();
-        let stream = self.stream.as_mut().expect("connected above");
-        stream.write_all(request)?;
+        let mut stream = self.stream.take().expect("connected above");
+        let written = stream.write_all(self.next_request());
+        self.stream = Some(stream);
+        written?;
+        let stream = self.stream.as_mut().expect("put back above");
         let status = read_http_response(stream, &mut response)?;
+        // Sockudo answers every API call with `connection: close`: the next request then
+        // goes on a new connection instead of failing on this one.
+        let head = &response[..frame::http_head_end(&response).unwrap_or(response.len())];
+        if frame::http_header(head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            self.stream = None;
+        }
         self.response = response;
         Ok(status)
     }
@@ -266,7 +327,8 @@ impl Publisher for HttpPublisher {
             Ok(status) => {
                 result.error(&format!("http_{status}"));
                 if status == 401 || status == 403 {
-                    bail!("publish refused with HTTP {status}: check --api-key");
+                    let what = if self.pusher.is_some() { "--pusher-app (and the clocks: auth_timestamp must be within 600 s)" } else { "--api-key" };
+                    bail!("publish refused with HTTP {status}: check {what}");
                 }
                 Ok(0)
             }
@@ -604,6 +666,8 @@ pub struct PublishPlan<'a> {
     pub http_target: SocketAddr,
     pub http_host: &'a str,
     pub api_key: &'a str,
+    /// The app for `Via::Pusher`.
+    pub pusher_app: Option<&'a pusher::App>,
     /// One list of channels per publisher connection; each channel in exactly one list
     /// keeps its message numbers in order.
     pub channels: Vec<Vec<String>>,
@@ -621,6 +685,10 @@ pub fn build(plan: PublishPlan) -> Box<dyn Publisher> {
             let name = format!("lt-pub-{pid}-{k}");
             match plan.via {
                 Via::Http => Box::new(HttpPublisher::new(plan.http_target, plan.http_host, plan.api_key, channels, plan.payload, plan.tolerate_outage)),
+                Via::Pusher => {
+                    let app = plan.pusher_app.expect("Via::Pusher comes with its app (scenario::source)");
+                    Box::new(HttpPublisher::pusher(plan.http_target, plan.http_host, app, channels, plan.payload, plan.tolerate_outage))
+                }
                 Via::Nats { addr, prefix } => Box::new(PipelinePublisher::nats(*addr, prefix.as_deref(), channels, plan.payload, name, plan.tolerate_outage)),
                 Via::Mqtt { addr, prefix } => Box::new(PipelinePublisher::mqtt(*addr, prefix.as_deref(), channels, plan.payload, name, plan.tolerate_outage)),
             }
@@ -693,6 +761,36 @@ mod tests {
         let via = parse_via(Some("mqtt://127.0.0.1:1883?prefix=acme"), TargetKind::Ringcast).unwrap();
         assert!(matches!(&via, Via::Mqtt { prefix: Some(p), .. } if p == "acme"), "{via:?}");
         assert!(parse_via(Some("mqtt://127.0.0.1:1883?qos=1"), TargetKind::Ringcast).is_err());
+        assert_eq!(parse_via(None, TargetKind::Pusher).unwrap(), Via::Pusher);
+        assert_eq!(parse_via(Some("pusher"), TargetKind::Pusher).unwrap(), Via::Pusher);
+        assert!(parse_via(Some("nats://127.0.0.1:4222"), TargetKind::Pusher).is_err());
+        assert_eq!(parse_via(Some("http"), TargetKind::Ringcast).unwrap(), Via::Http);
+    }
+
+    #[test]
+    fn pusher_requests_are_signed_per_send_and_carry_the_stamp_in_the_data_string() {
+        let app = pusher::parse_app("4242:key:secret").unwrap();
+        let mut p = HttpPublisher::pusher("127.0.0.1:1".parse().unwrap(), "h:1", &app, &["a".into(), "b".into()], 200, false);
+        p.messages.accepted();
+        let request = String::from_utf8(p.next_request().to_vec()).unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        let line = head.lines().next().unwrap();
+        let target = line.strip_prefix("POST ").unwrap().strip_suffix(" HTTP/1.1").unwrap();
+        let (path, query) = target.split_once('?').unwrap();
+        assert_eq!(path, "/apps/4242/events");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        // Checked the way the server checks it: md5 of the body, HMAC over the rest.
+        let (unsigned, signature) = query.rsplit_once("&auth_signature=").unwrap();
+        assert_eq!(signature, pusher::sign_hex("secret", &format!("POST\n{path}\n{unsigned}")));
+        let md5 = unsigned.split('&').find_map(|kv| kv.strip_prefix("body_md5=")).unwrap();
+        use md5::Digest;
+        assert_eq!(md5, pusher::hex(&md5::Md5::digest(body.as_bytes())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["channels"][0], "b", "round robin");
+        let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["lt_n"], 1, "numbered per channel");
+        assert!(data["lt_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000);
+        assert_eq!(frame::find_counter(body.as_bytes()), Some(1));
     }
 
     #[test]
@@ -730,6 +828,26 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// A server that closes after every answer (Sockudo's API does) costs a reconnect, not an error.
+    #[test]
+    fn a_connection_close_answer_moves_the_next_request_to_a_new_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\n{\"ok\":true}").unwrap();
+            }
+        });
+        let app = pusher::parse_app("1:k:s").unwrap();
+        let mut p = HttpPublisher::pusher(addr, "h", &app, &["a".into()], 100, false);
+        let result = p.publish_for(30.0, Duration::from_millis(100)).unwrap();
+        assert_eq!((result.published, result.errors.len()), (3, 0), "{result:?}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -336,3 +336,57 @@ fn ringcast_resume_with_since_after_a_gateway_restart_misses_nothing() {
     assert_eq!(figure(&r, "lost"), 0, "messages published while the gateway was down were replayed: {r:#}");
     assert!(r["figures"].get("publish_errors").is_none(), "publishing through NATS never saw the outage");
 }
+
+/// `--target pusher` against ringcast's Pusher protocol 7 endpoint: subscribers connect to
+/// /app/KEY, subscribe once greeted, and every event triggered through the signed HTTP API
+/// reaches every one of them with its stamp (found inside the JSON-string `data`).
+#[test]
+fn pusher_fanout_and_idle_subscribed_against_ringcasts_pusher_endpoint() {
+    let app = "4242:lt-pusher-key:lt-pusher-secret";
+    let gw = Gateway::start_with(&["--pusher-app", app]);
+    let url = format!("ws://127.0.0.1:{}", gw.port);
+    let pid = gw.child.id().to_string();
+    let r = harness(
+        &[
+            "fanout", "--target", "pusher", "--pusher-app", app, "--url", &url, "--conns", "300", "--rate", "50", "--duration", "2s",
+            "--server-pid", &pid,
+        ],
+        Duration::from_secs(60),
+    );
+    let published = figure(&r, "published");
+    assert!(published >= 90, "50 msgs/s for 2 s published only {published}: {r:#}");
+    assert_eq!(figure(&r, "connections_ready"), 300, "{r:#}");
+    assert_eq!(figure(&r, "deliveries"), published * 300, "{r:#}");
+    assert_eq!(figure(&r, "lost"), 0);
+    assert!(r["figures"]["latency_p50_ms"].as_f64().unwrap() > 0.0, "the stamp was read out of the data string: {r:#}");
+    assert!(r["figures"].get("publish_errors").is_none(), "every signed trigger was accepted: {r:#}");
+    assert_eq!(r["parameters"]["target"], "pusher");
+
+    let r = harness(
+        &["idle", "--target", "pusher", "--pusher-app", app, "--url", &url, "--channel", "idle-room", "--conns", "200", "--duration", "1s", "--server-pid", &pid],
+        Duration::from_secs(60),
+    );
+    assert_eq!(figure(&r, "connections_held_at_end"), 200, "{r:#}");
+    assert_eq!(figure(&r, "dropped_after_ready"), 0);
+    assert!(r["figures"].get("server_rss_bytes_per_conn").is_some(), "{r:#}");
+
+    // A wrong secret is refused by the server's signature check, and the run says so.
+    let stderr = harness_fails(&["fanout", "--target", "pusher", "--pusher-app", "4242:lt-pusher-key:wrong", "--url", &url, "--conns", "5", "--rate", "5", "--duration", "1s"], Duration::from_secs(30));
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+}
+
+/// Runs the harness expecting it to fail within `limit`; returns its stderr.
+fn harness_fails(args: &[&str], limit: Duration) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast-loadtest")).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("harness {args:?} ran over {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "harness {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

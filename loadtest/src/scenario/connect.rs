@@ -1,6 +1,7 @@
 //! `idle` (connect N and hold them: server memory per connection) and `burst` (a
 //! connection storm: handshakes/s and failures). Both work on every target; NATS and MQTT
-//! clients log in (CONNECT → PONG / CONNACK) and subscribe to nothing.
+//! clients log in (CONNECT → PONG / CONNACK), Pusher clients wait for
+//! `connection_established`; they subscribe to nothing unless `idle --channel` asks.
 
 use super::*;
 use crate::cli::{BurstArgs, IdleArgs};
@@ -10,7 +11,7 @@ pub fn idle(args: &IdleArgs) -> Result<Report> {
     let client = &args.client;
     let conns = client.conns();
     let endpoints = parse_urls(&client.url)?;
-    let mut report = Report::new("idle", merge(common_parameters(client, conns), json!({"duration_s": args.duration.as_secs_f64()})));
+    let mut report = Report::new("idle", merge(common_parameters(client, conns), json!({"duration_s": args.duration.as_secs_f64(), "channel": args.channel})));
     let baseline = sample_servers(&client.server_pid);
     let rate = client.connect_rate.unwrap_or(20_000.0);
     let bound = connect_bound(client, conns, rate);
@@ -19,7 +20,11 @@ pub fn idle(args: &IdleArgs) -> Result<Report> {
         conns,
         endpoints,
         nats_prefix: None,
-        classes: Vec::new(),
+        classes: args
+            .channel
+            .iter()
+            .map(|channel| SubClass { name: "subscribers".into(), conns, channel: channel.clone(), channel_count: 1, track_order: false })
+            .collect(),
         connect_rate: rate,
         lifetime: bound + args.duration + Duration::from_secs(30),
         reconnect: None,

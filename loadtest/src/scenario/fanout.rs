@@ -287,7 +287,7 @@ impl Publisher for NullPublisher {
 pub fn fanout(args: &FanoutArgs) -> Result<Report> {
     let client = &args.client;
     let endpoints = parse_urls(&client.url)?;
-    let src = source(&args.publish.source, client.target)?;
+    let src = source(&args.publish.source, client)?;
     let publisher = make_publisher(&args.publish.source, &src, &endpoints[0], std::slice::from_ref(&args.publish.channel), false);
     let via = src.via.describe();
     let extra = Extra { hold: args.hold, drain: args.drain };

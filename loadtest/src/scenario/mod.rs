@@ -62,6 +62,25 @@ pub fn parse_url(url: &str) -> Result<Endpoint> {
     Ok(Endpoint { addr, host: authority.to_string(), path: path.to_string() })
 }
 
+/// Pusher clients connect to `/app/{key}?protocol=7..`: a --url without a path (or with
+/// the default `/ws`) gets that path; any other path is taken as given.
+fn target_paths(client: &ClientArgs, mut endpoints: Vec<Endpoint>) -> Result<Vec<Endpoint>> {
+    if client.target != TargetKind::Pusher {
+        return Ok(endpoints);
+    }
+    let app = pusher_app(client)?;
+    for e in &mut endpoints {
+        if e.path == "/ws" || e.path == "/" {
+            e.path = crate::pusher::ws_path(&app.key);
+        }
+    }
+    Ok(endpoints)
+}
+
+fn pusher_app(client: &ClientArgs) -> Result<&crate::pusher::App> {
+    client.pusher_app.as_ref().context("--target pusher needs --pusher-app ID:KEY:SECRET (the app the server is configured with)")
+}
+
 /// What a run connects and how.
 struct RunSpec<'a> {
     client: &'a ClientArgs,
@@ -107,7 +126,7 @@ impl Run {
         }
         let base = WorkerConfig {
             worker_index: 0,
-            endpoints: spec.endpoints,
+            endpoints: target_paths(client, spec.endpoints)?,
             kind: client.target,
             nats_prefix: spec.nats_prefix,
             conns,
@@ -422,13 +441,20 @@ fn publish_figures(report: &mut Report, p: &Phase) {
 struct Source {
     via: Via,
     nats_prefix: Option<String>,
+    /// --target pusher: the app whose HTTP API the publisher signs for.
+    pusher_app: Option<crate::pusher::App>,
 }
 
-fn source(args: &SourceArgs, kind: TargetKind) -> Result<Source> {
+fn source(args: &SourceArgs, client: &ClientArgs) -> Result<Source> {
+    let kind = client.target;
     if args.publishers == 0 || args.publishers > limits::PUBLISHERS_MAX {
         bail!("--publishers must be 1..={}", limits::PUBLISHERS_MAX);
     }
     let via = publish::parse_via(args.publish.as_deref(), kind)?;
+    let pusher_app = match via {
+        Via::Pusher => Some(pusher_app(client)?.clone()),
+        _ => None,
+    };
     if args.pad == "telemetry" {
         crate::frame::TELEMETRY_PAD.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -436,7 +462,7 @@ fn source(args: &SourceArgs, kind: TargetKind) -> Result<Source> {
         (Via::Nats { prefix, .. }, TargetKind::NatsWs) => prefix.clone(),
         _ => None,
     };
-    Ok(Source { via, nats_prefix })
+    Ok(Source { via, nats_prefix, pusher_app })
 }
 
 fn make_publisher(args: &SourceArgs, source: &Source, endpoint: &Endpoint, channels: &[String], tolerate_outage: bool) -> Box<dyn Publisher> {
@@ -445,6 +471,7 @@ fn make_publisher(args: &SourceArgs, source: &Source, endpoint: &Endpoint, chann
         http_target: endpoint.addr,
         http_host: &endpoint.host,
         api_key: &args.api_key,
+        pusher_app: source.pusher_app.as_ref(),
         channels: publish::split_channels(channels, args.publishers),
         payload: args.payload,
         tolerate_outage,

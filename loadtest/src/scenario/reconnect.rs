@@ -31,7 +31,7 @@ pub fn reconnect(args: &ReconnectArgs) -> Result<Report> {
     }
     let conns = client.conns();
     let endpoints = parse_urls(&client.url)?;
-    let src = source(&args.source, client.target)?;
+    let src = source(&args.source, client)?;
     let mut report = Report::new(
         "reconnect",
         merge(

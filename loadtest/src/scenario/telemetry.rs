@@ -26,8 +26,11 @@ pub fn telemetry(args: &TelemetryArgs) -> Result<Report> {
     if conns == 0 {
         bail!("no subscribers: raise --subs-per-device or --dashboards");
     }
+    if client.target == TargetKind::Pusher && args.dashboards > 0 {
+        bail!("Pusher channels have no wildcards, so a dashboard cannot subscribe to every device: add --dashboards 0 for --target pusher");
+    }
     let endpoints = parse_urls(&client.url)?;
-    let src = source(&args.source, client.target)?;
+    let src = source(&args.source, client)?;
     let channels: Vec<String> = (0..args.devices).map(|i| args.device_channel.replace("{i}", &i.to_string())).collect();
     let wildcard = args.device_channel.replace("{i}", "*");
     let rate = args.devices as f64 * args.device_rate;
