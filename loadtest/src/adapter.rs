@@ -71,9 +71,7 @@ impl TargetKind {
     }
 }
 
-/// Mask for client frames. A fixed mask is allowed by RFC 6455 in practice (servers only
-/// unmask); a random one per frame would cost a syscall or an RNG in the hot loop.
-pub const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x2e];
+pub use crate::frame::{raw_json_field, MASK};
 
 /// How a ringcast channel is named on each target's wire.
 pub fn wire_name(kind: TargetKind, channel: &str, nats_prefix: Option<&str>) -> String {
@@ -218,29 +216,6 @@ fn ringcast_frame(joining: bool, payload: &[u8], sink: &mut impl FnMut(Event)) -
 /// How the gateway starts every `notify` frame (it writes `op` first).
 const NOTIFY_OP: &[u8] = b"{\"op\":\"notify\"";
 
-/// The raw JSON value after `key` (a string with its quotes, or a bare scalar), without
-/// parsing the whole frame. `None` when absent or cut short.
-pub fn raw_json_field<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
-    let rest = &text[at..];
-    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    let rest = &rest[start..];
-    if rest.first() == Some(&b'"') {
-        let mut escaped = false;
-        for (i, &b) in rest.iter().enumerate().skip(1) {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => return Some(&rest[..=i]),
-                _ => {}
-            }
-        }
-        None
-    } else {
-        let end = rest.iter().position(|&b| b == b',' || b == b'}' || b.is_ascii_whitespace())?;
-        (end > 0).then(|| &rest[..end])
-    }
-}
 
 fn nats_stream(joining: bool, data: &[u8], sink: &mut impl FnMut(Event)) -> Result<usize, String> {
     let mut pos = 0;

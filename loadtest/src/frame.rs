@@ -383,6 +383,34 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     find(haystack, needle).is_some()
 }
 
+/// Mask for client frames. A fixed mask is allowed by RFC 6455 in practice (servers only
+/// unmask); a random one per frame would cost a syscall or an RNG in the hot loop.
+pub const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x2e];
+
+/// The raw JSON value after `key` (a string with its quotes, or a bare scalar), without
+/// parsing the whole frame. `None` when absent or cut short.
+pub fn raw_json_field<'a>(text: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &text[at..];
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &rest[start..];
+    if rest.first() == Some(&b'"') {
+        let mut escaped = false;
+        for (i, &b) in rest.iter().enumerate().skip(1) {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => return Some(&rest[..=i]),
+                _ => {}
+            }
+        }
+        None
+    } else {
+        let end = rest.iter().position(|&b| b == b',' || b == b'}' || b.is_ascii_whitespace())?;
+        (end > 0).then(|| &rest[..end])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
