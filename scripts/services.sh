@@ -61,6 +61,9 @@ start_mosquitto() {
 # Echo, the npm pusher library; tests/it/pusher.rs runs `npm ci` in tests/pusher).
 need_pkg node nodejs
 need_pkg npm npm
+# python3 with venv: the PyPI pusher library's test makes a virtualenv under target/.
+need_pkg python3 python3
+python3 -c 'import ensurepip, venv' 2>/dev/null || { apt_updated=1; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
 
 for service in ${SERVICES:-nats redis rabbitmq mosquitto}; do
   "start_$service"
