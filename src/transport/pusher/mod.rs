@@ -19,7 +19,7 @@ use crate::metrics::transport::PusherAppMetrics;
 use crate::metrics::CloseReason;
 use crate::protocol::ws;
 use crate::session::{self, Op, Reply};
-use crate::shard::{Conn, Shard, Wire};
+use crate::shard::{Conn, Shard};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -40,8 +40,8 @@ pub mod close_code {
     pub const UNAUTHORIZED: u16 = 4009;
     /// Over capacity (the node is full): back off, then reconnect.
     pub const OVER_CAPACITY: u16 = 4100;
-    /// No pong within the timeout: reconnect now.
-    pub const PONG_TIMEOUT: u16 = 4201;
+    // The closes the shard decides (slow consumer 4100, heartbeat timeout 4201, drain and
+    // shutdown 4200) are mapped in `shard::Wire::close_code`, below the transports.
     /// Client events over the rate limit.
     pub const CLIENT_EVENT_RATE: u16 = 4301;
 }
@@ -494,14 +494,6 @@ fn client_event_allowed(shard: &Shard, conn: &Conn) -> bool {
     }
     window.count = window.count.saturating_add(1);
     true
-}
-
-/// Which app a connection's wire names, for dispatch in `transport`.
-pub fn app(wire: Wire) -> Option<u16> {
-    match wire {
-        Wire::Pusher { app } => Some(app),
-        Wire::V1 => None,
-    }
 }
 
 #[cfg(test)]
