@@ -154,8 +154,14 @@ fn validate(s: &str, wildcards_allowed: bool) -> Result<(), ChannelError> {
     if tokens > CHANNEL_TOKENS_MAX {
         return Err(ChannelError::TooManyTokens { tokens });
     }
+    // `$pres.$pusher.…`: the presence frames of a Pusher app's channel.
+    let pres = s.starts_with(PRES_TOKEN) && s.as_bytes().get(PRES_TOKEN.len()) == Some(&b'.');
     let mut start = 0;
     for (index, token) in s.split('.').enumerate() {
+        if pres && index == 1 && token == PUSHER_TOKEN {
+            start += token.len() + 1;
+            continue;
+        }
         validate_token(token, index, start, index + 1 == tokens, wildcards_allowed)?;
         start += token.len() + 1;
     }
@@ -814,6 +820,22 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join(".")
+    }
+
+    #[test]
+    fn pusher_presence_frames_have_a_channel() {
+        assert!(validate_channel("$pres.$pusher.4242.presence-room").is_ok());
+        assert!(validate_pattern("$pres.$pusher.4242.presence-room").is_ok());
+        assert!(validate_channel("$pusher.4242.presence-room").is_ok());
+        assert!(validate_channel("$pres.a.$pusher").is_err(), "only as the second token");
+        assert!(validate_channel("$sys.$pusher.x").is_err(), "only under $pres");
+        assert!(validate_channel("a.$pusher.x").is_err());
+        assert!(validate_channel("$presx.$pusher.x").is_err());
+        let mut index = SubIndex::new();
+        index.insert("$pres.$pusher.1.presence-a", 7u32);
+        let mut hits = Vec::new();
+        index.for_each_match("$pres.$pusher.1.presence-a", |v| hits.push(v));
+        assert_eq!(hits, [7]);
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl NodeTransport {
             }
         }
         type PusherGet = fn(&crate::metrics::transport::PusherAppMetrics) -> u64;
-        let pusher: [(&str, &str, PusherGet); 8] = [
+        let pusher: [(&str, &str, PusherGet); 12] = [
             ("ringcast_pusher_connections", "Open Pusher protocol connections, by app.", |m| m.connections.get()),
             ("ringcast_pusher_subscriptions_total", "Pusher channel subscriptions made, by app.", |m| m.subscriptions.get()),
             ("ringcast_pusher_auth_failures_total", "Pusher channel auth or sign-in refused (bad signature), by app.", |m| m.auth_failures.get()),
@@ -210,6 +210,10 @@ impl NodeTransport {
             ("ringcast_pusher_client_events_total", "Pusher client events (client-*) relayed, by app.", |m| m.client_events.get()),
             ("ringcast_pusher_client_events_refused_total", "Pusher client events refused (disabled, not subscribed, too big, over the rate: 4301), by app.", |m| m.client_events_refused.get()),
             ("ringcast_pusher_bad_frames_total", "Malformed or unknown Pusher client frames answered with pusher:error, by app.", |m| m.bad_frames.get()),
+            ("ringcast_pusher_presence_queries_total", "Presence member lists fetched to start a shard's list of a Pusher presence channel, by app.", |m| m.presence_queries.get()),
+            ("ringcast_pusher_presence_refused_total", "Pusher presence subscriptions refused (bad channel_data, over pusher_max_presence_members, store unavailable), by app.", |m| m.presence_refused.get()),
+            ("ringcast_pusher_member_events_total", "pusher_internal:member_added/member_removed frames queued to subscribers, by app.", |m| m.member_events.get()),
+            ("ringcast_pusher_presence_corrections_total", "Users added to or removed from a shard's presence member list by the periodic check against Redis (missed frame, dead node), by app.", |m| m.presence_corrections.get()),
         ];
         for (name, help, get) in pusher {
             family(out, name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);

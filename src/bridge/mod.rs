@@ -124,7 +124,14 @@ impl Bridge {
             let flush_at = self.presence.flush_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
-                    self.presence.flush();
+                    for (channel, frame) in self.presence.flush() {
+                        self.publish_frame(channel, frame, None);
+                    }
+                }
+                frames = self.presence.written() => {
+                    for (channel, frame) in frames {
+                        self.publish_frame(channel, frame, None);
+                    }
                 }
                 _ = inbox.recv_batch(&mut batch, BRIDGE_BATCH_MESSAGES_MAX) => {
                     for message in batch.drain(..) {
@@ -153,7 +160,11 @@ impl Bridge {
                     self.publish_frame(channel, frame, None);
                 }
             }
-            ToBridge::PresenceQuery { channel, reply } => self.presence.query(channel, reply),
+            ToBridge::PresenceQuery { channel, reply } => {
+                for (channel, frame) in self.presence.query(channel, reply) {
+                    self.publish_frame(channel, frame, None);
+                }
+            }
             ToBridge::Notify { notification, caller_nid, reply } => self.lane.notify(*notification, caller_nid, reply),
             ToBridge::NotifyDead { op, reply } => self.lane.dead(op, reply),
             ToBridge::Ack { user, nid } => self.lane.ack(&user, &nid),

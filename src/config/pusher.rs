@@ -27,6 +27,13 @@ pub const CHANNEL_NAME_CHARS_MAX: usize = 164;
 pub const USER_INFO_BYTES_MAX: usize = 1024;
 /// Event names (`POST /events` `name`, client events).
 pub const EVENT_NAME_BYTES_MAX: usize = 200;
+/// Users in one presence channel, as the docs bound it; past it a subscribe is refused.
+pub const PRESENCE_MEMBERS_MAX: usize = 100;
+/// How often each shard's list of a presence channel is checked against Redis (a node
+/// that died sent no leaves; its members vanish from Redis with its heartbeat key).
+pub const PRESENCE_RECHECK_SECONDS: u64 = 30;
+/// `user_id` in presence `channel_data` and sign-in `user_data`.
+pub const USER_ID_BYTES_MAX: usize = 128;
 
 /// Pusher flags, flattened into `ringcast gateway`.
 #[derive(Args, Debug, Default)]
@@ -59,6 +66,16 @@ pub struct PusherArgs {
     /// 4301 (as Pusher does). [default: 10]
     #[arg(long, env = "RINGCAST_PUSHER_CLIENT_EVENT_RATE", value_name = "PER_SECOND")]
     pub pusher_client_event_rate: Option<String>,
+    /// Users in one presence channel, across the cluster; a user past it gets
+    /// `pusher:subscription_error` (403, LimitReached). Also bounds each shard's member
+    /// list of the channel. [default: 100]
+    #[arg(long, env = "RINGCAST_PUSHER_MAX_PRESENCE_MEMBERS", value_name = "N")]
+    pub pusher_max_presence_members: Option<String>,
+    /// With --redis: how often each node checks its presence member lists against Redis,
+    /// so members of a node that died (no leaves sent) are removed, with
+    /// `member_removed`, once its presence entries expire (presence_ttl). [default: 30s]
+    #[arg(long, env = "RINGCAST_PUSHER_PRESENCE_RECHECK", value_name = "DURATION")]
+    pub pusher_presence_recheck: Option<String>,
 }
 
 impl PusherArgs {
@@ -71,6 +88,8 @@ impl PusherArgs {
             ("pusher_max_trigger_channels", self.pusher_max_trigger_channels.clone()),
             ("pusher_max_batch_events", self.pusher_max_batch_events.clone()),
             ("pusher_client_event_rate", self.pusher_client_event_rate.clone()),
+            ("pusher_max_presence_members", self.pusher_max_presence_members.clone()),
+            ("pusher_presence_recheck", self.pusher_presence_recheck.clone()),
         ]
     }
 }
@@ -101,6 +120,8 @@ pub struct PusherConfig {
     pub trigger_channels_max: usize,
     pub batch_events_max: usize,
     pub client_events_per_second: u32,
+    pub presence_members_max: usize,
+    pub presence_recheck: Duration,
 }
 
 impl Default for PusherConfig {
@@ -112,6 +133,8 @@ impl Default for PusherConfig {
             trigger_channels_max: TRIGGER_CHANNELS_MAX,
             batch_events_max: BATCH_EVENTS_MAX,
             client_events_per_second: CLIENT_EVENTS_PER_SECOND,
+            presence_members_max: PRESENCE_MEMBERS_MAX,
+            presence_recheck: Duration::from_secs(PRESENCE_RECHECK_SECONDS),
         }
     }
 }
@@ -174,12 +197,22 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<PusherConfig, ConfigErro
     if let Some(text) = values.get("pusher_max_event_data") {
         c.event_data_bytes_max = parse_size(text).map_err(|m| error("pusher_max_event_data", m))?;
     }
-    for (key, slot) in [("pusher_max_trigger_channels", &mut c.trigger_channels_max), ("pusher_max_batch_events", &mut c.batch_events_max)] {
+    for (key, slot) in [
+        ("pusher_max_trigger_channels", &mut c.trigger_channels_max),
+        ("pusher_max_batch_events", &mut c.batch_events_max),
+        ("pusher_max_presence_members", &mut c.presence_members_max),
+    ] {
         if let Some(text) = values.get(key) {
             *slot = parse_count(text).map_err(|m| error(key, m))?;
             if *slot == 0 {
                 return Err(error(key, "must be at least 1"));
             }
+        }
+    }
+    if let Some(text) = values.get("pusher_presence_recheck") {
+        c.presence_recheck = parse_duration(text).map_err(|m| error("pusher_presence_recheck", m))?;
+        if c.presence_recheck < Duration::from_millis(100) {
+            return Err(error("pusher_presence_recheck", "must be at least 100ms (each check is a Redis query per channel per shard)"));
         }
     }
     if let Some(text) = values.get("pusher_client_event_rate") {

@@ -45,4 +45,15 @@ pub struct PusherAppMetrics {
     pub client_events_refused: Counter,
     /// `pusher:error` frames sent for malformed or unknown client frames.
     pub bad_frames: Counter,
+    /// Member lists fetched from the presence store to start a shard's list of a
+    /// presence channel (one per channel per shard, not per subscriber).
+    pub presence_queries: Counter,
+    /// Presence subscriptions refused: bad `channel_data`, over
+    /// `pusher_max_presence_members`, or the presence store unavailable.
+    pub presence_refused: Counter,
+    /// `pusher_internal:member_added` / `member_removed` frames queued to subscribers.
+    pub member_events: Counter,
+    /// Users added to or removed from a shard's member list by a periodic check against
+    /// the store (a missed frame, or a node that died without sending its leaves).
+    pub presence_corrections: Counter,
 }

@@ -217,16 +217,24 @@ pub struct PresenceEngine {
     flush_at: Option<tokio::time::Instant>,
     events_max: usize,
     online_tx: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// With Redis: the frames of the pending batch (published once it is written, so a
+    /// node that reads the members and saw no frame finds the change there).
+    pending_frames: redis::Frames,
+    /// Frames of written batches, from the writer to the bridge.
+    written: Option<tokio::sync::mpsc::Receiver<redis::Frames>>,
 }
 
 impl PresenceEngine {
     /// Must run inside the bridge's `LocalSet` (the Redis writer is a local task).
     pub fn start(config: &PresenceConfig, node: &str, shared: Arc<PresenceShared>) -> Result<PresenceEngine, String> {
         let local = Rc::new(RefCell::new(LocalState::default()));
+        let mut written = None;
         let backend = match &config.redis {
             None => Backend::Memory(MemoryPresence::default()),
             Some(redis) => {
-                let writer = RedisWriter::start(&redis.url, &redis.prefix, node, config.ttl, config.batch_changes, local.clone(), shared.clone())?;
+                let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(redis::WRITER_QUEUE_JOBS);
+                written = Some(frames_rx);
+                let writer = RedisWriter::start(&redis.url, &redis.prefix, node, config.ttl, config.batch_changes, local.clone(), shared.clone(), frames_tx)?;
                 Backend::Redis { writer, reader: RedisReader::new(&redis.url, &redis.prefix)? }
             }
         };
@@ -242,6 +250,8 @@ impl PresenceEngine {
             flush_at: None,
             events_max: config.events_max,
             online_tx,
+            pending_frames: Vec::new(),
+            written,
         })
     }
 
@@ -258,10 +268,29 @@ impl PresenceEngine {
         self.online_tx.subscribe()
     }
 
-    /// Applies one change; returns the `join`/`leave` frames to publish, as
-    /// (`$pres.{channel}`, frame).
+    /// The frames of the next written batch (Redis), to publish; never ready in memory.
+    pub async fn written(&mut self) -> redis::Frames {
+        if let Some(rx) = &mut self.written {
+            if let Some(frames) = rx.recv().await {
+                return frames;
+            }
+            // The writer is gone (shutting down): nothing more will come.
+            self.written = None;
+        }
+        std::future::pending().await
+    }
+
+    /// Applies one change; returns the `join`/`leave` frames to publish now, as
+    /// (`$pres.{channel}`, frame). With Redis they wait for their batch to be written
+    /// (see [`PresenceEngine::written`]) unless the link is down.
     pub fn apply(&mut self, change: Change) -> Vec<(Box<str>, Bytes)> {
         self.shared.metrics.changes.inc();
+        // A Pusher presence join carries the member's info in its frame (member_added
+        // shows user_info); protocol v1 frames stay as they were.
+        let frame_info = match &change {
+            Change::Join { channel, info: Some(info), .. } if is_pusher(channel) => Some(info.clone()),
+            _ => None,
+        };
         let applied = {
             let mut local = self.local.borrow_mut();
             let applied = match change {
@@ -282,15 +311,21 @@ impl PresenceEngine {
             // No receiver is fine: nobody is listening for online events.
             let _ = self.online_tx.send(user);
         }
-        self.write(applied.ops);
+        let frames = self.frames(applied.frames, frame_info);
+        self.write(applied.ops, frames)
+    }
+
+    fn frames(&self, frames: Vec<(Arc<str>, Option<Arc<str>>, u64, bool)>, frame_info: Option<Box<RawValue>>) -> redis::Frames {
         let local = self.local.borrow();
-        applied
-            .frames
+        frames
             .into_iter()
             .filter(|(channel, _, _, joined)| {
                 // The channel's size around this change: after a join, before a leave.
+                // Pusher presence channels are exempt: the adapter keeps each shard's
+                // member list from these frames (a missed one would leave it wrong), and
+                // their size has its own bound (pusher_max_presence_members users).
                 let size = local.channel_members(channel) as usize + usize::from(!*joined);
-                let send = size <= self.events_max;
+                let send = size <= self.events_max || is_pusher(channel);
                 if !send {
                     self.shared.metrics.events_suppressed.inc();
                 }
@@ -298,15 +333,17 @@ impl PresenceEngine {
             })
             .map(|(channel, user, conn, joined)| {
                 let mut json = Vec::with_capacity(64 + channel.len() + self.node.len());
-                crate::protocol::ops::presence_change_into(&mut json, joined, &channel, user.as_deref(), conn, &self.node);
+                let info = if joined { frame_info.as_deref().map(RawValue::get) } else { None };
+                crate::protocol::ops::presence_change_into(&mut json, joined, &channel, user.as_deref(), conn, &self.node, info);
                 (format!("{PRESENCE_CHANNEL_PREFIX}{channel}").into_boxed_str(), Bytes::from(json))
             })
             .collect()
     }
 
-    fn write(&mut self, ops: Vec<Op>) {
+    /// Writes `ops` (in memory now, to Redis in batches); returns the frames to publish now.
+    fn write(&mut self, ops: Vec<Op>, frames: redis::Frames) -> redis::Frames {
         if ops.is_empty() {
-            return;
+            return frames;
         }
         match &self.backend {
             Backend::Memory(memory) => {
@@ -318,20 +355,21 @@ impl PresenceEngine {
                         Op::Leave { channel, conn } => memory.leave(&channel, conn),
                     }
                 }
+                frames
             }
             Backend::Redis { .. } => {
                 if !self.shared.is_up() {
                     // The resync on recovery writes local state; nothing to queue.
-                    return;
+                    return frames;
                 }
                 if self.pending.is_empty() {
                     self.flush_at = Some(tokio::time::Instant::now() + self.flush_after);
                 }
                 self.pending.extend(ops);
-                if self.pending.len() >= self.batch_changes {
-                    self.flush();
-                }
+                self.pending_frames.extend(frames);
+                let now = if self.pending.len() >= self.batch_changes { self.flush() } else { Vec::new() };
                 self.shared.metrics.pending.set(self.pending.len() as u64);
+                now
             }
         }
     }
@@ -341,34 +379,46 @@ impl PresenceEngine {
         self.flush_at
     }
 
-    /// Hands the pending batch to the writer.
-    pub fn flush(&mut self) {
+    /// Hands the pending batch to the writer; returns frames to publish now (those of a
+    /// batch the full writer queue refused).
+    pub fn flush(&mut self) -> redis::Frames {
         self.flush_at = None;
         let ops = std::mem::take(&mut self.pending);
+        let frames = std::mem::take(&mut self.pending_frames);
         self.shared.metrics.pending.set(0);
-        if let (Backend::Redis { writer, .. }, false) = (&self.backend, ops.is_empty()) {
-            writer.write(ops, &self.shared);
+        match (&self.backend, ops.is_empty()) {
+            (Backend::Redis { writer, .. }, false) => writer.write(ops, frames, &self.shared),
+            _ => frames,
         }
     }
 
-    /// Members of `channel`, answered on `reply` (after this node's pending changes).
-    pub fn query(&mut self, channel: Arc<str>, reply: MembersReply) {
+    /// Members of `channel`, answered on `reply` (after this node's pending changes);
+    /// returns frames to publish now (as [`PresenceEngine::flush`]).
+    pub fn query(&mut self, channel: Arc<str>, reply: MembersReply) -> redis::Frames {
         self.shared.metrics.queries.inc();
         match &self.backend {
             Backend::Memory(memory) => {
                 let _ = reply.send(Ok(memory.members(&channel)));
+                Vec::new()
             }
             Backend::Redis { .. } if !self.shared.is_up() => {
                 let _ = reply.send(Err(PresenceError::Unavailable("presence store (Redis) unavailable; retry shortly".into())));
+                Vec::new()
             }
             Backend::Redis { .. } => {
-                self.flush();
+                let now = self.flush();
                 if let Backend::Redis { writer, .. } = &self.backend {
                     writer.query(channel, reply);
                 }
+                now
             }
         }
     }
+}
+
+/// A Pusher app's channel (`$pusher.{app}.…`).
+fn is_pusher(channel: &str) -> bool {
+    channel.strip_prefix(crate::channel::PUSHER_TOKEN).is_some_and(|rest| rest.starts_with('.'))
 }
 
 fn unix_ms() -> u64 {

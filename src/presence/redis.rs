@@ -16,6 +16,7 @@
 //! reader ([`RedisReader`], usable on any tokio runtime, e.g. by the Lane worker).
 //! Runs on: the bridge thread (writer), anywhere (reader).
 
+use bytes::Bytes;
 use super::local::LocalState;
 use super::{MembersReply, Op, PresenceError, PresenceShared};
 use ::redis::aio::MultiplexedConnection;
@@ -43,9 +44,13 @@ pub const LINK_CHECK_MS_MAX: u64 = 1_000;
 /// Work for the writer task, done in order on its one connection, so a `presence` query
 /// sees every change this node made before it.
 pub enum Job {
-    Batch(Vec<Op>),
+    /// Changes to write, and the `join`/`leave` frames to publish once they are written.
+    Batch(Vec<Op>, Frames),
     Members { channel: Arc<str>, reply: MembersReply },
 }
+
+/// `join`/`leave` frames as (`$pres.{channel}`, frame).
+pub type Frames = Vec<(Box<str>, Bytes)>;
 
 fn unavailable(error: impl std::fmt::Display) -> PresenceError {
     PresenceError::Unavailable(format!("presence store (Redis) unavailable: {error}; retry shortly"))
@@ -171,7 +176,18 @@ pub struct RedisWriter {
 
 impl RedisWriter {
     /// Starts the writer task on the current `LocalSet`; it connects in the background.
-    pub fn start(url: &str, prefix: &str, node: &str, ttl: Duration, batch: usize, local: Rc<RefCell<LocalState>>, shared: Arc<PresenceShared>) -> Result<RedisWriter, String> {
+    /// `written`: where the frames of each batch go once the batch is in Redis (or failed
+    /// to get there), for the bridge to publish.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        node: &str,
+        ttl: Duration,
+        batch: usize,
+        local: Rc<RefCell<LocalState>>,
+        shared: Arc<PresenceShared>,
+        written: tokio::sync::mpsc::Sender<Frames>,
+    ) -> Result<RedisWriter, String> {
         let link = RedisLink::open(url, Duration::from_millis(REDIS_RESPONSE_TIMEOUT_MS))?;
         let (queue, jobs) = tokio::sync::mpsc::channel(WRITER_QUEUE_JOBS);
         let resync = Rc::new(Cell::new(false));
@@ -186,17 +202,26 @@ impl RedisWriter {
             resync: resync.clone(),
             instance: None,
             starts: 0,
+            written,
         };
         tokio::task::spawn_local(task.run(jobs));
         Ok(RedisWriter { queue, resync })
     }
 
-    /// Hands a batch to the writer; a full queue drops it and asks for a resync.
-    pub fn write(&self, ops: Vec<Op>, shared: &PresenceShared) {
-        if let Err(error) = self.queue.try_send(Job::Batch(ops)) {
-            shared.metrics.overflows.inc();
-            tracing::warn!(%error, "presence writer queue full (Redis slow): resyncing from local state");
-            self.resync.set(true);
+    /// Hands a batch to the writer; a full queue drops it and asks for a resync, and its
+    /// frames come back to be published now.
+    pub fn write(&self, ops: Vec<Op>, frames: Frames, shared: &PresenceShared) -> Frames {
+        match self.queue.try_send(Job::Batch(ops, frames)) {
+            Ok(()) => Vec::new(),
+            Err(error) => {
+                shared.metrics.overflows.inc();
+                tracing::warn!("presence writer queue full (Redis slow): resyncing from local state");
+                self.resync.set(true);
+                match error {
+                    tokio::sync::mpsc::error::TrySendError::Full(Job::Batch(_, frames)) | tokio::sync::mpsc::error::TrySendError::Closed(Job::Batch(_, frames)) => frames,
+                    _ => Vec::new(),
+                }
+            }
         }
     }
 
@@ -224,6 +249,7 @@ struct WriterTask {
     /// The current instance name, once registered.
     instance: Option<String>,
     starts: u64,
+    written: tokio::sync::mpsc::Sender<Frames>,
 }
 
 impl WriterTask {
@@ -257,9 +283,24 @@ impl WriterTask {
             tracing::warn!(%error, "presence: Redis link lost; presence answers 503 until it is back");
         }
         while let Ok(job) = jobs.try_recv() {
-            if let Job::Members { reply, .. } = job {
-                let _ = reply.send(Err(unavailable(error)));
+            match job {
+                Job::Members { reply, .. } => {
+                    let _ = reply.send(Err(unavailable(error)));
+                }
+                Job::Batch(_, frames) => self.hand_back(frames),
             }
+        }
+    }
+
+    /// Frames of a batch that is in Redis, or will be by the resync: to the bridge. A
+    /// bridge this far behind (WRITER_QUEUE_JOBS batches) loses them, counted.
+    fn hand_back(&self, frames: Frames) {
+        if frames.is_empty() {
+            return;
+        }
+        let count = frames.len() as u64;
+        if self.written.try_send(frames).is_err() {
+            self.shared.metrics.events_suppressed.add(count);
         }
     }
 
@@ -273,9 +314,11 @@ impl WriterTask {
         self.shared.metrics.commands.inc();
         // Batches queued before this point are older than the snapshot: drop them.
         let mut queries = Vec::new();
+        let mut frames = Vec::new();
         while let Ok(job) = jobs.try_recv() {
-            if let Job::Members { channel, reply } = job {
-                queries.push((channel, reply));
+            match job {
+                Job::Members { channel, reply } => queries.push((channel, reply)),
+                Job::Batch(_, batch_frames) => frames.extend(batch_frames),
             }
         }
         self.resync.set(false);
@@ -295,6 +338,8 @@ impl WriterTask {
         if !was_up {
             tracing::info!(entries = snapshot.len(), "presence: Redis link up; local presence registered");
         }
+        // Their changes are in the snapshot just written.
+        self.hand_back(frames);
         for (channel, reply) in queries {
             let answer = members_on(con, &self.keys, &channel).await;
             let _ = reply.send(answer.map_err(unavailable));
@@ -318,7 +363,15 @@ impl WriterTask {
             let result = tokio::select! {
                 job = jobs.recv() => match job {
                     None => std::future::pending().await,
-                    Some(Job::Batch(ops)) => self.pipeline(con, &instance, &ops).await,
+                    Some(Job::Batch(ops, frames)) => {
+                        // Written first, then published: a node that reads the members
+                        // after seeing no frame finds the change in Redis.
+                        let written = self.pipeline(con, &instance, &ops).await;
+                        if self.written.send(frames).await.is_err() {
+                            tracing::debug!("presence frames after the bridge stopped");
+                        }
+                        written
+                    }
                     Some(Job::Members { channel, reply }) => {
                         self.shared.metrics.commands.add(3);
                         match members_on(con, &self.keys, &channel).await {

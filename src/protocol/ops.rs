@@ -324,9 +324,11 @@ pub fn msg_into(out: &mut Vec<u8>, ch: &str, data_json: &[u8], seq: Option<u64>)
 
 /// Appends `{"op":"join"|"leave","ch":..,"user":..,"conn":..,"node":..}` to `out` (`user`
 /// null for an anonymous connection; connection ids are unique per node only, so the
-/// node that holds the connection comes with it, as in the member list).
-pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: Option<&str>, conn: u64, node: &str) {
-    out.reserve(FRAME_OVERHEAD_BYTES + ch.len() + user.map_or(0, str::len) + node.len());
+/// node that holds the connection comes with it, as in the member list). `info`: the
+/// member's info JSON, appended verbatim as `"info"` (the Pusher adapter's joins carry
+/// `user_info` for `member_added`; protocol v1 frames are sent without).
+pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: Option<&str>, conn: u64, node: &str, info: Option<&str>) {
+    out.reserve(FRAME_OVERHEAD_BYTES + ch.len() + user.map_or(0, str::len) + node.len() + info.map_or(0, str::len));
     out.extend_from_slice(if joined {
         b"{\"op\":\"join\",\"ch\":\""
     } else {
@@ -345,7 +347,13 @@ pub fn presence_change_into(out: &mut Vec<u8>, joined: bool, ch: &str, user: Opt
     push_u64(out, conn);
     out.extend_from_slice(b",\"node\":\"");
     escape_json_str_into(out, node);
-    out.extend_from_slice(b"\"}");
+    out.extend_from_slice(b"\"");
+    if let Some(info) = info {
+        // Verbatim: a JSON value the presence change already carries.
+        out.extend_from_slice(b",\"info\":");
+        out.extend_from_slice(info.as_bytes());
+    }
+    out.push(b'}');
 }
 
 /// Appends `{"op":"notify","nid":"..","data":<data_json verbatim>,"ts":N}` to `out`.
@@ -738,20 +746,23 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        presence_change_into(&mut out, true, "room", Some("al\"ice"), 3, "n1");
+        presence_change_into(&mut out, true, "room", Some("al\"ice"), 3, "n1", None);
         assert_eq!(
             as_json(&out),
             json!({"op":"join","ch":"room","user":"al\"ice","conn":3,"node":"n1"})
         );
         let mut out = Vec::new();
-        presence_change_into(&mut out, false, "room", Some("bob"), 4, "n1");
+        presence_change_into(&mut out, false, "room", Some("bob"), 4, "n1", None);
         assert_eq!(
             as_json(&out),
             json!({"op":"leave","ch":"room","user":"bob","conn":4,"node":"n1"})
         );
         let mut out = Vec::new();
-        presence_change_into(&mut out, false, "room", None, 5, "n\"2");
+        presence_change_into(&mut out, false, "room", None, 5, "n\"2", None);
         assert_eq!(as_json(&out), json!({"op":"leave","ch":"room","user":null,"conn":5,"node":"n\"2"}));
+        let mut out = Vec::new();
+        presence_change_into(&mut out, true, "room", Some("u1"), 6, "n1", Some(r#"{"name":"Ann"}"#));
+        assert_eq!(as_json(&out), json!({"op":"join","ch":"room","user":"u1","conn":6,"node":"n1","info":{"name":"Ann"}}));
         let mut out = Vec::new();
         notify_into(&mut out, "n1", br#"{"a":1}"#, 1700000000000);
         assert_eq!(

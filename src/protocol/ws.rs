@@ -323,6 +323,22 @@ pub fn write_frame_header(out: &mut impl BufMut, opcode: u8, len: usize) {
     }
 }
 
+/// The payload of one complete, unmasked frame as [`write_frame_header`] writes it (a
+/// frame this server encoded, such as a delivery); None for anything else.
+pub fn server_frame_payload(frame: &[u8]) -> Option<&[u8]> {
+    let (&first, rest) = frame.split_first()?;
+    let (&len7, rest) = rest.split_first()?;
+    if first & 0x80 == 0 || len7 & 0x80 != 0 {
+        return None;
+    }
+    let (len, rest) = match len7 {
+        126 => (u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize, &rest[2..]),
+        127 => (usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?, &rest[8..]),
+        n => (n as usize, rest),
+    };
+    (rest.len() == len).then_some(rest)
+}
+
 fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 10);
     write_frame_header(&mut out, opcode, payload.len());
@@ -420,6 +436,18 @@ mod tests {
 
     fn frame(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         encode_client_frame(op, fin, payload, MASK)
+    }
+
+    #[test]
+    fn server_frame_payload_reads_back_each_length_form() {
+        for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload = vec![b'x'; len];
+            let frame = encode_text(&payload);
+            assert_eq!(server_frame_payload(&frame), Some(&payload[..]), "length {len}");
+            assert_eq!(server_frame_payload(&frame[..frame.len() - 1]), None, "truncated {len}");
+        }
+        assert_eq!(server_frame_payload(&frame(1, true, b"masked")), None, "a client (masked) frame");
+        assert_eq!(server_frame_payload(&[]), None);
     }
 
     #[test]

@@ -20,9 +20,9 @@ use std::rc::Rc;
 
 /// One decoded client operation, whatever wire it came on.
 pub enum Op<'a> {
-    /// Subscribe to a channel or pattern; `presence` also joins its member set; `since`
-    /// resumes from history.
-    Sub { id: Option<u32>, ch: &'a str, since: Option<u64>, presence: bool },
+    /// Subscribe to a channel or pattern; `presence` also joins its member set (as the
+    /// token's user, or as a member the wire authorized); `since` resumes from history.
+    Sub { id: Option<u32>, ch: &'a str, since: Option<u64>, presence: presence::Join },
     Unsub { id: Option<u32>, ch: &'a str },
     /// `data` is the message's JSON value as it arrived (published as is).
     Pub { id: Option<u32>, ch: &'a str, data: &'a [u8] },
@@ -39,7 +39,7 @@ pub use crate::shard::Reply;
 /// a resume and a presence query) reach the connection through the shard's `answer`.
 pub fn handle(shard: &Rc<Shard>, conn: &Rc<Conn>, op: Op<'_>) {
     match op {
-        Op::Sub { id, ch, since, presence } => subscribe(shard, conn, id, ch, since, presence),
+        Op::Sub { id, ch, since, presence } => subscribe(shard, conn, id, ch, since, &presence),
         Op::Unsub { id, ch } => unsubscribe(shard, conn, id, ch),
         Op::Pub { id, ch, data } => publish(shard, conn, id, ch, data),
         Op::Ping { id } => reply(shard, conn, Reply::Pong { id }),
@@ -126,7 +126,7 @@ fn wants_resume(shard: &Shard, pattern: &str) -> Result<bool, String> {
     }
 }
 
-fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, since: Option<u64>, presence: bool) {
+fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str, since: Option<u64>, presence: &presence::Join) {
     if let Err(e) = channel::validate_pattern(pattern) {
         return reply_err(shard, conn, id, 400, &format!("bad channel: {e}"));
     }
@@ -138,7 +138,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
             return reply_err(shard, conn, id, denied.code, &denied.msg);
         }
     }
-    if presence {
+    if presence.is_join() {
         if let Err(msg) = presence::check_joinable(pattern) {
             return reply_err(shard, conn, id, 400, &msg);
         }
@@ -155,7 +155,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
         let st = conn.state.borrow();
         if st.subscriptions.iter().any(|p| &**p == pattern) {
             drop(st);
-            if presence && !presence::join(shard, conn, pattern) {
+            if presence.is_join() && !presence::join(shard, conn, pattern, presence) {
                 return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
             }
             return answer_when_live(shard, conn, id, pattern, false);
@@ -192,7 +192,7 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, id: Option<u32>, pattern: &str,
         return reply_err(shard, conn, id, 503, &shard.node.guard.refusal_message(refused));
     }
     conn.state.borrow_mut().subscriptions.push(pattern.into());
-    if presence && !presence::join(shard, conn, pattern) {
+    if presence.is_join() && !presence::join(shard, conn, pattern, presence) {
         unsubscribe_quietly(shard, conn, pattern);
         return reply_err(shard, conn, id, 503, "server is overloaded (bridge queue full); retry shortly");
     }

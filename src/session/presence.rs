@@ -28,9 +28,28 @@ pub fn check_joinable(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Joins `channel`'s presence set (the connection is already subscribed to it). False
-/// when the bridge could not take the `$pres` interest (the caller answers 503).
-pub fn join(shard: &Shard, conn: &Conn, channel: &str) -> bool {
+/// Who joins a channel's presence with a `sub`.
+#[derive(Debug)]
+pub enum Join {
+    /// A plain subscribe.
+    No,
+    /// As the connection's token says (`sub` and `info` claims): protocol v1's
+    /// `"presence":true`.
+    Token,
+    /// As a member the wire adapter authorized (a Pusher presence channel's signed
+    /// `channel_data`: `user_id` and `user_info`).
+    Member { user: Arc<str>, info: Option<Box<serde_json::value::RawValue>> },
+}
+
+impl Join {
+    pub fn is_join(&self) -> bool {
+        !matches!(self, Join::No)
+    }
+}
+
+/// Joins `channel`'s presence set (the connection is already subscribed to it) as `who`
+/// says. False when the bridge could not take the `$pres` interest (the caller answers 503).
+pub fn join(shard: &Shard, conn: &Conn, channel: &str, who: &Join) -> bool {
     let internal = internal_channel(channel);
     if conn.state.borrow().subscriptions.iter().any(|p| *p == internal) {
         return true;
@@ -43,13 +62,11 @@ pub fn join(shard: &Shard, conn: &Conn, channel: &str) -> bool {
         st.subscriptions.push(internal);
         st.presence = true;
     }
-    let identity = conn.identity.as_deref();
-    shard.presence_change(Change::Join {
-        channel: Arc::from(channel),
-        conn: conn.id,
-        user: conn.user().map(Arc::from),
-        info: identity.and_then(|i| i.info.clone()),
-    });
+    let (user, info) = match who {
+        Join::Member { user, info } => (Some(user.clone()), info.clone()),
+        Join::No | Join::Token => (conn.user().map(Arc::from), conn.identity.as_deref().and_then(|i| i.info.clone())),
+    };
+    shard.presence_change(Change::Join { channel: Arc::from(channel), conn: conn.id, user, info });
     true
 }
 

@@ -128,6 +128,19 @@ pub struct WireState {
     pub count: u16,
     /// The user the connection signed in as (`pusher:signin`).
     pub signed_in: Option<Box<str>>,
+    /// The presence channels it is a member of, as whom (Pusher `channel_data`); at most
+    /// one per subscription, so bounded by `max_subscriptions`.
+    pub members: Vec<WireMember>,
+}
+
+/// A connection's membership of one presence channel (Pusher).
+#[derive(Debug)]
+pub struct WireMember {
+    /// The internal channel (`$pusher.{app}.presence-…`).
+    pub channel: Box<str>,
+    pub user: std::sync::Arc<str>,
+    /// `user_info`, verbatim JSON.
+    pub info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// A resume: while `upto` is None the bridge is replaying `channel`'s history after

@@ -15,7 +15,7 @@ mod presence;
 pub mod sys;
 pub mod tls;
 
-pub use conn::{Conn, Flushed, Hold, Identity, Replaying, Wire};
+pub use conn::{Conn, Flushed, Hold, Identity, Replaying, Wire, WireMember};
 pub use event::LocalEvent;
 pub use reply::Reply;
 
@@ -98,6 +98,11 @@ pub struct Shard {
     pub admission: crate::admission::ShardAdmission,
     /// What the transports do with what the shard cannot handle itself.
     pub handlers: Handlers,
+    /// The wire adapters' own per-shard state (Pusher: presence member lists), made on
+    /// first use by the adapter that owns it; the shard never looks inside.
+    pub wire_shared: RefCell<Option<Box<dyn std::any::Any>>>,
+    /// This shard, for an adapter that must start a task from a `&Shard` ([`Shard::rc`]).
+    me: std::rc::Weak<Shard>,
 }
 
 /// The transports' entry points, handed to each shard at start-up by `cmd::gateway`, so the
@@ -118,12 +123,21 @@ pub struct Handlers {
     pub token_expired: fn(&Shard, &Conn),
     /// The connection is being unregistered (its wire's counters).
     pub closed: fn(&Shard, &Conn),
+    /// A join/leave frame on a presence channel a wire adapter keeps itself
+    /// (`$pres.$pusher.…`, see [`WIRE_PRESENCE_PREFIX`]): Pusher's member events are per
+    /// user, not per connection, so its adapter turns these into `member_added` /
+    /// `member_removed` from its own member lists instead of relaying them.
+    pub wire_presence: fn(&Rc<Shard>, &Delivery),
 }
+
+/// Presence frames of channels under this prefix go to `Handlers::wire_presence`.
+pub const WIRE_PRESENCE_PREFIX: &str = "$pres.$pusher.";
 
 impl Shard {
     pub fn new(id: u16, node: Arc<Node>, handlers: Handlers) -> Rc<Shard> {
-        let config = &node.config;
-        Rc::new(Shard {
+        Rc::new_cyclic(move |me| {
+            let config = &node.config;
+            Shard {
             id,
             metrics: node.shard_metrics[id as usize].clone(),
             inbox: node.shard_inboxes[id as usize].clone(),
@@ -146,8 +160,17 @@ impl Shard {
             ws_limits: WsLimits { max_frame_bytes: config.max_frame_bytes, max_message_bytes: config.max_message_bytes },
             admission: crate::admission::ShardAdmission::new(&node),
             handlers,
+            wire_shared: RefCell::new(None),
+            me: me.clone(),
             node,
+            }
         })
+    }
+
+    /// A strong handle to this shard (it lives as long as its thread; any `&Shard` is
+    /// borrowed from one).
+    pub fn rc(&self) -> Rc<Shard> {
+        self.me.upgrade().expect("a shard is alive while borrowed")
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -517,6 +540,7 @@ impl Shard {
         let mut messages = batch.drain(..).peekable();
         while let Some(message) = messages.next() {
             match message {
+                ToShard::Deliver(head) if head.channel.starts_with(WIRE_PRESENCE_PREFIX) => (self.handlers.wire_presence)(self, &head),
                 ToShard::Deliver(head) => {
                     // The run: this message and the ones right behind it on the same channel,
                     // without sequences (a resume stitches those one by one), within the

@@ -30,6 +30,7 @@ pub fn handlers() -> Handlers {
         answer,
         token_expired,
         closed,
+        wire_presence: pusher::presence::on_frame,
     }
 }
 
@@ -57,6 +58,7 @@ fn closed(shard: &Shard, conn: &Conn) {
         if conn.state.borrow().closing.map(|(why, _)| why) != Some(crate::metrics::CloseReason::Refused) {
             pusher::on_close(shard, app);
         }
+        pusher::presence::on_close(shard, conn);
     }
 }
 

@@ -45,7 +45,10 @@ pub fn on_text(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
         Err(e) => return session::reply_err(shard, conn, e.id, e.code, &e.msg),
     };
     let op = match &op {
-        ClientOp::Sub { id, ch, since, presence } => Op::Sub { id: *id, ch, since: *since, presence: *presence },
+        ClientOp::Sub { id, ch, since, presence } => {
+            let presence = if *presence { session::presence::Join::Token } else { session::presence::Join::No };
+            Op::Sub { id: *id, ch, since: *since, presence }
+        }
         ClientOp::Unsub { id, ch } => Op::Unsub { id: *id, ch },
         ClientOp::Pub { id, ch, data } => Op::Pub { id: *id, ch, data: data.get().as_bytes() },
         ClientOp::Ping { id } => Op::Ping { id: *id },

@@ -23,6 +23,7 @@ mod metrics;
 mod mqtt;
 mod presence;
 mod pusher;
+mod pusher_presence;
 mod seams;
 mod tls;
 mod websocket;

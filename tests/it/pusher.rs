@@ -13,16 +13,16 @@ use serde_json::{json, Value};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const APP_ID: &str = "4242";
-const KEY: &str = "test-pusher-key";
-const SECRET: &str = "test-pusher-secret";
+pub(crate) const APP_ID: &str = "4242";
+pub(crate) const KEY: &str = "test-pusher-key";
+pub(crate) const SECRET: &str = "test-pusher-secret";
 
 fn app_flag() -> String {
     format!("{APP_ID}:{KEY}:{SECRET}")
 }
 
 /// A gateway serving the test app; on the shared NATS with `prefix` when given.
-fn node(prefix: Option<&str>, extra: &[&str]) -> Gateway {
+pub(crate) fn node(prefix: Option<&str>, extra: &[&str]) -> Gateway {
     let app = app_flag();
     let mut args = vec!["--pusher-app", app.as_str(), "--pusher-client-events"];
     if let Some(prefix) = prefix {
@@ -35,12 +35,12 @@ fn node(prefix: Option<&str>, extra: &[&str]) -> Gateway {
     gateway
 }
 
-fn pusher_url(port: u16, key: &str, protocol: &str) -> String {
+pub(crate) fn pusher_url(port: u16, key: &str, protocol: &str) -> String {
     format!("ws://127.0.0.1:{port}/app/{key}?protocol={protocol}&client=js&version=8.6.0&flash=false")
 }
 
 /// Connects and returns the client and its first frame.
-fn connect_raw(url: &str) -> (Client, Value) {
+pub(crate) fn connect_raw(url: &str) -> (Client, Value) {
     let port: u16 = url.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
@@ -50,7 +50,7 @@ fn connect_raw(url: &str) -> (Client, Value) {
 }
 
 /// A connected Pusher client and its socket id.
-fn pusher_client(port: u16) -> (Client, String) {
+pub(crate) fn pusher_client(port: u16) -> (Client, String) {
     let (client, first) = connect_raw(&pusher_url(port, KEY, "7"));
     assert_eq!(first["event"], "pusher:connection_established", "{first}");
     let data: Value = serde_json::from_str(first["data"].as_str().expect("data is a JSON string")).unwrap();
@@ -59,7 +59,7 @@ fn pusher_client(port: u16) -> (Client, String) {
 }
 
 /// The next frame with this event name within `within`, skipping others; None if none came.
-fn next_event(client: &mut Client, event: &str, within: Duration) -> Option<Value> {
+pub(crate) fn next_event(client: &mut Client, event: &str, within: Duration) -> Option<Value> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         client.get_mut().set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
@@ -80,14 +80,14 @@ fn next_event(client: &mut Client, event: &str, within: Duration) -> Option<Valu
 }
 
 /// `data` of a server event: a JSON string (every event but `pusher:error`), parsed.
-fn event_data(frame: &Value) -> Value {
+pub(crate) fn event_data(frame: &Value) -> Value {
     match frame["data"].as_str() {
         Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
         None => frame["data"].clone(),
     }
 }
 
-fn subscribe(client: &mut Client, socket: &str, channel: &str) -> Value {
+pub(crate) fn subscribe(client: &mut Client, socket: &str, channel: &str) -> Value {
     let auth = if channel.starts_with("private-") { format!("{KEY}:{}", sign::sign_hex(SECRET, &[socket.as_bytes(), b":", channel.as_bytes()])) } else { String::new() };
     send_json(client, json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}));
     loop {
@@ -99,7 +99,7 @@ fn subscribe(client: &mut Client, socket: &str, channel: &str) -> Value {
 }
 
 /// A signed Pusher HTTP API call, as the server libraries make it.
-fn api(port: u16, method: &str, path: &str, body: &[u8], secret: &str, timestamp: u64) -> (u16, String) {
+pub(crate) fn api(port: u16, method: &str, path: &str, body: &[u8], secret: &str, timestamp: u64) -> (u16, String) {
     let mut params = vec![("auth_key".to_string(), KEY.to_string()), ("auth_timestamp".into(), timestamp.to_string()), ("auth_version".into(), "1.0".into())];
     if !body.is_empty() {
         params.push(("body_md5".into(), sign::hex(&sign::md5_digest(body))));
@@ -112,7 +112,7 @@ fn api(port: u16, method: &str, path: &str, body: &[u8], secret: &str, timestamp
     (status, body)
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
@@ -266,7 +266,7 @@ fn http_api_checks_signature_body_and_bounds() {
 }
 
 /// Installs tests/pusher's pinned npm packages once (`npm ci`, only when the lock changed).
-fn npm_ready() -> std::path::PathBuf {
+pub(crate) fn npm_ready() -> std::path::PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pusher");
     ONCE.call_once(|| {
@@ -289,8 +289,11 @@ fn npm_ready() -> std::path::PathBuf {
 fn pusher_js_laravel_echo_and_the_server_library_across_two_nodes() {
     let dir = npm_ready();
     let prefix = format!("t{}", unique());
-    let node_a = node(Some(&prefix), &[]);
-    let node_b = node(Some(&prefix), &[]);
+    // Presence across the nodes goes through Redis (members) and NATS (join/leave frames).
+    let redis_prefix = crate::common::presence::redis_prefix();
+    let redis = ["--redis", crate::common::presence::SHARED_REDIS, "--redis-prefix", redis_prefix.as_str()];
+    let node_a = node(Some(&prefix), &redis);
+    let node_b = node(Some(&prefix), &redis);
     let config = json!({"a": node_a.port, "b": node_b.port, "appId": APP_ID, "key": KEY, "secret": SECRET, "prefix": prefix});
     let output = std::process::Command::new("node")
         .arg("e2e.mjs")
@@ -316,6 +319,21 @@ fn pusher_js_laravel_echo_and_the_server_library_across_two_nodes() {
     assert_eq!(out["user_event"], json!({"to": "ada"}), "pusher:signin and sendToUser");
     assert_eq!(out["unknown_key"]["code"], 4001, "{out:#}");
     assert_ne!(out["socket_a"], out["socket_c"]);
+    // Presence: pusher-js's members object, member events with user_info across nodes,
+    // Laravel Echo's join().here(), user_id on client events.
+    let ann = format!("ann-{prefix}");
+    let bob = format!("bob-{prefix}");
+    let cat = format!("cat-{prefix}");
+    assert_eq!(out["presence_first"]["count"], 1, "{out:#}");
+    assert_eq!(out["presence_first"]["me"], json!({"id": ann, "info": {"name": "Ann"}}), "{out:#}");
+    assert_eq!(out["presence_second"], json!({"count": 2, "me": bob, "ids": [ann, bob]}), "{out:#}");
+    assert_eq!(out["member_added"], json!({"id": bob, "info": {"name": "Bob"}}), "member_added on node A for a join on node B");
+    let mut here: Vec<String> = out["echo_here"].as_array().expect("here() gets a list").iter().map(|u| u["name"].as_str().unwrap_or("?").to_string()).collect();
+    here.sort();
+    assert_eq!(here, ["Ann", "Bob", "Cat"], "{out:#}");
+    assert_eq!(out["member_added_cat"]["id"], json!(cat));
+    assert_eq!(out["presence_client_event"]["user_id"], json!(ann), "{out:#}");
+    assert_eq!(out["member_removed"]["id"], json!(cat), "{out:#}");
 }
 
 #[test]
@@ -385,7 +403,7 @@ fn slow_consumer_is_closed_in_the_backoff_range() {
 
 /// A virtualenv with tests/pusher/requirements.txt (the PyPI `pusher` library, pinned),
 /// made once under target/ (reinstalled when the requirements change).
-fn python_ready() -> std::path::PathBuf {
+pub(crate) fn python_ready() -> std::path::PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = root.join("target/pusher-venv");
@@ -405,7 +423,7 @@ fn python_ready() -> std::path::PathBuf {
     venv.join("bin/python")
 }
 
-fn python_lib(mode: &str, config: Value) -> Value {
+pub(crate) fn python_lib(mode: &str, config: Value) -> Value {
     let python = python_ready();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pusher/server_lib.py");
     let output = std::process::Command::new(python).arg(script).arg(mode).arg(config.to_string()).output().unwrap();

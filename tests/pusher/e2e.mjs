@@ -18,11 +18,13 @@ const server = (port, secret = cfg.secret) =>
   new PusherServer({ appId: cfg.appId, key: cfg.key, secret, host: "127.0.0.1", port: String(port), useTLS: false });
 const serverB = server(cfg.b);
 
-// Channel auth signed by the server library, as an app's /broadcasting/auth would.
-const channelAuthorization = (secret) => ({
+// Channel auth signed by the server library, as an app's /broadcasting/auth would; a
+// presence channel's auth carries the member (`member`: {user_id, user_info}).
+const channelAuthorization = (secret, member) => ({
   customHandler: ({ socketId, channelName }, callback) => {
     try {
-      callback(null, server(cfg.b, secret).authorizeChannel(socketId, channelName));
+      const presence = channelName.startsWith("presence-") ? member : undefined;
+      callback(null, server(cfg.b, secret).authorizeChannel(socketId, channelName, presence));
     } catch (e) {
       callback(e, null);
     }
@@ -32,7 +34,7 @@ const channelAuthorization = (secret) => ({
 const client = (port, options = {}) =>
   new PusherClient(options.key ?? cfg.key, {
     wsHost: "127.0.0.1", wsPort: port, forceTLS: false, enabledTransports: ["ws"], disableStats: true, cluster: "mt1",
-    channelAuthorization: channelAuthorization(options.secret ?? cfg.secret), ...options.extra,
+    channelAuthorization: channelAuthorization(options.secret ?? cfg.secret, options.member), ...options.extra,
   });
 
 const connected = (pusher) =>
@@ -121,6 +123,37 @@ try {
   await server(cfg.a).sendToUser(`u-${p}`, "hello", { to: "ada" });
   out.user_event = await toUser;
   user.disconnect();
+
+  // Presence across the two nodes: members are users, member_added/removed fire on a
+  // user's first and last socket, with user_info; Laravel Echo's join() sees the list.
+  const ann = client(cfg.a, { member: { user_id: `ann-${p}`, user_info: { name: "Ann" } } });
+  const bob = client(cfg.b, { member: { user_id: `bob-${p}`, user_info: { name: "Bob" } } });
+  await connected(ann);
+  await connected(bob);
+  const room = `presence-room-${p}`;
+  const annRoom = await subscribed(ann, room);
+  out.presence_first = { count: annRoom.members.count, me: annRoom.members.me };
+  const bobAdded = next(annRoom, "pusher:member_added");
+  const bobRoom = await subscribed(bob, room);
+  out.presence_second = { count: bobRoom.members.count, me: bobRoom.members.me?.id, ids: Object.keys(bobRoom.members.members).sort() };
+  out.member_added = (await bobAdded).data;
+  const echoP = new Echo({
+    broadcaster: "pusher", Pusher: PusherClient, key: cfg.key, wsHost: "127.0.0.1", wsPort: cfg.a, forceTLS: false,
+    enabledTransports: ["ws"], disableStats: true, cluster: "mt1",
+    channelAuthorization: channelAuthorization(cfg.secret, { user_id: `cat-${p}`, user_info: { name: "Cat" } }),
+  });
+  const catJoined = next(bobRoom, "pusher:member_added");
+  out.echo_here = await within(5000, "echo here()", new Promise((resolve) => echoP.join(`room-${p}`).here((users) => resolve(users))));
+  out.member_added_cat = (await catJoined).data;
+  // A client event on a presence channel carries the sender's user_id.
+  const typing = next(bobRoom, "client-typing");
+  annRoom.trigger("client-typing", { who: "ann" });
+  out.presence_client_event = (await typing).meta ?? null;
+  const catLeft = next(annRoom, "pusher:member_removed");
+  echoP.disconnect();
+  out.member_removed = (await catLeft).data;
+  ann.disconnect();
+  bob.disconnect();
 
   // A wrong secret on the HTTP API is a 401.
   try {

@@ -11,6 +11,7 @@
 //! that holds the connection.
 
 pub mod api;
+pub mod presence;
 pub mod sign;
 
 use crate::config::pusher::{PusherApp, CHANNEL_NAME_CHARS_MAX, EVENT_NAME_BYTES_MAX};
@@ -18,6 +19,7 @@ use crate::fanout::ToBridge;
 use crate::metrics::transport::PusherAppMetrics;
 use crate::metrics::CloseReason;
 use crate::protocol::ws;
+use crate::session::presence::Join;
 use crate::session::{self, Op, Reply};
 use crate::shard::{Conn, Shard};
 use bytes::Bytes;
@@ -253,6 +255,10 @@ pub fn answer(shard: &Shard, conn: &Conn, app: u16, reply: Reply<'_>) {
                 m.subscriptions.inc();
             }
             let name = channel_name(ch).unwrap_or_default();
+            if kind(&name) == Kind::Presence {
+                // Answered with the member list (now, or once this shard has fetched it).
+                return presence::subscribed(shard, conn, app, ch);
+            }
             send(shard, conn, &event_frame("pusher_internal:subscription_succeeded", Some(&name), "{}"));
         }
         Reply::Pong { .. } => send(shard, conn, b"{\"event\":\"pusher:pong\",\"data\":\"{}\"}"),
@@ -289,6 +295,9 @@ struct SubscribeData {
     channel: String,
     #[serde(default)]
     auth: Option<String>,
+    /// Presence channels: `{"user_id","user_info"?}` as a JSON string (signed as sent).
+    #[serde(default)]
+    channel_data: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -297,8 +306,7 @@ struct SigninData {
     user_data: String,
 }
 
-/// Longest user id (`user_data.id`, presence `user_id`), as the docs bound it.
-pub const USER_ID_BYTES_MAX: usize = 128;
+pub use crate::config::pusher::USER_ID_BYTES_MAX;
 
 /// `pusher:signin`: the backend signed `socket_id::user::user_data`; the connection is
 /// that user from now on (it may subscribe to `#server-to-user-{id}`). A bad signature or
@@ -392,7 +400,8 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, data: SubscribeData) 
             }
         }
         Kind::Presence => {
-            return subscription_error(shard, conn, name, "UnsupportedChannel", "presence channels are not served by this ringcast version yet", 501);
+            let channel_data = data.channel_data.as_deref().unwrap_or("");
+            sign::check_channel_auth(&app_config.key, &app_config.secret, auth, &socket_id(shard, conn), name, Some(channel_data))
         }
     };
     if let Err(refused) = checked {
@@ -405,7 +414,26 @@ fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, data: SubscribeData) 
         Ok(internal) => internal,
         Err(e) => return subscription_error(shard, conn, name, "InvalidChannel", &e, 400),
     };
-    session::handle(shard, conn, Op::Sub { id: None, ch: &internal, since: None, presence: false });
+    let join = if kind == Kind::Presence {
+        let refused = |kind: &str, message: &str, status: u16| {
+            if let Some(m) = metrics(shard, app) {
+                m.presence_refused.inc();
+            }
+            subscription_error(shard, conn, name, kind, message, status);
+        };
+        let (user, info) = match presence::parse_member(data.channel_data.as_deref().unwrap_or("")) {
+            Ok(member) => member,
+            Err(e) => return refused("InvalidChannelData", &e, 400),
+        };
+        if let Err(e) = presence::admits(shard, &internal, &user) {
+            return refused("LimitReached", &e, 403);
+        }
+        presence::remember(conn, &internal, user.clone(), info.clone());
+        Join::Member { user, info }
+    } else {
+        Join::No
+    };
+    session::handle(shard, conn, Op::Sub { id: None, ch: &internal, since: None, presence: join });
 }
 
 fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, name: &str) {
@@ -413,6 +441,9 @@ fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, name: &str) {
     let Ok(internal) = internal_channel(&app_config.id, name) else { return };
     // Pusher answers nothing, and nothing for a channel that was not subscribed either.
     if conn.state.borrow().subscriptions.iter().any(|s| **s == *internal) {
+        if kind(name) == Kind::Presence {
+            presence::leave(shard, conn, &internal);
+        }
         session::handle(shard, conn, Op::Unsub { id: None, ch: &internal });
     }
 }
@@ -466,6 +497,11 @@ fn client_event(shard: &Rc<Shard>, conn: &Rc<Conn>, app: u16, event: &str, chann
     frame.push_str(&json_string(name));
     frame.push_str(",\"data\":");
     frame.push_str(data);
+    if let Some(user) = presence::user_in(conn, &internal) {
+        // On presence channels the sender's user id comes along (pusher-js reads it).
+        frame.push_str(",\"user_id\":");
+        frame.push_str(&json_string(&user));
+    }
     frame.push('}');
     let exclude = Some(socket_id(shard, conn).into_boxed_str());
     let message = ToBridge::PublishFrame { channel: internal.into(), frame: Bytes::from(frame.into_bytes()), exclude };
