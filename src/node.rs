@@ -201,7 +201,7 @@ impl NodeTransport {
             }
         }
         type PusherGet = fn(&crate::metrics::transport::PusherAppMetrics) -> u64;
-        let pusher: [(&str, &str, PusherGet); 8] = [
+        let pusher: [(&str, &str, PusherGet); 11] = [
             ("ringcast_pusher_connections", "Open Pusher protocol connections, by app.", |m| m.connections.get()),
             ("ringcast_pusher_subscriptions_total", "Pusher channel subscriptions made, by app.", |m| m.subscriptions.get()),
             ("ringcast_pusher_auth_failures_total", "Pusher channel auth or sign-in refused (bad signature), by app.", |m| m.auth_failures.get()),
@@ -210,6 +210,9 @@ impl NodeTransport {
             ("ringcast_pusher_client_events_total", "Pusher client events (client-*) relayed, by app.", |m| m.client_events.get()),
             ("ringcast_pusher_client_events_refused_total", "Pusher client events refused (disabled, not subscribed, too big, over the rate: 4301), by app.", |m| m.client_events_refused.get()),
             ("ringcast_pusher_bad_frames_total", "Malformed or unknown Pusher client frames answered with pusher:error, by app.", |m| m.bad_frames.get()),
+            ("ringcast_pusher_api_queries_total", "Pusher HTTP API channel queries answered (channels, channel info, users), by app.", |m| m.api_queries.get()),
+            ("ringcast_pusher_api_terminations_total", "Pusher terminate_connections calls accepted (sent to every node), by app.", |m| m.api_terminations.get()),
+            ("ringcast_pusher_terminated_connections_total", "Pusher connections closed on this node by terminate_connections (4009), by app.", |m| m.terminated.get()),
         ];
         for (name, help, get) in pusher {
             family(out, name, if name.ends_with("_total") { "counter" } else { "gauge" }, help);

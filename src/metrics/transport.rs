@@ -45,4 +45,11 @@ pub struct PusherAppMetrics {
     pub client_events_refused: Counter,
     /// `pusher:error` frames sent for malformed or unknown client frames.
     pub bad_frames: Counter,
+    /// Channel queries answered by the HTTP API (`GET /channels`, `/channels/{c}`,
+    /// `/channels/{c}/users`); refusals and 503s count in `api_refused`.
+    pub api_queries: Counter,
+    /// `terminate_connections` calls accepted (the order went to every node).
+    pub api_terminations: Counter,
+    /// Connections closed on this shard by a `terminate_connections` order (any node's).
+    pub terminated: Counter,
 }

@@ -12,6 +12,7 @@ mod event;
 pub mod poll;
 mod reply;
 mod presence;
+mod query;
 pub mod sys;
 pub mod tls;
 
@@ -118,6 +119,9 @@ pub struct Handlers {
     pub token_expired: fn(&Shard, &Conn),
     /// The connection is being unregistered (its wire's counters).
     pub closed: fn(&Shard, &Conn),
+    /// A cluster-wide order to close `user`'s connections in `scope` (`fanout::cluster`):
+    /// the transport closes this connection if it is one of them.
+    pub close_user: fn(&Shard, &Conn, &str, &str),
 }
 
 impl Shard {
@@ -554,6 +558,8 @@ impl Shard {
                 ToShard::ReplayDone { target, replay, outcome } => self.replay_done(target, replay, outcome),
                 ToShard::Poll(forward) => (self.handlers.poll_forwarded)(self, *forward),
                 ToShard::Confirmed { confirm, live } => (self.handlers.sub_confirmed)(self, confirm, live),
+                ToShard::Count { query, reply } => self.count_channels(&query, reply),
+                ToShard::CloseUser(close) => self.close_user(&close),
             }
         }
         self.retry_presence();

@@ -30,6 +30,7 @@ pub fn handlers() -> Handlers {
         answer,
         token_expired,
         closed,
+        close_user,
     }
 }
 
@@ -60,3 +61,10 @@ fn closed(shard: &Shard, conn: &Conn) {
     }
 }
 
+/// A cluster-wide close order (`fanout::cluster::CloseUser`): only Pusher connections
+/// have a signed-in user to match.
+fn close_user(shard: &Shard, conn: &Conn, scope: &str, user: &str) {
+    if let Wire::Pusher { app } = wire(conn) {
+        pusher::query::close_if_user(shard, conn, app, scope, user);
+    }
+}
