@@ -23,6 +23,7 @@ mod metrics;
 mod mqtt;
 mod presence;
 mod pusher;
+mod pusher_query;
 mod seams;
 mod tls;
 mod websocket;
