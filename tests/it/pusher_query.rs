@@ -404,3 +404,25 @@ fn users_and_user_count_come_from_presence_on_every_node() {
     assert_eq!(cluster.get(a.port, &format!("channels/{channel}"), &[("info", "user_count,subscription_count")]), (200, json!({"occupied": true, "user_count": 2, "subscription_count": 3})));
     assert_eq!(cluster.get(b.port, "channels", &[("filter_by_prefix", "presence-"), ("info", "user_count")]), (200, json!({"channels": {channel: {"user_count": 2}}})));
 }
+
+/// Without NATS (the embedded broker) there is one node: its shards answer directly, and
+/// a close order goes straight to them.
+#[test]
+fn a_single_embedded_node_answers_from_its_shards() {
+    let cluster = Cluster::new();
+    let app = format!("{}:{KEY}:{SECRET}", cluster.app);
+    let gateway = Gateway::start(&["--pusher-app", &app, "--shards", "2"]);
+    let (mut x, socket_x) = pusher_client(gateway.port);
+    let (mut y, socket_y) = pusher_client(gateway.port);
+    subscribe(&mut x, &socket_x, "solo");
+    subscribe(&mut y, &socket_y, "solo");
+    assert_eq!(cluster.get(gateway.port, "channels/solo", &[("info", "subscription_count")]), (200, json!({"occupied": true, "subscription_count": 2})));
+    assert_eq!(cluster.get(gateway.port, "channels", &[]), (200, json!({"channels": {"solo": {}}})));
+    sign_in(&mut x, &socket_x, "solo-user");
+    assert_eq!(cluster.terminate(gateway.port, "solo-user"), (200, json!({})));
+    assert_eq!(close_code(&mut x), Some(4009));
+    assert!(still_served(&mut y));
+    let after = cluster.channel_until(gateway.port, "solo", |v| v["subscription_count"] == 1);
+    assert_eq!(after, json!({"occupied": true, "subscription_count": 1}), "the terminated connection's subscription is gone");
+    assert_eq!(metric(&scrape(gateway.port), "ringcast_cluster_peers", &[]), 1.0);
+}
