@@ -654,6 +654,22 @@ impl<T: Copy + Eq + std::hash::Hash> SubIndex<T> {
         self.entries == 0
     }
 
+    /// Keys of the literal pattern `channel` (0 when nobody holds it as a literal).
+    pub fn literal_keys(&self, channel: &str) -> usize {
+        self.literals.get(channel).map_or(0, |set| set.list.len())
+    }
+
+    /// Calls `f` with each literal pattern starting with `prefix` and its number of
+    /// keys, in unspecified order, until `f` returns false. Walks every literal pattern:
+    /// for occasional queries (the Pusher channel list), never the publish path.
+    pub fn for_each_literal_prefixed(&self, prefix: &str, mut f: impl FnMut(&str, usize) -> bool) {
+        for (pattern, set) in &self.literals {
+            if pattern.starts_with(prefix) && !f(pattern, set.list.len()) {
+                return;
+            }
+        }
+    }
+
     /// Calls `f` once per pattern that has keys, in unspecified order (used to
     /// re-announce interest after a broker reconnect). Allocates one reused buffer.
     pub fn for_each_pattern(&self, mut f: impl FnMut(&str)) {
@@ -1182,6 +1198,28 @@ mod tests {
         assert_eq!(matched_keys(&index, &too_long), Vec::<u32>::new());
         let longest = vec!["a"; CHANNEL_TOKENS_MAX].join(".");
         assert_eq!(matched_keys(&index, &longest), vec![1]);
+    }
+
+    #[test]
+    fn index_counts_literals_by_prefix() {
+        let mut index = SubIndex::new();
+        for (pattern, key) in [("$pusher.1.a", 1u32), ("$pusher.1.a", 2), ("$pusher.1.b", 3), ("$pusher.2.a", 4), ("$pusher.1.>", 5)] {
+            index.insert(pattern, key);
+        }
+        assert_eq!((index.literal_keys("$pusher.1.a"), index.literal_keys("$pusher.1.c")), (2, 0));
+        let mut seen = Vec::new();
+        index.for_each_literal_prefixed("$pusher.1.", |pattern, keys| {
+            seen.push((pattern.to_string(), keys));
+            true
+        });
+        seen.sort();
+        assert_eq!(seen, vec![("$pusher.1.a".to_string(), 2), ("$pusher.1.b".to_string(), 1)], "literals only, by prefix");
+        let mut calls = 0;
+        index.for_each_literal_prefixed("$pusher.", |_, _| {
+            calls += 1;
+            false
+        });
+        assert_eq!(calls, 1, "stops when told");
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! | [`transport`] | HTTP routes and server API, TLS handshakes, WebSocket and long-poll, and the protocol v1 wire adapter |
 //! | [`session`] | what a client may do, once for every wire: sub (presence, `since`), unsub, pub, ack, presence query, ping |
 //! | [`shard`] | one core: connections, subscriptions, outbound queues, heartbeat wheel; handed its transport entry points |
-//! | [`bridge`] | the engine thread: interest, broker (embedded or NATS), history, the Lane's in-process worker |
+//! | [`bridge`] | the engine thread: interest, broker (embedded or NATS), history, the Lane's in-process worker, cluster-wide channel counts and close orders |
 //! | [`sysfeed`] | the `$sys.metrics` snapshot, published once a second |
 //! | [`admission`] | the accept-rate bucket and the admission decision |
 //! | [`node`] | what one node's threads share |

@@ -114,6 +114,12 @@ pub const REPLAY_CHUNK_FRAMES: usize = 256;
 /// subscription to be confirmed on the server before it is answered 503 and undone. A healthy round trip takes well under a
 /// millisecond; this rides out a short reconnect.
 pub const SUB_CONFIRM_TIMEOUT_MS: u64 = 5_000;
+/// Default of `nats_cluster_query_timeout`: how long a cluster-wide query (the Pusher
+/// channel API, terminate_connections) waits for every node's answer before it is
+/// answered 503. A healthy node answers in a few milliseconds (one turn of its bridge
+/// and of each shard); 2 s rides out a busy turn and stays well under the Pusher server
+/// libraries' request timeouts (5 s and more).
+pub const CLUSTER_QUERY_TIMEOUT_MS: u64 = 2_000;
 /// NATS mode (default of `nats_sub_confirms_waiting`): `sub`s waiting for that
 /// confirmation on one node. Each costs a small task
 /// on the bridge; past it a `sub` answers 503 at once (counted): a node this far behind

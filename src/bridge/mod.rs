@@ -10,6 +10,7 @@
 //! Seams: [`Broker`] is embedded or NATS; shards never know which. Presence and the Lane
 //! add their own backends and `ToBridge` variants the same way.
 
+pub mod cluster;
 mod embedded;
 pub mod history;
 pub mod lane;
@@ -79,6 +80,8 @@ pub struct Bridge {
     presence: PresenceEngine,
     /// Durable notifications (embedded store or RabbitMQ) and the in-process worker.
     lane: crate::bridge::lane::LaneBridge,
+    /// Cluster-wide channel counts and close orders (`cluster`).
+    cluster: cluster::Cluster,
 }
 
 impl Bridge {
@@ -100,7 +103,12 @@ impl Bridge {
         };
         let presence = PresenceEngine::start(&node.config.presence, &node.config.node, node.presence.clone())?;
         let lane = crate::bridge::lane::LaneBridge::start(&node).await?;
-        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence, lane })
+        let link = match (&broker, &node.config.broker.nats) {
+            (Broker::Nats(nats), Some(config)) => Some(cluster::NatsLink { client: nats.client(), up: nats.link(), prefix: config.prefix.clone() }),
+            _ => None,
+        };
+        let cluster = cluster::Cluster::start(node.clone(), link, metrics.clone());
+        Ok(Bridge { node, interest: SubIndex::new(), broker, metrics, presence, lane, cluster })
     }
 
     /// Reads presence (`is_online`, `members`) from this node's backend; `Send`, so it
@@ -168,6 +176,8 @@ impl Bridge {
             ToBridge::Notify { notification, caller_nid, reply } => self.lane.notify(*notification, caller_nid, reply),
             ToBridge::NotifyDead { op, reply } => self.lane.dead(op, reply),
             ToBridge::Ack { user, nid } => self.lane.ack(&user, &nid),
+            ToBridge::ClusterCount { query, reply } => self.cluster.count(query, reply),
+            ToBridge::ClusterCloseUser { close, reply } => self.cluster.close_user(close, reply),
             ToBridge::Stop => return false,
         }
         true

@@ -126,6 +126,8 @@ struct PendingSubscribe {
 }
 
 pub struct NatsBroker {
+    /// The node's connection, shared with `bridge::cluster` (its control subjects).
+    client: async_nats::Client,
     js: jetstream::Context,
     prefix: String,
     history: Rc<HistoryConfig>,
@@ -190,6 +192,7 @@ pub async fn start(
         .map(|_| HistoryConsumer { refs: 0, cancel: None, start: Rc::new(Cell::new(None)) })
         .collect();
     Ok(NatsBroker {
+        client,
         js,
         prefix: config.prefix.clone(),
         history,
@@ -431,6 +434,16 @@ async fn ensure_stream(
 }
 
 impl NatsBroker {
+    /// The node's NATS connection (for the cluster control subjects, `bridge::cluster`).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
+    /// The link state the bridge and `/readyz` read.
+    pub fn link(&self) -> Arc<AtomicBool> {
+        self.link.clone()
+    }
+
     pub fn is_connected(&self) -> bool {
         self.link.load(Ordering::Acquire)
     }

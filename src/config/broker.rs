@@ -55,6 +55,10 @@ pub struct BrokerArgs {
     /// `sub`s waiting for that confirmation on one node; past it a `sub` answers 503 at once. [default: 65536]
     #[arg(long, env = "RINGCAST_NATS_SUB_CONFIRMS_WAITING", value_name = "N")]
     nats_sub_confirms_waiting: Option<String>,
+    /// How long a cluster-wide query (Pusher channel queries, terminate_connections)
+    /// waits for every node's answer before it is answered 503. [default: 2s]
+    #[arg(long, env = "RINGCAST_NATS_CLUSTER_QUERY_TIMEOUT", value_name = "DURATION")]
+    nats_cluster_query_timeout: Option<String>,
     /// Channel pattern whose messages are kept for resume with `since` (repeatable, or
     /// comma-separated), e.g. `--history 'chat.>'`. Patterns must not overlap.
     #[arg(long, env = "RINGCAST_HISTORY", value_name = "PATTERN", action = clap::ArgAction::Append, value_delimiter = ',')]
@@ -97,6 +101,7 @@ impl BrokerArgs {
             ("nats_publish_queue", self.nats_publish_queue.clone()),
             ("nats_sub_confirm_timeout", self.nats_sub_confirm_timeout.clone()),
             ("nats_sub_confirms_waiting", self.nats_sub_confirms_waiting.clone()),
+            ("nats_cluster_query_timeout", self.nats_cluster_query_timeout.clone()),
             ("history", (!self.history.is_empty()).then(|| self.history.join(","))),
             ("history_messages", self.history_messages.clone()),
             ("history_age", self.history_age.clone()),
@@ -134,6 +139,8 @@ pub struct NatsConfig {
     pub sub_confirm_timeout: Duration,
     /// `sub`s waiting for a confirmation at once on the node.
     pub sub_confirms_waiting_max: usize,
+    /// How long a cluster-wide query waits for every node's answer (`bridge::cluster`).
+    pub cluster_query_timeout: Duration,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -165,6 +172,12 @@ impl BrokerConfig {
     /// embedded broker), so a `sub` is answered at once.
     pub fn sub_confirm_timeout(&self) -> Option<Duration> {
         self.nats.as_ref().map(|nats| nats.sub_confirm_timeout)
+    }
+
+    /// How long a node-wide or cluster-wide query (`bridge::cluster`) may take before it
+    /// is answered 503.
+    pub fn cluster_query_timeout(&self) -> Duration {
+        self.nats.as_ref().map_or(Duration::from_millis(limits::CLUSTER_QUERY_TIMEOUT_MS), |nats| nats.cluster_query_timeout)
     }
 
     /// Whether the bridge keeps its own copy of the node's interest (to tell the broker),
@@ -234,7 +247,12 @@ pub fn build_broker(values: &BTreeMap<&str, String>) -> Result<BrokerConfig, Con
                 sub_confirm_timeout: get("nats_sub_confirm_timeout")
                     .map_or(Ok(Duration::from_millis(limits::SUB_CONFIRM_TIMEOUT_MS)), |v| parse_duration(v).map_err(|m| error("nats_sub_confirm_timeout", m)))?,
                 sub_confirms_waiting_max: count("nats_sub_confirms_waiting", limits::SUB_CONFIRMS_WAITING_MAX)?,
+                cluster_query_timeout: get("nats_cluster_query_timeout")
+                    .map_or(Ok(Duration::from_millis(limits::CLUSTER_QUERY_TIMEOUT_MS)), |v| parse_duration(v).map_err(|m| error("nats_cluster_query_timeout", m)))?,
             };
+            if config.cluster_query_timeout.is_zero() {
+                return Err(error("nats_cluster_query_timeout", "must be above zero"));
+            }
             if config.sub_confirm_timeout.is_zero() {
                 return Err(error("nats_sub_confirm_timeout", "must be above zero"));
             }

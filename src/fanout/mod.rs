@@ -9,6 +9,7 @@
 //! `sync` feature turns a cross-thread wake into a write to the ring's eventfd, so one
 //! primitive serves both directions.
 
+pub mod cluster;
 mod mailbox;
 pub mod poll;
 
@@ -102,6 +103,11 @@ pub enum ToShard {
     /// The answer to [`ToBridge::ConfirmLive`]: `live` false when the broker did not confirm
     /// within `limits::SUB_CONFIRM_TIMEOUT` (the `sub` is answered 503 and undone).
     Confirmed { confirm: Box<SubConfirm>, live: bool },
+    /// Count this shard's subscribers of the channels `query` covers (answered on `reply`
+    /// at once, from the shard's subscription index).
+    Count { query: Arc<cluster::CountQuery>, reply: cluster::CountsReply },
+    /// Close the connections the transport says belong to the user (`Handlers::close_user`).
+    CloseUser(Arc<cluster::CloseUser>),
 }
 
 /// Shard → bridge.
@@ -138,6 +144,12 @@ pub enum ToBridge {
     NotifyDead { op: crate::lane::DeadOp, reply: tokio::sync::oneshot::Sender<Result<crate::lane::DeadAnswer, String>> },
     /// A client acked notification `nid` (its user from the token).
     Ack { user: Box<str>, nid: Box<str> },
+    /// Subscriber counts of the channels `query` covers on every node (this one alone
+    /// with the embedded broker), within `nats_cluster_query_timeout`; Err when some node
+    /// could not answer (see `bridge::cluster`).
+    ClusterCount { query: cluster::CountQuery, reply: cluster::ClusterCountsReply },
+    /// Close a user's connections on every node; answered once the order is handed on.
+    ClusterCloseUser { close: cluster::CloseUser, reply: cluster::ClusterCloseReply },
     /// Stop the bridge loop (sent by main after every shard has exited).
     Stop,
 }

@@ -42,10 +42,12 @@ pub enum CloseReason {
     Refused,
     /// Over a per-connection event rate that closes (Pusher client events: 4301).
     RateLimited,
+    /// Closed on the application's order (Pusher `terminate_connections`).
+    Terminated,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::ProtocolError,
@@ -58,6 +60,7 @@ impl CloseReason {
         CloseReason::Drain,
         CloseReason::Refused,
         CloseReason::RateLimited,
+        CloseReason::Terminated,
     ];
 
     pub fn label(self) -> &'static str {
@@ -74,6 +77,7 @@ impl CloseReason {
             CloseReason::Drain => "drain",
             CloseReason::Refused => "refused",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::Terminated => "terminated",
         }
     }
 
@@ -236,6 +240,16 @@ pub struct BridgeMetrics {
     /// Messages reaching the bridge (from NATS, or server frames) whose frame is larger
     /// than outbound_limit: dropped, since queueing one would close every subscriber.
     pub oversize_dropped: Counter,
+    /// Cluster-wide queries this node asked (`bridge::cluster`), and those answered 503:
+    /// a node did not answer within `nats_cluster_query_timeout`, or NATS was down.
+    pub cluster_queries: Counter,
+    pub cluster_query_failures: Counter,
+    /// Other nodes' queries this node answered.
+    pub cluster_answers: Counter,
+    /// Nodes this one hears (heartbeats on NATS, itself included; 1 when embedded).
+    pub cluster_peers: Counter,
+    /// Close-user orders (terminate_connections) this node carried out.
+    pub cluster_close_orders: Counter,
 }
 
 /// What a scrape needs to see of one shard besides its counters.
@@ -348,7 +362,7 @@ pub fn render(view: &NodeView) -> String {
     family(&mut out, "ringcast_broker_connected", "gauge", "1 when the broker link is up (always 1 for the embedded broker).");
     let _ = writeln!(out, "ringcast_broker_connected{{broker=\"{}\"}} {}", view.broker, view.broker_connected as u8);
     let b = view.bridge;
-    let bridge: [(&str, &str, &str, u64); 28] = [
+    let bridge: [(&str, &str, &str, u64); 33] = [
         ("ringcast_bridge_queue_depth", "gauge", "Messages waiting in the shard → bridge queue.", view.bridge_inbox_depth as u64),
         ("ringcast_bridge_queue_capacity", "gauge", "Bound of the shard → bridge queue (bridge_inbox).", view.bridge_inbox_capacity as u64),
         ("ringcast_bridge_queue_drops_total", "counter", "Messages refused because the bridge queue was full.", view.bridge_inbox_dropped),
@@ -377,6 +391,11 @@ pub fn render(view: &NodeView) -> String {
         ("ringcast_sub_confirms_waiting", "gauge", "sub requests waiting for NATS to confirm their subscription (bound: nats_sub_confirms_waiting, default 65536).", b.sub_confirms_waiting.get()),
         ("ringcast_sub_confirm_failures_total", "counter", "sub requests answered 503 because NATS did not confirm the subscription in time, or too many were waiting.", b.sub_confirm_failures.get()),
         ("ringcast_oversize_dropped_total", "counter", "Messages from NATS (or server frames) dropped because their frame is larger than outbound_limit: delivering one would close every subscriber with 4008.", b.oversize_dropped.get()),
+        ("ringcast_cluster_queries_total", "counter", "Cluster-wide queries asked by this node (Pusher channel queries): every node's subscriber counts.", b.cluster_queries.get()),
+        ("ringcast_cluster_query_failures_total", "counter", "Cluster-wide queries answered 503: a node did not answer within nats_cluster_query_timeout, NATS was down, or a shard queue stayed full.", b.cluster_query_failures.get()),
+        ("ringcast_cluster_answers_total", "counter", "Cluster-wide queries this node answered (its own included).", b.cluster_answers.get()),
+        ("ringcast_cluster_peers", "gauge", "Gateway nodes this node hears on NATS (itself included; 1 with the embedded broker).", b.cluster_peers.get()),
+        ("ringcast_cluster_close_orders_total", "counter", "Orders to close a user's connections (Pusher terminate_connections) carried out on this node.", b.cluster_close_orders.get()),
     ];
     for (name, kind, help, value) in bridge {
         family(&mut out, name, kind, help);

@@ -56,4 +56,11 @@ pub struct PusherAppMetrics {
     /// Users added to or removed from a shard's member list by a periodic check against
     /// the store (a missed frame, or a node that died without sending its leaves).
     pub presence_corrections: Counter,
+    /// Channel queries answered by the HTTP API (`GET /channels`, `/channels/{c}`,
+    /// `/channels/{c}/users`); refusals and 503s count in `api_refused`.
+    pub api_queries: Counter,
+    /// `terminate_connections` calls accepted (the order went to every node).
+    pub api_terminations: Counter,
+    /// Connections closed on this shard by a `terminate_connections` order (any node's).
+    pub terminated: Counter,
 }

@@ -12,6 +12,7 @@ mod event;
 pub mod poll;
 mod reply;
 mod presence;
+mod query;
 pub mod sys;
 pub mod tls;
 
@@ -128,6 +129,9 @@ pub struct Handlers {
     /// user, not per connection, so its adapter turns these into `member_added` /
     /// `member_removed` from its own member lists instead of relaying them.
     pub wire_presence: fn(&Rc<Shard>, &Delivery),
+    /// A cluster-wide order to close `user`'s connections in `scope` (`fanout::cluster`):
+    /// the transport closes this connection if it is one of them.
+    pub close_user: fn(&Shard, &Conn, &str, &str),
 }
 
 /// Presence frames of channels under this prefix go to `Handlers::wire_presence`.
@@ -578,6 +582,8 @@ impl Shard {
                 ToShard::ReplayDone { target, replay, outcome } => self.replay_done(target, replay, outcome),
                 ToShard::Poll(forward) => (self.handlers.poll_forwarded)(self, *forward),
                 ToShard::Confirmed { confirm, live } => (self.handlers.sub_confirmed)(self, confirm, live),
+                ToShard::Count { query, reply } => self.count_channels(&query, reply),
+                ToShard::CloseUser(close) => self.close_user(&close),
             }
         }
         self.retry_presence();

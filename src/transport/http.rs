@@ -96,7 +96,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 Some(bytes) => Routed::Respond { bytes, keep_alive: true },
                 None => match request.path.strip_prefix("/api/presence/") {
                     Some(channel) => presence_api(&shard, &request, channel).await,
-                    None => match super::pusher::api::handle(&shard, &request) {
+                    None => match super::pusher::api::handle(&shard, &request).await {
                         Some(bytes) => Routed::Respond { bytes, keep_alive: true },
                         None => route(&shard, &request),
                     },

@@ -31,6 +31,7 @@ pub fn handlers() -> Handlers {
         token_expired,
         closed,
         wire_presence: pusher::presence::on_frame,
+        close_user,
     }
 }
 
@@ -62,3 +63,10 @@ fn closed(shard: &Shard, conn: &Conn) {
     }
 }
 
+/// A cluster-wide close order (`fanout::cluster::CloseUser`): only Pusher connections
+/// have a signed-in user to match.
+fn close_user(shard: &Shard, conn: &Conn, scope: &str, user: &str) {
+    if let Wire::Pusher { app } = wire(conn) {
+        pusher::query::close_if_user(shard, conn, app, scope, user);
+    }
+}

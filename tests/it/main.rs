@@ -24,6 +24,7 @@ mod mqtt;
 mod presence;
 mod pusher;
 mod pusher_presence;
+mod pusher_query;
 mod seams;
 mod tls;
 mod websocket;

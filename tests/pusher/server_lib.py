@@ -2,9 +2,12 @@
 
     python server_lib.py auth   '{"port":..,"appId":..,"key":..,"secret":..,"socket":..,"channel":..}'
     python server_lib.py events '{"port":..,"appId":..,"key":..,"secret":..,"channel":..}'
+    python server_lib.py query  '{"port":..,"appId":..,"key":..,"secret":..,"channel":..,"prefix":..,"user":..}'
 
-Prints one JSON object: channel auth signatures (`auth`), or the answers to trigger,
-trigger_batch and a trigger signed with a wrong secret (`events`).
+Prints one JSON object: channel auth signatures (`auth`), the answers to trigger,
+trigger_batch and a trigger signed with a wrong secret (`events`), or the answers to
+channels_info, channel_info, users_info (on a channel that is not presence: refused) and
+terminate_user_connections (`query`; each answer or "STATUS: error").
 """
 import json
 import sys
@@ -33,6 +36,25 @@ def main():
             out["bad_secret"] = "accepted"
         except pusher.errors.PusherBadAuth as e:
             out["bad_secret"] = "401: " + str(e)
+    elif mode == "query":
+        p = client(cfg)
+
+        def answer(call):
+            try:
+                return call()
+            except pusher.errors.PusherBadRequest as e:
+                return "400: " + str(e)
+            except pusher.errors.PusherBadAuth as e:
+                return "401: " + str(e)
+            except pusher.errors.PusherBadStatus as e:
+                return str(e)
+
+        out["channels"] = answer(lambda: p.channels_info(prefix_filter=cfg["prefix"]))
+        out["channel"] = answer(lambda: p.channel_info(cfg["channel"], ["subscription_count"]))
+        out["user_count_refused"] = answer(lambda: p.channel_info(cfg["channel"], ["user_count"]))
+        out["users_refused"] = answer(lambda: p.users_info(cfg["channel"]))
+        out["terminate"] = answer(lambda: p.terminate_user_connections(cfg["user"]))
+        out["bad_secret"] = answer(lambda: client(cfg, secret="not-the-secret-at-all").channels_info())
     print(json.dumps(out))
 
 

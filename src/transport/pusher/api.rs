@@ -1,11 +1,13 @@
 //! The Pusher HTTP API on the gateway's port, signed with the app secret (what the npm,
 //! PyPI, PHP, … `pusher` server libraries call): `POST /apps/{id}/events` and
 //! `POST /apps/{id}/batch_events`. Events become complete Pusher frames published on the
-//! app's namespaced channels, so every node's subscribers get them (NATS).
+//! app's namespaced channels, so every node's subscribers get them (NATS). The channel
+//! queries and `terminate_connections` are answered by `query`.
 //!
 //! Owns: routing, checking and answering `/apps/…`. Must not touch: sockets, the session.
 //! Runs on: the shard that accepted the request.
 
+use super::query::Refused;
 use super::{check_name, event_frame, internal_channel, sign};
 use crate::config::pusher::{PusherApp, EVENT_NAME_BYTES_MAX};
 use crate::fanout::ToBridge;
@@ -15,26 +17,39 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Answers a request under `/apps/`; None for any other path (or with no apps).
-pub fn handle(shard: &Shard, request: &Request) -> Option<Vec<u8>> {
-    let rest = request.path.strip_prefix("/apps/")?;
+/// Answers a request under `/apps/` (and `/users/{id}/terminate_connections`); None for
+/// any other path (or with no apps).
+pub async fn handle(shard: &Shard, request: &Request) -> Option<Vec<u8>> {
     if shard.node.config.pusher.apps.is_empty() {
         return None;
     }
-    let (id, route) = rest.split_once('/').unwrap_or((rest, ""));
-    let Some((index, app)) = shard.node.config.pusher.by_id(id) else {
-        return Some(error(404, &format!("no Pusher app {id} on this server (--pusher-app ID:KEY:SECRET)")));
+    let (found, route) = if let Some(rest) = request.path.strip_prefix("/apps/") {
+        let (id, route) = rest.split_once('/').unwrap_or((rest, ""));
+        (shard.node.config.pusher.by_id(id).ok_or_else(|| format!("no Pusher app {id} on this server (--pusher-app ID:KEY:SECRET)")), route)
+    } else if request.path.starts_with("/users/") && request.path.ends_with("/terminate_connections") {
+        // The PyPI library (3.x) posts this one without `/apps/{id}`: the app is the one
+        // whose key signed it (the signature check below still decides).
+        let key = request.query_param("auth_key").unwrap_or_default();
+        (shard.node.config.pusher.by_key(&key).ok_or_else(|| format!("no Pusher app with auth_key {key:?} on this server")), &request.path[1..])
+    } else {
+        return None;
     };
-    let metrics = shard.node.transport.pusher_metrics.get(shard.id as usize).and_then(|apps| apps.get(index as usize));
-    let answer = route_app(shard, request, app, route);
-    if let Some(m) = metrics {
+    let (index, app) = match found {
+        Ok(found) => found,
+        Err(message) => return Some(error(404, &message)),
+    };
+    let answer = route_app(shard, request, app, route).await;
+    if let Some(m) = shard.node.transport.pusher_metrics.get(shard.id as usize).and_then(|apps| apps.get(index as usize)) {
         match &answer {
-            Ok(events) => m.api_events.add(*events),
+            Ok(Answered::Published(events)) => m.api_events.add(*events),
+            Ok(Answered::Query(_)) => m.api_queries.inc(),
+            Ok(Answered::Terminated) => m.api_terminations.inc(),
             Err(_) => m.api_refused.inc(),
         }
     }
     Some(match answer {
-        Ok(_) => h::response(200, "application/json", b"{}", &[], true),
+        Ok(Answered::Query(body)) => h::response(200, "application/json", body.as_bytes(), &[], true),
+        Ok(Answered::Published(_) | Answered::Terminated) => h::response(200, "application/json", b"{}", &[], true),
         Err((status, msg)) => error(status, &msg),
     })
 }
@@ -43,10 +58,17 @@ fn error(status: u16, msg: &str) -> Vec<u8> {
     h::json_error(status, msg, &[], true)
 }
 
-type Refused = (u16, String);
+/// What a served call did (for its answer and its counter).
+enum Answered {
+    /// Events published (`{}`).
+    Published(u64),
+    /// A channel query's JSON answer.
+    Query(String),
+    /// A terminate_connections order sent (`{}`).
+    Terminated,
+}
 
-/// Ok(events published).
-fn route_app(shard: &Shard, request: &Request, app: &PusherApp, route: &str) -> Result<u64, Refused> {
+async fn route_app(shard: &Shard, request: &Request, app: &PusherApp, route: &str) -> Result<Answered, Refused> {
     let method = match request.method {
         Method::Get | Method::Head => "GET",
         Method::Post => "POST",
@@ -59,7 +81,7 @@ fn route_app(shard: &Shard, request: &Request, app: &PusherApp, route: &str) -> 
         ("POST", "events") => {
             let body: Trigger = serde_json::from_slice(&request.body).map_err(|e| (400, format!("body must be {{\"name\",\"data\",\"channels\":[..]}}: {e}")))?;
             let events = check_trigger(shard, app, body)?;
-            publish_all(shard, events)
+            publish_all(shard, events).map(Answered::Published)
         }
         ("POST", "batch_events") => {
             let body: Batch = serde_json::from_slice(&request.body).map_err(|e| (400, format!("body must be {{\"batch\":[{{\"name\",\"data\",\"channel\"}}..]}}: {e}")))?;
@@ -71,11 +93,33 @@ fn route_app(shard: &Shard, request: &Request, app: &PusherApp, route: &str) -> 
             for one in body.batch {
                 events.extend(check_trigger(shard, app, one)?);
             }
-            publish_all(shard, events)
+            publish_all(shard, events).map(Answered::Published)
         }
         (_, "events" | "batch_events") => Err((405, "use POST".into())),
-        _ => Err((501, format!("/apps/{}/{route} is not served by this ringcast version: events and batch_events are (channel queries, users and terminate_connections are planned)", app.id))),
+        ("GET", "channels") => super::query::channels(shard, app, request).await.map(Answered::Query),
+        (method, route) => route_channel_or_user(shard, request, app, method, route).await,
     }
+}
+
+/// `channels/{channel}`, `channels/{channel}/users`, `users/{id}/terminate_connections`.
+async fn route_channel_or_user(shard: &Shard, request: &Request, app: &PusherApp, method: &str, route: &str) -> Result<Answered, Refused> {
+    if let Some(rest) = route.strip_prefix("channels/") {
+        if method != "GET" {
+            return Err((405, "channel queries use GET".into()));
+        }
+        return match rest.strip_suffix("/users") {
+            Some(channel) => super::query::users(shard, app, &h::percent_decode(channel)).await,
+            None => super::query::channel(shard, app, request, &h::percent_decode(rest)).await,
+        }
+        .map(Answered::Query);
+    }
+    if let Some(user) = route.strip_prefix("users/").and_then(|r| r.strip_suffix("/terminate_connections")) {
+        if method != "POST" {
+            return Err((405, "terminate_connections uses POST".into()));
+        }
+        return super::query::terminate(shard, app, &h::percent_decode(user)).await.map(|_| Answered::Terminated);
+    }
+    Err((404, format!("/apps/{}/{route} is not a Pusher API route: events, batch_events, channels, channels/{{channel}}, channels/{{channel}}/users and users/{{id}}/terminate_connections are", app.id)))
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod presence;
+pub mod query;
 pub mod sign;
 
 use crate::config::pusher::{PusherApp, CHANNEL_NAME_CHARS_MAX, EVENT_NAME_BYTES_MAX};
@@ -46,6 +47,11 @@ pub mod close_code {
     // shutdown 4200) are mapped in `shard::Wire::close_code`, below the transports.
     /// Client events over the rate limit.
     pub const CLIENT_EVENT_RATE: u16 = 4301;
+    /// Closed by `terminate_connections`. Pusher's protocol docs name no code of its own
+    /// for it; 4009 ("connection is unauthorized") is the documented one that fits, and
+    /// the one the reference servers (soketi, Sockudo) send with "You got disconnected by
+    /// the app.". In 4000–4099, so pusher-js does not reconnect unchanged.
+    pub const TERMINATED: u16 = UNAUTHORIZED;
 }
 
 /// What kind of channel a name is, by its prefix.
