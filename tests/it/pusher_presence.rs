@@ -127,6 +127,7 @@ fn channel_data_is_checked_and_the_member_bound_holds() {
     join(&mut a, &socket_a, &channel, "u1", "One");
     let (mut b, socket_b) = pusher_client(gateway.port);
     assert_eq!(join(&mut b, &socket_b, &channel, "u2", "Two")["count"], 2);
+    assert_eq!(event_data(&next_event(&mut a, "pusher_internal:member_added", WAIT).expect("u2 announced"))["user_id"], "u2");
     let (mut c, socket_c) = pusher_client(gateway.port);
     join_as(&mut c, &socket_c, &channel, r#"{"user_id":"u3"}"#);
     let error = event_data(&next_event(&mut c, "pusher:subscription_error", WAIT).expect("third user refused"));

@@ -377,9 +377,7 @@ fn python_library_queries_and_terminates_across_nodes() {
 #[test]
 fn users_and_user_count_come_from_presence_on_every_node() {
     let cluster = Cluster::new();
-    // Presence members of both nodes live in Redis.
-    let redis_prefix = crate::common::presence::redis_prefix();
-    let (a, b) = cluster.pair(&["--redis", crate::common::presence::SHARED_REDIS, "--redis-prefix", &redis_prefix]);
+    let (a, b) = cluster.pair(&[]);
     let channel = "presence-q-room";
     let join = |port: u16, user: &str| {
         let (mut client, socket) = pusher_client(port);
