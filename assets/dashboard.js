@@ -146,6 +146,14 @@
     var conflated = s.conflated_per_s === undefined ? null : s.conflated_per_s;
     $("conflated").textContent = conflated === null ? "n/a" : fmt(conflated, conflated < 10 ? 1 : 0);
     $("compression").textContent = compressionRatio(s);
+    // Connections by protocol; older nodes' snapshots have no split.
+    if (s.pusher_connections === undefined) {
+      $("protocols").textContent = "n/a";
+      $("pusher-events").textContent = "";
+    } else {
+      $("protocols").textContent = fmt(s.v1_connections) + " · " + (s.pusher_apps > 0 ? fmt(s.pusher_connections) : "off");
+      $("pusher-events").textContent = s.pusher_apps > 0 ? fmt(s.pusher_events_per_s, s.pusher_events_per_s < 10 ? 1 : 0) + " Pusher events/s" : "";
+    }
     $("node-meta").textContent = s.io + " · " + s.shards.length + " shards · up " + s.uptime_s + " s · max " + fmt(s.connections_max);
     var shardSeries = s.shards.map(function (sh, i) {
       return { label: "shard " + sh.id, color: COLORS[i % COLORS.length], values: column(points, function (p) { return p.shards[i] ? p.shards[i].connections : null; }) };

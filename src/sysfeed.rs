@@ -67,6 +67,11 @@ pub struct Sample {
     pub fanout_p99_ms: Option<f64>,
     /// The fan-out latency histograms of every shard, summed (cumulative).
     pub fanout_latency: crate::metrics::histogram::HistogramSnapshot,
+    /// Pusher apps served, their open connections (part of `connections`) and the
+    /// events they took in (HTTP API and client events), cumulative.
+    pub pusher_apps: usize,
+    pub pusher_connections: u64,
+    pub pusher_events: u64,
 }
 
 impl Sample {
@@ -90,6 +95,10 @@ impl Sample {
                 sum.add(&m.fanout_latency.snapshot());
                 sum
             }),
+            pusher_apps: node.config.pusher.apps.len(),
+            // Connections are +1/-1 on different shards: summed as signed.
+            pusher_connections: node.transport.pusher_metrics.iter().flatten().map(|m| m.connections.get() as i64).sum::<i64>().max(0) as u64,
+            pusher_events: node.transport.pusher_metrics.iter().flatten().map(|m| m.api_events.get() + m.client_events.get()).sum(),
         }
     }
 }
@@ -162,6 +171,12 @@ struct SnapshotJson<'a> {
     compress_bytes_out_per_s: f64,
     compress_bytes_in_total: u64,
     compress_bytes_out_total: u64,
+    /// Connections by wire protocol (v1 = WebSocket and long-poll), Pusher apps served,
+    /// and Pusher events in (HTTP API + client events) per second.
+    v1_connections: u64,
+    pusher_connections: u64,
+    pusher_apps: usize,
+    pusher_events_per_s: f64,
     shards: Vec<ShardJson>,
 }
 
@@ -229,6 +244,10 @@ pub fn render(facts: &NodeFacts, previous: Option<&Sample>, current: &Sample, el
         compress_bytes_out_per_s: r(sum(current, |s| s.compress_bytes_out), sum(before, |s| s.compress_bytes_out)),
         compress_bytes_in_total: sum(current, |s| s.compress_bytes_in),
         compress_bytes_out_total: sum(current, |s| s.compress_bytes_out),
+        v1_connections: connections.saturating_sub(current.pusher_connections),
+        pusher_connections: current.pusher_connections,
+        pusher_apps: current.pusher_apps,
+        pusher_events_per_s: r(current.pusher_events, before.pusher_events),
         shards,
     };
     serde_json::to_vec(&snapshot).expect("a snapshot of plain numbers and strings always serializes")
@@ -323,7 +342,18 @@ mod tests {
     #[test]
     fn rates_are_per_second_between_two_samples() {
         let before = Sample { shards: vec![shard(1, 10, 100, 90, 0), shard(2, 0, 0, 0, 0)], published: 5, bytes_in: 0, bytes_out: 0, bridge_drops: 0, fanout_p99_ms: None, ..Sample::default() };
-        let after = Sample { shards: vec![shard(3, 30, 500, 490, 4), shard(4, 10, 100, 100, 0)], published: 25, bytes_in: 2000, bytes_out: 4000, bridge_drops: 2, fanout_p99_ms: Some(1.234), ..Sample::default() };
+        let after = Sample {
+            shards: vec![shard(3, 30, 500, 490, 4), shard(4, 10, 100, 100, 0)],
+            published: 25,
+            bytes_in: 2000,
+            bytes_out: 4000,
+            bridge_drops: 2,
+            fanout_p99_ms: Some(1.234),
+            pusher_apps: 1,
+            pusher_connections: 5,
+            pusher_events: 8,
+            ..Sample::default()
+        };
         let json: serde_json::Value = serde_json::from_slice(&render(&facts(), Some(&before), &after, Duration::from_secs(2))).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["node"], "n1");
@@ -345,6 +375,8 @@ mod tests {
         assert_eq!(json["compress_bytes_out_total"], 147_500);
         assert_eq!(json["compress_bytes_in_per_s"], 250_000.0, "(490-90 + 100-0) x 1000 B / 2 s");
         assert_eq!(json["compress_bytes_out_per_s"], 62_500.0);
+        assert_eq!((json["v1_connections"].clone(), json["pusher_connections"].clone()), (serde_json::json!(2), serde_json::json!(5)), "7 connections, 5 of them Pusher");
+        assert_eq!((json["pusher_apps"].clone(), json["pusher_events_per_s"].clone()), (serde_json::json!(1), serde_json::json!(4.0)));
         assert_eq!(json["shards"][0]["connections"], 3);
         assert_eq!(json["shards"][0]["in_per_s"], 10.0);
         assert_eq!(json["shards"][1]["id"], 1);

@@ -171,3 +171,29 @@ fn with_a_jwt_secret_the_feed_needs_a_token_that_covers_it() {
     let answer = request(&mut publisher, json!({"op": "pub", "ch": "$sys.metrics", "data": {"fake": true}}), 9);
     assert_eq!(answer["code"], 403, "clients never publish on $sys: {answer}");
 }
+
+/// The feed splits connections by wire protocol (the dashboard's "v1 · Pusher" tile) and
+/// counts Pusher events in.
+#[test]
+fn sys_metrics_feed_splits_connections_by_protocol() {
+    use crate::pusher::{pusher_client, subscribe, trigger, APP_ID, KEY, SECRET};
+    let app = format!("{APP_ID}:{KEY}:{SECRET}");
+    let gateway = Gateway::start(&["--shards", "2", "--sys-subscribe", "--pusher-app", &app]);
+    let (mut dashboard, _) = connect(&gateway.url(""));
+    assert_eq!(request(&mut dashboard, json!({"op": "sub", "ch": "$sys.metrics"}), 1)["op"], "ok");
+    let (mut pusher_a, socket_a) = pusher_client(gateway.port);
+    let (_pusher_b, _) = pusher_client(gateway.port);
+    assert_eq!(subscribe(&mut pusher_a, &socket_a, "dash-feed")["event"], "pusher_internal:subscription_succeeded");
+    let _ = next_snapshot(&mut dashboard);
+    for i in 0..6 {
+        assert_eq!(trigger(gateway.port, json!({"name": "e", "channel": "dash-feed", "data": i.to_string()})).0, 200);
+    }
+    let mut events = 0.0;
+    for _ in 0..3 {
+        let snapshot = next_snapshot(&mut dashboard);
+        assert_eq!((snapshot["connections"].clone(), snapshot["v1_connections"].clone(), snapshot["pusher_connections"].clone()), (json!(3), json!(1), json!(2)), "{snapshot}");
+        assert_eq!(snapshot["pusher_apps"], 1);
+        events += snapshot["pusher_events_per_s"].as_f64().unwrap();
+    }
+    assert!((5.0..=7.0).contains(&events), "Pusher events/s summed over the burst: {events}");
+}

@@ -116,7 +116,7 @@ pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn trigger(port: u16, body: Value) -> (u16, String) {
+pub(crate) fn trigger(port: u16, body: Value) -> (u16, String) {
     api(port, "POST", &format!("/apps/{APP_ID}/events"), body.to_string().as_bytes(), SECRET, now_unix())
 }
 
