@@ -401,7 +401,9 @@ struct KeySet<T> {
     list: Vec<T>,
     // Boxed so the common case (no map) costs one word per set, not a whole HashMap.
     #[allow(clippy::box_collection)]
-    positions: Option<Box<HashMap<T, usize>>>,
+    // Positions as u32 (a shard holds fewer than 2^32 keys): 8-byte entries instead of
+    // 16 for `u32` keys, which halves the map of a channel with 10k subscribers.
+    positions: Option<Box<HashMap<T, u32>>>,
 }
 
 impl<T> KeySet<T> {
@@ -416,7 +418,7 @@ impl<T> KeySet<T> {
 impl<T: Copy + Eq + std::hash::Hash> KeySet<T> {
     fn position(&self, key: T) -> Option<usize> {
         match &self.positions {
-            Some(map) => map.get(&key).copied(),
+            Some(map) => map.get(&key).map(|&at| at as usize),
             None => self.list.iter().position(|&k| k == key),
         }
     }
@@ -429,10 +431,10 @@ impl<T: Copy + Eq + std::hash::Hash> KeySet<T> {
         self.list.push(key);
         match &mut self.positions {
             Some(map) => {
-                map.insert(key, self.list.len() - 1);
+                map.insert(key, (self.list.len() - 1) as u32);
             }
             None if self.list.len() > KEYS_LINEAR_MAX => {
-                let map = self.list.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+                let map = self.list.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect();
                 self.positions = Some(Box::new(map));
             }
             None => {}
@@ -449,7 +451,7 @@ impl<T: Copy + Eq + std::hash::Hash> KeySet<T> {
         if let Some(map) = &mut self.positions {
             map.remove(&key);
             if let Some(&moved) = self.list.get(at) {
-                map.insert(moved, at);
+                map.insert(moved, at as u32);
             }
             // Hysteresis (half the threshold) so a set hovering at the limit does not
             // rebuild its map on every insert/remove.

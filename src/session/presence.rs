@@ -59,7 +59,7 @@ pub fn join(shard: &Shard, conn: &Conn, channel: &str, who: &Join) -> bool {
     }
     {
         let mut st = conn.state.borrow_mut();
-        st.subscriptions.push(internal);
+        super::push_subscription(&mut st.subscriptions, internal);
         st.presence = true;
     }
     let (user, info) = match who {

@@ -7,6 +7,7 @@ use crate::common::edge_a::{metric, scrape};
 use crate::common::nats::SHARED_NATS;
 use crate::common::presence::{redis_prefix, wait_until, SHARED_REDIS};
 use crate::common::*;
+use crate::pusher::npm_ready;
 use ringcast::transport::pusher::sign;
 use serde_json::{json, Value};
 use std::net::TcpStream;
@@ -284,26 +285,6 @@ fn a_silent_node_is_a_503_until_it_is_forgotten() {
     let back = wait_until(Duration::from_secs(10), || metric(&scrape(a.port), "ringcast_cluster_peers", &[]) == 2.0);
     assert!(back.is_some(), "a node heard again is waited for again");
     assert_eq!(cluster.get(a.port, "channels", &[]).0, 200);
-}
-
-/// Installs tests/pusher's pinned npm packages once (as tests/it/pusher.rs does).
-fn npm_ready() -> std::path::PathBuf {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pusher");
-    ONCE.call_once(|| {
-        let stamp = dir.join("node_modules/.package-lock.json.source");
-        let lock = std::fs::read(dir.join("package-lock.json")).expect("tests/pusher/package-lock.json");
-        if std::fs::read(&stamp).ok().as_deref() != Some(&lock[..]) {
-            let status = std::process::Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&dir)
-                .status()
-                .expect("npm (Node.js) is needed for the Pusher tests: apt-get install nodejs npm");
-            assert!(status.success(), "npm ci failed in tests/pusher");
-            std::fs::write(&stamp, &lock).unwrap();
-        }
-    });
-    dir
 }
 
 /// pusher-js on node A, the npm `pusher` library asking node B: `get` for channels and

@@ -5,17 +5,10 @@
 //
 //   node e2e.mjs '{"a":PORT_A,"b":PORT_B,"appId":"..","key":"..","secret":"..","prefix":".."}'
 import PusherClient from "pusher-js";
-import PusherServer from "pusher";
+import { cfg, connected, server, sleep, subscribed, within } from "./common.mjs";
 import Echo from "laravel-echo";
 
-const cfg = JSON.parse(process.argv[2]);
 const out = {};
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const within = (ms, what, promise) =>
-  Promise.race([promise, sleep(ms).then(() => { throw new Error(`timed out after ${ms} ms: ${what}`); })]);
-
-const server = (port, secret = cfg.secret) =>
-  new PusherServer({ appId: cfg.appId, key: cfg.key, secret, host: "127.0.0.1", port: String(port), useTLS: false });
 const serverB = server(cfg.b);
 
 // Channel auth signed by the server library, as an app's /broadcasting/auth would; a
@@ -36,19 +29,6 @@ const client = (port, options = {}) =>
     wsHost: "127.0.0.1", wsPort: port, forceTLS: false, enabledTransports: ["ws"], disableStats: true, cluster: "mt1",
     channelAuthorization: channelAuthorization(options.secret ?? cfg.secret, options.member), ...options.extra,
   });
-
-const connected = (pusher) =>
-  within(5000, "connected", new Promise((resolve, reject) => {
-    pusher.connection.bind("connected", () => resolve(pusher.connection.socket_id));
-    pusher.connection.bind("error", (e) => reject(new Error(JSON.stringify(e))));
-  }));
-
-const subscribed = (pusher, name) =>
-  within(5000, `subscribed ${name}`, new Promise((resolve, reject) => {
-    const channel = pusher.subscribe(name);
-    channel.bind("pusher:subscription_succeeded", () => resolve(channel));
-    channel.bind("pusher:subscription_error", (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
-  }));
 
 const next = (channel, event, ms = 5000) =>
   within(ms, `event ${event} on ${channel.name}`, new Promise((resolve) => channel.bind(event, (data, meta) => resolve({ data, meta }))));

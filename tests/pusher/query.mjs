@@ -4,16 +4,9 @@
 //
 //   node query.mjs '{"a":PORT_A,"b":PORT_B,"appId":"..","key":"..","secret":"..","prefix":".."}'
 import PusherClient from "pusher-js";
-import PusherServer from "pusher";
+import { cfg, connected, server, sleep, subscribed, within } from "./common.mjs";
 
-const cfg = JSON.parse(process.argv[2]);
 const out = {};
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const within = (ms, what, promise) =>
-  Promise.race([promise, sleep(ms).then(() => { throw new Error(`timed out after ${ms} ms: ${what}`); })]);
-
-const server = (port, secret = cfg.secret) =>
-  new PusherServer({ appId: cfg.appId, key: cfg.key, secret, host: "127.0.0.1", port: String(port), useTLS: false });
 const serverB = server(cfg.b);
 
 const client = (port, extra = {}) =>
@@ -22,20 +15,6 @@ const client = (port, extra = {}) =>
     channelAuthorization: { customHandler: ({ socketId, channelName }, callback) => callback(null, serverB.authorizeChannel(socketId, channelName)) },
     ...extra,
   });
-
-const connected = (pusher) =>
-  within(5000, "connected", new Promise((resolve, reject) => {
-    if (pusher.connection.state === "connected") return resolve(pusher.connection.socket_id);
-    pusher.connection.bind("connected", () => resolve(pusher.connection.socket_id));
-    pusher.connection.bind("error", (e) => reject(new Error(JSON.stringify(e))));
-  }));
-
-const subscribed = (pusher, name) =>
-  within(5000, `subscribed ${name}`, new Promise((resolve, reject) => {
-    const channel = pusher.subscribe(name);
-    channel.bind("pusher:subscription_succeeded", () => resolve(channel));
-    channel.bind("pusher:subscription_error", (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
-  }));
 
 // GET through the library: its status and parsed body (the library throws on non-2xx).
 const get = async (path, params) => {

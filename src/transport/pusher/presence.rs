@@ -502,24 +502,21 @@ fn rechecked(shard: &Rc<Shard>, app: u16, internal: &str, answer: Result<Vec<Arc
 
 /// A member object of the presence store (`{"user","conn","node","info"?}`) as a join.
 fn member_change(json: &str) -> Option<Change> {
-    #[derive(Deserialize)]
-    struct Stored<'a> {
-        user: Option<String>,
-        conn: u64,
-        #[serde(borrow)]
-        node: std::borrow::Cow<'a, str>,
-        #[serde(borrow, default)]
-        info: Option<&'a RawValue>,
-    }
-    let stored: Stored = serde_json::from_str(json).ok()?;
-    Some(Change { joined: true, user: stored.user?.into(), node: node_number(&stored.node), conn: stored.conn, info: stored.info.map(ToOwned::to_owned) })
+    change_of(json.as_bytes(), true)
 }
 
 /// A `join`/`leave` frame (`{"op","ch","user","conn","node","info"?}`).
 fn frame_change(payload: &[u8]) -> Option<Change> {
+    change_of(payload, false)
+}
+
+/// Both shapes carry `user`, `conn`, `node` and `info`; a frame also says `op`, a stored
+/// member (`member`: true) is always in.
+fn change_of(json: &[u8], member: bool) -> Option<Change> {
     #[derive(Deserialize)]
-    struct Frame<'a> {
-        op: std::borrow::Cow<'a, str>,
+    struct Raw<'a> {
+        #[serde(borrow, default)]
+        op: Option<std::borrow::Cow<'a, str>>,
         user: Option<String>,
         conn: u64,
         #[serde(borrow)]
@@ -527,13 +524,13 @@ fn frame_change(payload: &[u8]) -> Option<Change> {
         #[serde(borrow, default)]
         info: Option<&'a RawValue>,
     }
-    let frame: Frame = serde_json::from_slice(payload).ok()?;
-    let joined = match frame.op.as_ref() {
-        "join" => true,
-        "leave" => false,
+    let raw: Raw = serde_json::from_slice(json).ok()?;
+    let joined = match (member, raw.op.as_deref()) {
+        (true, _) | (false, Some("join")) => true,
+        (false, Some("leave")) => false,
         _ => return None,
     };
-    Some(Change { joined, user: frame.user?.into(), node: node_number(&frame.node), conn: frame.conn, info: frame.info.map(ToOwned::to_owned) })
+    Some(Change { joined, user: raw.user?.into(), node: node_number(&raw.node), conn: raw.conn, info: raw.info.map(ToOwned::to_owned) })
 }
 
 /// A `join`/`leave` frame of a Pusher presence channel reached this shard (the shard's
