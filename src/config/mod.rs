@@ -674,6 +674,31 @@ mod tests {
         }
     }
 
+    /// ringcast.example.toml is the reference the "unknown setting" error points to: it
+    /// parses, its values build a config, and it names every gateway key (set or commented).
+    #[test]
+    fn the_example_file_parses_and_names_every_key() {
+        let text = include_str!("../../ringcast.example.toml");
+        let values = parse_file(text).unwrap_or_else(|e| panic!("ringcast.example.toml: {}: {}", e.key, e.msg));
+        assert!(!values.is_empty());
+        let dir = std::env::temp_dir().join(format!("ringcast-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ringcast.toml");
+        std::fs::write(&path, text).unwrap();
+        let built = gateway(&["--config", path.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = built {
+            panic!("ringcast.example.toml does not build a config: {}: {}", e.key, e.msg);
+        }
+        let missing: Vec<&str> = GatewayArgs::default()
+            .given()
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !text.lines().any(|line| line.trim_start_matches("# ").starts_with(&format!("{key} ="))))
+            .collect();
+        assert!(missing.is_empty(), "keys missing from ringcast.example.toml: {missing:?}");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("64KiB"), Ok(65536));
