@@ -7,11 +7,10 @@ use crate::common::edge_a::{metric, scrape};
 use crate::common::nats::SHARED_NATS;
 use crate::common::presence::{redis_prefix, wait_until, SHARED_REDIS};
 use crate::common::*;
-use crate::pusher::npm_ready;
+use crate::pusher::{connect_raw, next_event, npm_ready, pusher_url};
 use ringcast::transport::pusher::sign;
 use serde_json::{json, Value};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const KEY: &str = "query-test-key";
 const SECRET: &str = "query-test-secret";
@@ -85,37 +84,12 @@ impl Cluster {
     }
 }
 
-/// A connected Pusher client (raw WebSocket) and its socket id.
+/// A connected Pusher client (raw WebSocket) of this file's app, and its socket id.
 fn pusher_client(port: u16) -> (Client, String) {
-    let url = format!("ws://127.0.0.1:{port}/app/{KEY}?protocol=7&client=js&version=8.6.0&flash=false");
-    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    let (mut client, _) = tungstenite::client(url.as_str(), stream).unwrap_or_else(|e| panic!("upgrade {url}: {e:?}"));
-    let first = recv_json(&mut client);
+    let (client, first) = connect_raw(&pusher_url(port, KEY, "7"));
     assert_eq!(first["event"], "pusher:connection_established", "{first}");
     let data: Value = serde_json::from_str(first["data"].as_str().unwrap()).unwrap();
     (client, data["socket_id"].as_str().unwrap().to_string())
-}
-
-/// The next frame with this event name within `within`, skipping others.
-fn next_event(client: &mut Client, event: &str, within: Duration) -> Option<Value> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        client.get_mut().set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
-        match client.read() {
-            Ok(tungstenite::Message::Text(text)) => {
-                let frame: Value = serde_json::from_str(&text).unwrap();
-                if frame["event"] == event {
-                    client.get_mut().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-                    return Some(frame);
-                }
-            }
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-    }
-    client.get_mut().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    None
 }
 
 fn subscribe(client: &mut Client, socket: &str, channel: &str) {
