@@ -437,6 +437,10 @@ fn parse_file(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // Arrays of tables (`[[pusher_apps]]`) go on as JSON text for their module.
+            toml::Value::Array(items) if !items.is_empty() && items.iter().all(|v| v.is_table()) => {
+                serde_json::to_string(&items).map_err(|e| error(&key, e.to_string()))?
+            }
             toml::Value::Array(items) => items
                 .iter()
                 .map(|v| match v {
@@ -694,7 +698,12 @@ mod tests {
             .given()
             .into_iter()
             .map(|(key, _)| key)
-            .filter(|key| !text.lines().any(|line| line.trim_start_matches("# ").starts_with(&format!("{key} ="))))
+            .filter(|key| {
+                !text.lines().any(|line| {
+                    let line = line.trim_start_matches("# ");
+                    line.starts_with(&format!("{key} =")) || line.starts_with(&format!("[[{key}]]"))
+                })
+            })
             .collect();
         assert!(missing.is_empty(), "keys missing from ringcast.example.toml: {missing:?}");
     }

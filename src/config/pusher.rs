@@ -90,6 +90,8 @@ impl PusherArgs {
             ("pusher_client_event_rate", self.pusher_client_event_rate.clone()),
             ("pusher_max_presence_members", self.pusher_max_presence_members.clone()),
             ("pusher_presence_recheck", self.pusher_presence_recheck.clone()),
+            // Config file only (`[[pusher_apps]]` tables, read as JSON text): per-app switches.
+            ("pusher_apps", None),
         ]
     }
 }
@@ -103,12 +105,20 @@ pub struct PusherApp {
     pub secret: String,
     /// Client events (`client-*`) are relayed.
     pub client_events: bool,
+    /// Connections of this app one node holds at most; past it `pusher:error` and close
+    /// 4004 (over quota). None: only the node's `max_connections`.
+    pub max_connections: Option<usize>,
 }
 
 impl std::fmt::Debug for PusherApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the secret: config is logged at start-up.
-        f.debug_struct("PusherApp").field("id", &self.id).field("key", &self.key).field("client_events", &self.client_events).finish()
+        f.debug_struct("PusherApp")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("client_events", &self.client_events)
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 
@@ -167,7 +177,40 @@ fn parse_app(text: &str, client_events: bool) -> Result<PusherApp, String> {
     if secret.len() < 8 {
         return Err(format!("the secret of app {id} is {} characters; give at least 8 (it signs every auth and API call)", secret.len()));
     }
-    Ok(PusherApp { id: id.into(), key: key.into(), secret: secret.into(), client_events })
+    Ok(PusherApp { id: id.into(), key: key.into(), secret: secret.into(), client_events, max_connections: None })
+}
+
+/// One `[[pusher_apps]]` table of the config file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppTable {
+    id: serde_json::Value,
+    key: String,
+    secret: String,
+    /// Default: as `pusher_client_events` says for every app.
+    client_events: Option<bool>,
+    max_connections: Option<usize>,
+}
+
+/// The config file's `[[pusher_apps]]` tables (handed over as JSON text): apps with
+/// their own switches.
+fn parse_app_tables(json: &str, client_events: bool) -> Result<Vec<PusherApp>, String> {
+    let tables: Vec<AppTable> = serde_json::from_str(json).map_err(|e| format!("each [[pusher_apps]] table takes id, key, secret, client_events?, max_connections?: {e}"))?;
+    tables
+        .into_iter()
+        .map(|t| {
+            let id = match &t.id {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let mut app = parse_app(&format!("{id}:{}:{}", t.key, t.secret), t.client_events.unwrap_or(client_events))?;
+            if t.max_connections == Some(0) {
+                return Err(format!("app {id}: max_connections must be at least 1 (leave it out for no per-app bound)"));
+            }
+            app.max_connections = t.max_connections;
+            Ok(app)
+        })
+        .collect()
 }
 
 pub fn build(values: &BTreeMap<&str, String>) -> Result<PusherConfig, ConfigError> {
@@ -181,6 +224,14 @@ pub fn build(values: &BTreeMap<&str, String>) -> Result<PusherConfig, ConfigErro
             let app = parse_app(one, client_events).map_err(|m| error("pusher_app", m))?;
             if c.apps.iter().any(|a| a.id == app.id || a.key == app.key) {
                 return Err(error("pusher_app", format!("app id {} or key {} is given twice; each app needs its own id and key", app.id, app.key)));
+            }
+            c.apps.push(app);
+        }
+    }
+    if let Some(json) = values.get("pusher_apps") {
+        for app in parse_app_tables(json, client_events).map_err(|m| error("pusher_apps", m))? {
+            if c.apps.iter().any(|a| a.id == app.id || a.key == app.key) {
+                return Err(error("pusher_apps", format!("app id {} or key {} is given twice; each app needs its own id and key", app.id, app.key)));
             }
             c.apps.push(app);
         }
@@ -242,6 +293,25 @@ mod tests {
             assert_eq!(build(&values(&[("pusher_app", bad)])).unwrap_err().key, "pusher_app", "{bad}");
         }
         assert!(!format!("{:?}", c.apps[0]).contains("secret-one"), "Debug never prints a secret");
+    }
+
+    #[test]
+    fn app_tables_carry_per_app_switches() {
+        let json = r#"[{"id":5151,"key":"quota","secret":"quota-secret","max_connections":2},{"id":"5152","key":"events","secret":"events-secret","client_events":true}]"#;
+        let c = build(&values(&[("pusher_app", "1:k1:secret-one"), ("pusher_apps", json)])).unwrap();
+        assert_eq!(c.apps.len(), 3);
+        let (_, quota) = c.by_id("5151").unwrap();
+        assert_eq!((quota.max_connections, quota.client_events), (Some(2), false), "an integer id is read as its digits");
+        let (_, events) = c.by_key("events").unwrap();
+        assert_eq!((events.max_connections, events.client_events), (None, true));
+        for bad in [
+            r#"[{"id":"1","key":"k1","secret":"another-secret"}]"#,
+            r#"[{"id":"9","key":"k9","secret":"nine-secret","max_connection":3}]"#,
+            r#"[{"id":"9","key":"k9","secret":"nine-secret","max_connections":0}]"#,
+            r#"[{"id":"x","key":"k9","secret":"nine-secret"}]"#,
+        ] {
+            assert_eq!(build(&values(&[("pusher_app", "1:k1:secret-one"), ("pusher_apps", bad)])).unwrap_err().key, "pusher_apps", "{bad}");
+        }
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct PusherAppMetrics {
     /// Users added to or removed from a shard's member list by a periodic check against
     /// the store (a missed frame, or a node that died without sending its leaves).
     pub presence_corrections: Counter,
+    /// Connections refused with 4004: the app's `max_connections` on this node was reached.
+    pub over_quota: Counter,
     /// Channel queries answered by the HTTP API (`GET /channels`, `/channels/{c}`,
     /// `/channels/{c}/users`); refusals and 503s count in `api_refused`.
     pub api_queries: Counter,

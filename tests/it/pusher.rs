@@ -462,3 +462,66 @@ fn python_server_library() {
     let second = next_event(&mut a, "py-batch", Duration::from_secs(5)).expect("trigger_batch, second");
     assert_eq!((first["data"].as_str().unwrap(), second["data"].as_str().unwrap()), ("{\"n\": 1}", "{\"n\": 2}"));
 }
+
+/// `[[pusher_apps]]` tables in the config file: per-app client events and a per-node
+/// connection quota (4004 past it, room again once a connection closes).
+#[test]
+fn per_app_switches_from_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("ringcast-pusher-apps-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ringcast.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[pusher_apps]]
+id = 5151
+key = "quota-key"
+secret = "quota-secret-1"
+max_connections = 2
+
+[[pusher_apps]]
+id = "5152"
+key = "events-key"
+secret = "events-secret-2"
+client_events = true
+"#,
+    )
+    .unwrap();
+    let gateway = Gateway::start(&["--config", path.to_str().unwrap()]);
+    let connect = |key: &str| connect_raw(&pusher_url(gateway.port, key, "7"));
+    let (first, a) = connect("quota-key");
+    let (_second, b) = connect("quota-key");
+    assert_eq!((a["event"].clone(), b["event"].clone()), (json!("pusher:connection_established"), json!("pusher:connection_established")));
+    let (mut third, refused) = connect("quota-key");
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(refused["data"]["code"], 4004, "{refused}");
+    let closed = loop {
+        match third.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(closed, Some(4004));
+    // The other app has no quota, and its client events are on.
+    let (mut x, socket_x) = {
+        let (client, first) = connect("events-key");
+        let data: Value = serde_json::from_str(first["data"].as_str().unwrap()).unwrap();
+        (client, data["socket_id"].as_str().unwrap().to_string())
+    };
+    let auth = format!("events-key:{}", sign::sign_hex("events-secret-2", &[socket_x.as_bytes(), b":private-room"]));
+    send_json(&mut x, json!({"event": "pusher:subscribe", "data": {"channel": "private-room", "auth": auth}}));
+    assert!(next_event(&mut x, "pusher_internal:subscription_succeeded", Duration::from_secs(5)).is_some());
+    send_json(&mut x, json!({"event": "client-hi", "channel": "private-room", "data": {}}));
+    assert!(next_event(&mut x, "pusher:error", Duration::from_millis(500)).is_none(), "client events are on for events-key");
+    // A closed connection makes room again.
+    drop(first);
+    let room = wait_until(Duration::from_secs(5), || {
+        let (_client, frame) = connect("quota-key");
+        frame["event"] == "pusher:connection_established"
+    });
+    assert!(room.is_some(), "a slot frees when a connection closes");
+    let metrics = scrape(gateway.port);
+    assert!(metric(&metrics, "ringcast_pusher_over_quota_total", &["app=\"5151\""]) >= 1.0, "over-quota refusals counted");
+    let _ = std::fs::remove_dir_all(&dir);
+}

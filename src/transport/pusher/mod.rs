@@ -39,6 +39,8 @@ pub mod close_code {
     pub const APP_UNKNOWN: u16 = 4001;
     /// The protocol version is missing or too old.
     pub const PROTOCOL_UNSUPPORTED: u16 = 4007;
+    /// The app's connection quota is used up (`max_connections` of its `[[pusher_apps]]`).
+    pub const OVER_QUOTA: u16 = 4004;
     /// Unauthorized (bad sign-in).
     pub const UNAUTHORIZED: u16 = 4009;
     /// Over capacity (the node is full): back off, then reconnect.
@@ -215,13 +217,24 @@ pub type Refusal = (u16, String);
 /// Checks a `/app/{key}` upgrade: the app, and the protocol version. Ok(app index), or the
 /// refusal that the connection gets once upgraded (pusher-js reads the close code).
 pub fn admit(shard: &Shard, key: &str, protocol: Option<&str>) -> Result<u16, Refusal> {
-    let Some((index, _app)) = shard.node.config.pusher.by_key(key) else {
+    let Some((index, app)) = shard.node.config.pusher.by_key(key) else {
         return Err((close_code::APP_UNKNOWN, format!("App key {key} not in this cluster; check the key in your Pusher client config")));
     };
     match protocol.and_then(|p| p.parse::<u32>().ok()) {
-        Some(version) if version >= PROTOCOL_MIN => Ok(index),
-        _ => Err((close_code::PROTOCOL_UNSUPPORTED, format!("Unsupported protocol version: use protocol={PROTOCOL_MIN} (pusher-js 7 and 8 do)"))),
+        Some(version) if version >= PROTOCOL_MIN => {}
+        _ => return Err((close_code::PROTOCOL_UNSUPPORTED, format!("Unsupported protocol version: use protocol={PROTOCOL_MIN} (pusher-js 7 and 8 do)"))),
     }
+    if let Some(max) = app.max_connections {
+        // This node's connections of the app, over every shard (each counts its own).
+        let open: i64 = shard.node.transport.pusher_metrics.iter().filter_map(|apps| apps.get(index as usize)).map(|m| m.connections.get() as i64).sum();
+        if open >= max as i64 {
+            if let Some(m) = metrics(shard, index) {
+                m.over_quota.inc();
+            }
+            return Err((close_code::OVER_QUOTA, format!("Over connection quota: app {} allows {max} connections per node (max_connections of its [[pusher_apps]])", app.id)));
+        }
+    }
+    Ok(index)
 }
 
 /// The first frame on a Pusher connection: `connection_established`, or the refusal's
