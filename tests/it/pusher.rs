@@ -265,6 +265,20 @@ fn http_api_checks_signature_body_and_bounds() {
     assert!(metric(&metrics, "ringcast_pusher_api_refused_total", &[&label]) >= 6.0);
 }
 
+/// Reads to the close frame and returns its code (answering it).
+pub(crate) fn close_code(client: &mut Client) -> Option<u16> {
+    loop {
+        match client.read() {
+            Ok(tungstenite::Message::Close(frame)) => {
+                let _ = client.flush();
+                return frame.map(|f| u16::from(f.code));
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
+
 /// Installs tests/pusher's pinned npm packages once (`npm ci`, only when the lock changed).
 pub(crate) fn npm_ready() -> std::path::PathBuf {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -364,14 +378,7 @@ fn signin_and_server_to_user_channels() {
     send_json(&mut b, json!({"event": "pusher:signin", "data": {"auth": forged, "user_data": user_data}}));
     let error = next_event(&mut b, "pusher:error", Duration::from_secs(5)).expect("pusher:error before the close");
     assert_eq!(error["data"]["code"], 4009);
-    let closed = loop {
-        match b.read() {
-            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
-            Ok(_) => continue,
-            Err(e) => panic!("expected close 4009, got {e}"),
-        }
-    };
-    assert_eq!(closed, Some(4009));
+    assert_eq!(close_code(&mut b), Some(4009));
 }
 
 /// pusher-js reads close-code ranges: a Pusher client cut as a slow consumer gets 4100
@@ -495,14 +502,7 @@ client_events = true
     let (mut third, refused) = connect("quota-key");
     assert_eq!(refused["event"], "pusher:error", "{refused}");
     assert_eq!(refused["data"]["code"], 4004, "{refused}");
-    let closed = loop {
-        match third.read() {
-            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
-    assert_eq!(closed, Some(4004));
+    assert_eq!(close_code(&mut third), Some(4004));
     // The other app has no quota, and its client events are on.
     let (mut x, socket_x) = {
         let (client, first) = connect("events-key");

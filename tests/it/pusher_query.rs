@@ -7,7 +7,7 @@ use crate::common::edge_a::{metric, scrape};
 use crate::common::nats::SHARED_NATS;
 use crate::common::presence::{redis_prefix, wait_until, SHARED_REDIS};
 use crate::common::*;
-use crate::pusher::{connect_raw, next_event, npm_ready, pusher_url};
+use crate::pusher::{close_code, connect_raw, next_event, npm_ready, pusher_url};
 use ringcast::transport::pusher::sign;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -109,21 +109,6 @@ fn sign_in(client: &mut Client, socket: &str, user: &str) {
     let auth = format!("{KEY}:{}", sign::sign_hex(SECRET, &[socket.as_bytes(), b"::user::", user_data.as_bytes()]));
     send_json(client, json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}));
     assert!(next_event(client, "pusher:signin_success", Duration::from_secs(5)).is_some(), "signed in as {user}");
-}
-
-/// The close code the server sends (after any frames before it); the close handshake is
-/// completed (the reply sent), so the server finishes the connection at once.
-fn close_code(client: &mut Client) -> Option<u16> {
-    loop {
-        match client.read() {
-            Ok(tungstenite::Message::Close(frame)) => {
-                let _ = client.flush();
-                return frame.map(|f| u16::from(f.code));
-            }
-            Ok(_) => continue,
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    }
 }
 
 fn still_served(client: &mut Client) -> bool {
