@@ -201,7 +201,7 @@ impl NodeTransport {
             }
         }
         type PusherGet = fn(&crate::metrics::transport::PusherAppMetrics) -> u64;
-        let pusher: [(&str, &str, PusherGet); 16] = [
+        let pusher: [(&str, &str, PusherGet); 17] = [
             ("ringcast_pusher_connections", "Open Pusher protocol connections, by app.", |m| m.connections.get()),
             ("ringcast_pusher_subscriptions_total", "Pusher channel subscriptions made, by app.", |m| m.subscriptions.get()),
             ("ringcast_pusher_auth_failures_total", "Pusher channel auth or sign-in refused (bad signature), by app.", |m| m.auth_failures.get()),
@@ -213,6 +213,7 @@ impl NodeTransport {
             ("ringcast_pusher_presence_queries_total", "Presence member lists fetched to start a shard's list of a Pusher presence channel, by app.", |m| m.presence_queries.get()),
             ("ringcast_pusher_presence_refused_total", "Pusher presence subscriptions refused (bad channel_data, over pusher_max_presence_members, store unavailable), by app.", |m| m.presence_refused.get()),
             ("ringcast_pusher_member_events_total", "pusher_internal:member_added/member_removed frames queued to subscribers, by app.", |m| m.member_events.get()),
+            ("ringcast_pusher_presence_lists", "Presence member lists kept by this node's shards (one per presence channel with a local subscriber, per shard), by app.", |m| m.presence_lists.get()),
             ("ringcast_pusher_over_quota_total", "Pusher connections refused with 4004: the app's max_connections on this node was reached, by app.", |m| m.over_quota.get()),
             ("ringcast_pusher_presence_corrections_total", "Users added to or removed from a shard's presence member list by the periodic check against Redis (missed frame, dead node), by app.", |m| m.presence_corrections.get()),
             ("ringcast_pusher_api_queries_total", "Pusher HTTP API channel queries answered (channels, channel info, users), by app.", |m| m.api_queries.get()),

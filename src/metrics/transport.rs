@@ -56,6 +56,10 @@ pub struct PusherAppMetrics {
     /// Users added to or removed from a shard's member list by a periodic check against
     /// the store (a missed frame, or a node that died without sending its leaves).
     pub presence_corrections: Counter,
+    /// Presence member lists this shard keeps (one per presence channel with a local
+    /// subscriber; each holds at most twice `pusher_max_presence_members` users). A gauge
+    /// kept as a counter: +1 / -1.
+    pub presence_lists: Counter,
     /// Connections refused with 4004: the app's `max_connections` on this node was reached.
     pub over_quota: Counter,
     /// Channel queries answered by the HTTP API (`GET /channels`, `/channels/{c}`,

@@ -168,8 +168,14 @@ fn presence_on_one_node_in_memory() {
     let presence = event_data(&next_event(&mut b, "pusher_internal:subscription_succeeded", WAIT).expect("joined"))["presence"].clone();
     assert_eq!(ids(&presence), ["1", "2"]);
     assert_eq!(event_data(&next_event(&mut a, "pusher_internal:member_added", WAIT).expect("2 added"))["user_id"], "2");
+    let lists = |port: u16| metric(&scrape(port), "ringcast_pusher_presence_lists", &[&format!("app=\"{APP_ID}\"")]);
+    assert!((1.0..=2.0).contains(&lists(gateway.port)), "one list per shard with a subscriber");
     send_json(&mut b, json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}));
     assert_eq!(event_data(&next_event(&mut a, "pusher_internal:member_removed", WAIT).expect("2 removed"))["user_id"], "2");
+    // The lists go with their last local subscriber.
+    drop(a);
+    let gone = crate::common::presence::wait_until(WAIT, || lists(gateway.port) == 0.0);
+    assert!(gone.is_some(), "lists left: {}", lists(gateway.port));
 }
 
 /// A node that dies sends no leaves: its members go once Redis drops its entries

@@ -223,8 +223,9 @@ pub fn user_in(conn: &Conn, internal: &str) -> Option<Arc<str>> {
 /// shard's member list, or fetch the list first.
 pub fn subscribed(shard: &Shard, conn: &Conn, app: u16, internal: &str) {
     let Some((user, info)) = membership(conn, internal) else {
-        // Re-subscribing a channel it is in already: answer from the list as it stands.
-        return answer_later_or_now(shard, conn, app, internal);
+        // It left the channel before its `sub` was confirmed (a re-subscribe remembers
+        // the membership again first): nothing to answer.
+        return;
     };
     let here = node_number(&shard.node.config.node);
     let target = ConnRef { slot: conn.slot, conn: conn.id };
@@ -236,7 +237,12 @@ pub fn subscribed(shard: &Shard, conn: &Conn, app: u16, internal: &str) {
         Full,
     }
     let next = with_rosters(shard, |rosters| {
-        let roster = rosters.entry(internal.into()).or_default();
+        let roster = rosters.entry(internal.into()).or_insert_with(|| {
+            if let Some(m) = metrics(shard, app) {
+                m.presence_lists.inc();
+            }
+            Roster::default()
+        });
         if let Some(seeding) = &mut roster.seeding {
             seeding.waiting.push(target);
             return Next::Wait;
@@ -263,25 +269,6 @@ pub fn subscribed(shard: &Shard, conn: &Conn, app: u16, internal: &str) {
             }
             succeed(shard, conn, internal, &data);
         }
-    }
-}
-
-/// A `sub` of a presence channel the connection had joined already: the list as it
-/// stands (or after the fetch in flight).
-fn answer_later_or_now(shard: &Shard, conn: &Conn, _app: u16, internal: &str) {
-    let target = ConnRef { slot: conn.slot, conn: conn.id };
-    let data = with_rosters(shard, |rosters| {
-        let roster = rosters.get_mut(internal)?;
-        match &mut roster.seeding {
-            Some(seeding) => {
-                seeding.waiting.push(target);
-                None
-            }
-            None => Some(roster.presence_data()),
-        }
-    });
-    if let Some(data) = data {
-        succeed(shard, conn, internal, &data);
     }
 }
 
@@ -334,7 +321,7 @@ fn seeded(shard: &Rc<Shard>, app: u16, internal: &str, answer: Result<Vec<Arc<st
             Err(e) => {
                 let waiting = std::mem::take(&mut seeding.waiting);
                 if roster.ready.is_empty() {
-                    rosters.remove(internal);
+                    remove_list(shard, rosters, internal);
                 }
                 return Next::Failed(waiting, e.message().to_owned());
             }
@@ -343,7 +330,7 @@ fn seeded(shard: &Rc<Shard>, app: u16, internal: &str, answer: Result<Vec<Arc<st
             seeding.attempts += 1;
             if seeding.attempts >= SEED_ATTEMPTS_MAX {
                 let waiting = std::mem::take(&mut seeding.waiting);
-                rosters.remove(internal);
+                remove_list(shard, rosters, internal);
                 return Next::Failed(waiting, "presence changes arrive faster than this channel's member list can be fetched; retry shortly".into());
             }
             roster.seeding = Some(Seeding { waiting: seeding.waiting, attempts: seeding.attempts, ..Default::default() });
@@ -635,9 +622,19 @@ fn forget(shard: &Shard, target: ConnRef, internal: &str) {
         }
         let waiting = roster.seeding.as_ref().is_some_and(|s| !s.waiting.is_empty());
         if roster.ready.is_empty() && !waiting {
-            rosters.remove(internal);
+            remove_list(shard, rosters, internal);
         }
     });
+}
+
+/// Drops a channel's list (its last local subscriber went), counted out of
+/// `ringcast_pusher_presence_lists`.
+fn remove_list(shard: &Shard, rosters: &mut Rosters, internal: &str) {
+    if rosters.remove(internal).is_some() {
+        if let Some(m) = metrics(shard, app_index(shard, internal)) {
+            m.presence_lists.sub(1);
+        }
+    }
 }
 
 /// The connection is gone: out of every list it was a subscriber of.
